@@ -1,0 +1,370 @@
+//! The yamux v0 wire format: a 12-byte big-endian header, followed by `length` payload bytes on
+//! Data frames only.
+//!
+//! ```text
+//! | version u8 | type u8 | flags u16 | stream id u32 | length u32 |
+//! ```
+//!
+//! `length` means the payload length on Data frames, the window delta on WindowUpdate frames, an
+//! opaque ping ID on Ping frames and the error code on GoAway frames.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Length of every frame header.
+pub const HEADER_LEN: usize = 12;
+
+/// The only protocol version yamux has.
+pub const PROTOCOL_VERSION: u8 = 0;
+
+/// Payloads shorter than this are copied out of the read buffer rather than sliced from it: a
+/// slice keeps the whole read buffer allocated for as long as the application leaves the data
+/// unread, so a few bytes parked on a slow stream could pin tens of KiB.
+const ZERO_COPY_MIN: usize = 16 * 1024;
+
+/// Frame type, the second header byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrameType {
+    /// Carries stream payload.
+    Data,
+    /// Grants send window to the peer; also carries stream flags without payload.
+    WindowUpdate,
+    /// Keep-alive / round-trip probe, session level.
+    Ping,
+    /// Announces that the sender accepts no new streams (code 0) or is terminating the session.
+    GoAway,
+}
+
+impl FrameType {
+    fn from_u8(byte: u8) -> Option<Self> {
+        Some(match byte {
+            0 => Self::Data,
+            1 => Self::WindowUpdate,
+            2 => Self::Ping,
+            3 => Self::GoAway,
+            _ => return None,
+        })
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            Self::Data => 0,
+            Self::WindowUpdate => 1,
+            Self::Ping => 2,
+            Self::GoAway => 3,
+        }
+    }
+}
+
+/// Header flags. Several may be set at once (for example SYN with FIN).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Flags(u16);
+
+impl Flags {
+    /// No flag.
+    pub const NONE: Self = Self(0);
+    /// Opens a stream, or marks a ping request.
+    pub const SYN: Self = Self(0x1);
+    /// Acknowledges a stream open, or marks a ping reply.
+    pub const ACK: Self = Self(0x2);
+    /// Half-closes the sender's direction of a stream.
+    pub const FIN: Self = Self(0x4);
+    /// Aborts a stream.
+    pub const RST: Self = Self(0x8);
+
+    /// The raw bits.
+    pub fn bits(self) -> u16 {
+        self.0
+    }
+
+    /// Flags from raw bits; unknown bits are kept (and ignored), as Go's yamux does.
+    pub fn from_bits(bits: u16) -> Self {
+        Self(bits)
+    }
+
+    /// Whether every flag of `other` is set in `self`.
+    pub fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl std::ops::BitOr for Flags {
+    type Output = Self;
+    fn bitor(self, rhs: Self) -> Self {
+        Self(self.0 | rhs.0)
+    }
+}
+
+impl std::ops::BitOrAssign for Flags {
+    fn bitor_assign(&mut self, rhs: Self) {
+        self.0 |= rhs.0;
+    }
+}
+
+/// GoAway code 0: the sender accepts no new streams; existing streams continue.
+pub const GO_AWAY_NORMAL: u32 = 0;
+/// GoAway code 1: the sender saw a protocol violation and is ending the session.
+pub const GO_AWAY_PROTOCOL_ERROR: u32 = 1;
+/// GoAway code 2: the sender hit an internal error and is ending the session.
+pub const GO_AWAY_INTERNAL_ERROR: u32 = 2;
+
+/// A decoded frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Frame type.
+    pub ty: FrameType,
+    /// Stream flags.
+    pub flags: Flags,
+    /// Stream ID; 0 for Ping and GoAway.
+    pub stream_id: u32,
+    /// Payload length, window delta, ping ID or GoAway code, depending on `ty`.
+    pub length: u32,
+}
+
+impl Header {
+    /// A Data header announcing `len` payload bytes.
+    pub fn data(stream_id: u32, flags: Flags, len: u32) -> Self {
+        Self {
+            ty: FrameType::Data,
+            flags,
+            stream_id,
+            length: len,
+        }
+    }
+
+    /// A WindowUpdate header granting `delta` bytes (often 0, to carry flags alone).
+    pub fn window_update(stream_id: u32, flags: Flags, delta: u32) -> Self {
+        Self {
+            ty: FrameType::WindowUpdate,
+            flags,
+            stream_id,
+            length: delta,
+        }
+    }
+
+    /// A ping request (`SYN`) or reply (`ACK`) carrying `opaque`.
+    pub fn ping(flags: Flags, opaque: u32) -> Self {
+        Self {
+            ty: FrameType::Ping,
+            flags,
+            stream_id: 0,
+            length: opaque,
+        }
+    }
+
+    /// A GoAway with `code`.
+    pub fn go_away(code: u32) -> Self {
+        Self {
+            ty: FrameType::GoAway,
+            flags: Flags::NONE,
+            stream_id: 0,
+            length: code,
+        }
+    }
+
+    /// The header's 12 bytes.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[0] = PROTOCOL_VERSION;
+        out[1] = self.ty.as_u8();
+        out[2..4].copy_from_slice(&self.flags.bits().to_be_bytes());
+        out[4..8].copy_from_slice(&self.stream_id.to_be_bytes());
+        out[8..12].copy_from_slice(&self.length.to_be_bytes());
+        out
+    }
+
+    /// Parses 12 header bytes.
+    ///
+    /// # Errors
+    /// A version other than 0 or an unknown frame type.
+    pub fn decode(bytes: &[u8; HEADER_LEN]) -> Result<Self, FrameError> {
+        if bytes[0] != PROTOCOL_VERSION {
+            return Err(FrameError::Version(bytes[0]));
+        }
+        let ty = FrameType::from_u8(bytes[1]).ok_or(FrameError::Type(bytes[1]))?;
+        let flags = Flags::from_bits(u16::from_be_bytes([bytes[2], bytes[3]]));
+        let stream_id = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        let length = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+        Ok(Self {
+            ty,
+            flags,
+            stream_id,
+            length,
+        })
+    }
+
+    /// How many payload bytes follow this header on the wire.
+    pub fn payload_len(&self) -> usize {
+        match self.ty {
+            FrameType::Data => self.length as usize,
+            _ => 0,
+        }
+    }
+}
+
+/// A header that cannot be decoded. Either ends the session with GoAway(protocol error).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The version byte is not 0.
+    #[error("unsupported yamux version {0}")]
+    Version(u8),
+    /// The type byte is not one of the four frame types.
+    #[error("unknown yamux frame type {0}")]
+    Type(u8),
+}
+
+/// A complete frame: its header and, for Data frames, its payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The header.
+    pub header: Header,
+    /// Payload (empty unless the frame is Data).
+    pub payload: Bytes,
+}
+
+/// Incremental frame decoder over a growing read buffer.
+///
+/// Feed bytes into a `BytesMut` in any chunking and call [`FrameDecoder::decode`] until it returns
+/// `Ok(None)`; it consumes exactly the frames it returns.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    header: Option<Header>,
+}
+
+impl FrameDecoder {
+    /// A decoder at a frame boundary.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Payload bytes still needed to complete the frame whose header was already consumed (0 at
+    /// a header boundary). Lets the reader size its next read.
+    pub fn pending_payload(&self, buf: &BytesMut) -> usize {
+        self.header
+            .map_or(0, |h| h.payload_len().saturating_sub(buf.len()))
+    }
+
+    /// Decodes the next complete frame from `buf`, or `Ok(None)` if more bytes are needed.
+    ///
+    /// # Errors
+    /// A header that cannot be decoded; the stream is then unusable.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        let header = match self.header {
+            Some(header) => header,
+            None => {
+                let Some(raw) = buf.get(..HEADER_LEN) else {
+                    return Ok(None);
+                };
+                let raw: &[u8; HEADER_LEN] = raw.try_into().expect("slice of HEADER_LEN");
+                let header = Header::decode(raw)?;
+                buf.advance(HEADER_LEN);
+                header
+            }
+        };
+        let len = header.payload_len();
+        if buf.len() < len {
+            self.header = Some(header);
+            return Ok(None);
+        }
+        self.header = None;
+        let payload = if len >= ZERO_COPY_MIN {
+            buf.split_to(len).freeze()
+        } else {
+            let payload = Bytes::copy_from_slice(&buf[..len]);
+            buf.advance(len);
+            payload
+        };
+        Ok(Some(Frame { header, payload }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn encodes_go_open_and_ack_bytes() {
+        // The byte strings Piko's server and agent put on the wire for stream 2.
+        let syn = Header::window_update(2, Flags::SYN, 0).encode();
+        assert_eq!(syn, [0, 1, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0]);
+        let ack = Header::window_update(2, Flags::ACK, 0).encode();
+        assert_eq!(ack, [0, 1, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn rejects_bad_version_and_type() {
+        let mut raw = Header::ping(Flags::SYN, 7).encode();
+        raw[0] = 1;
+        assert_eq!(Header::decode(&raw), Err(FrameError::Version(1)));
+        raw[0] = 0;
+        raw[1] = 4;
+        assert_eq!(Header::decode(&raw), Err(FrameError::Type(4)));
+    }
+
+    #[test]
+    fn decodes_across_arbitrary_chunks() {
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&Header::data(1, Flags::SYN, 5).encode());
+        wire.extend_from_slice(b"hello");
+        wire.extend_from_slice(&Header::window_update(1, Flags::FIN, 9).encode());
+        let mut decoder = FrameDecoder::new();
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        for byte in wire {
+            buf.extend_from_slice(&[byte]);
+            while let Some(frame) = decoder.decode(&mut buf).unwrap() {
+                frames.push(frame);
+            }
+        }
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].payload, Bytes::from_static(b"hello"));
+        assert_eq!(frames[1].header, Header::window_update(1, Flags::FIN, 9));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn large_payload_is_sliced_intact() {
+        let payload: Vec<u8> = (0..ZERO_COPY_MIN * 2).map(|i| (i % 251) as u8).collect();
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&Header::data(3, Flags::NONE, payload.len() as u32).encode());
+        buf.extend_from_slice(&payload);
+        let frame = FrameDecoder::new().decode(&mut buf).unwrap().unwrap();
+        assert_eq!(frame.payload, payload);
+    }
+
+    proptest! {
+        #[test]
+        fn header_round_trips(ty in 0u8..4, flags: u16, id: u32, length: u32) {
+            let header = Header {
+                ty: FrameType::from_u8(ty).unwrap(),
+                flags: Flags::from_bits(flags),
+                stream_id: id,
+                length,
+            };
+            prop_assert_eq!(Header::decode(&header.encode()), Ok(header));
+        }
+
+        /// Arbitrary, truncated and split input never panics, and what it yields never claims
+        /// more bytes than it was given.
+        #[test]
+        fn random_input_never_panics(
+            input in proptest::collection::vec(any::<u8>(), 0..4096),
+            split in 0usize..4096,
+        ) {
+            let mut decoder = FrameDecoder::new();
+            let mut buf = BytesMut::new();
+            let split = split.min(input.len());
+            let mut consumed = 0;
+            for chunk in [&input[..split], &input[split..]] {
+                buf.extend_from_slice(chunk);
+                loop {
+                    match decoder.decode(&mut buf) {
+                        Ok(Some(frame)) => consumed += HEADER_LEN + frame.payload.len(),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+            prop_assert!(consumed <= input.len());
+        }
+    }
+}

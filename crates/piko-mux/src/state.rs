@@ -1,0 +1,782 @@
+//! The session's shared state: the stream table, the output queues and the session-level flags,
+//! behind one mutex.
+//!
+//! Everything that touches the protocol happens here, synchronously, under the lock: the reader
+//! task applies inbound frames, stream handles queue outbound frames, the timer task expires
+//! deadlines. None of it awaits or does I/O, so the lock is only ever held for a few hundred
+//! nanoseconds. Wake-ups are collected in [`Effects`] and delivered after the lock is released.
+
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    task::Waker,
+    time::Duration,
+};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::time::Instant;
+
+use crate::{
+    config::{Config, INITIAL_STREAM_WINDOW},
+    error::{Error, ProtocolError, SessionEnd, StreamError},
+    frame::{Flags, Frame, FrameType, GO_AWAY_NORMAL, GO_AWAY_PROTOCOL_ERROR, Header},
+    id_hash::BuildIdHasher,
+};
+
+/// Capacity above which an output buffer is released when the session goes idle.
+pub(crate) const IDLE_BUFFER_MAX: usize = 8 * 1024;
+
+/// Which IDs this side allocates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Odd IDs from 1 (Piko's agent and SDK).
+    Client,
+    /// Even IDs from 2 (Piko's server).
+    Server,
+}
+
+impl Role {
+    fn owns(self, id: u32) -> bool {
+        match self {
+            Self::Client => id % 2 == 1,
+            Self::Server => id % 2 == 0,
+        }
+    }
+}
+
+/// Who holds a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Holder {
+    /// Opened by the peer, waiting in the accept queue.
+    Queued,
+    /// A [`Stream`](crate::Stream) handle exists.
+    Live,
+    /// The handle was dropped after shutdown; waiting for the peer's FIN until the deadline.
+    Detached(Instant),
+}
+
+#[derive(Debug)]
+struct StreamState {
+    holder: Holder,
+    opened_locally: bool,
+    /// Locally opened: the peer ACKed. Remotely opened: we ACKed (the application accepted).
+    acked: bool,
+    local_fin: bool,
+    remote_fin: bool,
+    reset: Option<StreamError>,
+    send_window: u32,
+    /// Credit the peer still has.
+    recv_window: u32,
+    /// Bytes the application consumed that were not yet granted back to the peer.
+    recv_consumed: u32,
+    recv_buf: VecDeque<Bytes>,
+    read_waker: Option<Waker>,
+    write_waker: Option<Waker>,
+}
+
+impl StreamState {
+    fn new(holder: Holder, opened_locally: bool, receive_window: u32) -> Self {
+        Self {
+            holder,
+            opened_locally,
+            acked: false,
+            local_fin: false,
+            remote_fin: false,
+            reset: None,
+            send_window: INITIAL_STREAM_WINDOW,
+            recv_window: receive_window,
+            recv_consumed: 0,
+            recv_buf: VecDeque::new(),
+            read_waker: None,
+            write_waker: None,
+        }
+    }
+
+    fn wake_all(&mut self, fx: &mut Effects) {
+        fx.wake(self.read_waker.take());
+        fx.wake(self.write_waker.take());
+    }
+
+    fn finished(&self) -> bool {
+        self.reset.is_some() || (self.local_fin && self.remote_fin)
+    }
+}
+
+/// Wake-ups owed once the lock is released.
+#[derive(Debug, Default)]
+pub(crate) struct Effects {
+    /// Most operations wake one or two tasks: keep those inline, off the allocator.
+    wakers_inline: [Option<Waker>; 2],
+    wakers_spill: Vec<Waker>,
+    pub(crate) writer: bool,
+    pub(crate) timer: bool,
+    pub(crate) accept: bool,
+    pub(crate) open: bool,
+    pub(crate) status: bool,
+}
+
+impl Effects {
+    pub(crate) fn wake(&mut self, waker: Option<Waker>) {
+        let Some(waker) = waker else { return };
+        match self.wakers_inline.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(waker),
+            None => self.wakers_spill.push(waker),
+        }
+    }
+
+    fn wake_many(&mut self, wakers: &mut Vec<Waker>) {
+        if self.wakers_spill.is_empty() {
+            std::mem::swap(&mut self.wakers_spill, wakers);
+        } else {
+            self.wakers_spill.append(wakers);
+        }
+    }
+
+    /// Wakes everything collected.
+    pub(crate) fn wake_all(&mut self) {
+        for waker in self.wakers_inline.iter_mut().filter_map(Option::take) {
+            waker.wake();
+        }
+        for waker in self.wakers_spill.drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+/// Outcome of a poll-style operation on the state.
+pub(crate) enum Poll<T> {
+    Ready(T),
+    /// The caller's waker was stored; it is woken when progress is possible.
+    Pending,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    role: Role,
+    receive_window: u32,
+    accept_backlog: usize,
+    max_unacked_opens: usize,
+    max_pending_output: usize,
+    streams: HashMap<u32, StreamState, BuildIdHasher>,
+    next_id: u32,
+    accept_queue: VecDeque<u32>,
+    /// Open deadlines of un-ACKed local opens.
+    unacked: BTreeSet<(Instant, u32)>,
+    /// Close deadlines of detached streams.
+    detached: BTreeSet<(Instant, u32)>,
+    /// Stream frames, in order: SYN, data, FIN and RST of one stream must not overtake each other.
+    out: BytesMut,
+    /// Session frames and window grants: they may overtake stream data, so a ping reply or a
+    /// window update never waits behind a megabyte of queued payload.
+    control: BytesMut,
+    /// The writer task is parked and must be notified when output is queued.
+    writer_idle: bool,
+    /// Streams waiting for `out` to drain below `max_pending_output`.
+    blocked_writers: Vec<Waker>,
+    next_ping_id: u32,
+    /// Outstanding keep-alive ping and the deadline for its reply.
+    ping: Option<(u32, Instant)>,
+    next_ping_at: Option<Instant>,
+    pub(crate) end: Option<SessionEnd>,
+    pub(crate) local_go_away: bool,
+    pub(crate) remote_go_away: bool,
+}
+
+impl State {
+    pub(crate) fn new(role: Role, config: &Config, now: Instant) -> Self {
+        Self {
+            role,
+            receive_window: config.effective_receive_window(),
+            accept_backlog: config.accept_backlog,
+            max_unacked_opens: config.max_unacked_opens.max(1),
+            max_pending_output: config.max_pending_output.max(1),
+            streams: HashMap::default(),
+            next_id: match role {
+                Role::Client => 1,
+                Role::Server => 2,
+            },
+            accept_queue: VecDeque::new(),
+            unacked: BTreeSet::new(),
+            detached: BTreeSet::new(),
+            out: BytesMut::new(),
+            control: BytesMut::new(),
+            writer_idle: false,
+            blocked_writers: Vec::new(),
+            next_ping_id: 0,
+            ping: None,
+            next_ping_at: config.keep_alive_interval.map(|interval| now + interval),
+            end: None,
+            local_go_away: false,
+            remote_go_away: false,
+        }
+    }
+
+    pub(crate) fn num_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Window delta announced at open/accept when we grant more than the implied initial window.
+    fn extra_window(&self) -> u32 {
+        self.receive_window - INITIAL_STREAM_WINDOW
+    }
+
+    fn push_out(&mut self, header: Header, payload: &[&[u8]], fx: &mut Effects) {
+        self.out.put_slice(&header.encode());
+        for chunk in payload {
+            self.out.put_slice(chunk);
+        }
+        self.wake_writer(fx);
+    }
+
+    fn push_control(&mut self, header: Header, fx: &mut Effects) {
+        self.control.put_slice(&header.encode());
+        self.wake_writer(fx);
+    }
+
+    fn wake_writer(&mut self, fx: &mut Effects) {
+        if self.writer_idle {
+            self.writer_idle = false;
+            fx.writer = true;
+        }
+    }
+
+    // ---- writer task ------------------------------------------------------------------------
+
+    /// Moves all queued output into the writer's buffers (which must be empty), or marks the
+    /// writer idle and returns false when there is none.
+    pub(crate) fn take_output(
+        &mut self,
+        control: &mut BytesMut,
+        out: &mut BytesMut,
+        fx: &mut Effects,
+    ) -> bool {
+        if self.control.is_empty() && self.out.is_empty() {
+            self.writer_idle = true;
+            // An idle session keeps no large buffers (the memory budget per idle upstream).
+            for buf in [&mut self.control, &mut self.out] {
+                if buf.capacity() > IDLE_BUFFER_MAX {
+                    *buf = BytesMut::new();
+                }
+            }
+            return false;
+        }
+        std::mem::swap(&mut self.control, control);
+        std::mem::swap(&mut self.out, out);
+        fx.wake_many(&mut self.blocked_writers);
+        true
+    }
+
+    /// Bytes of control frames queued; the reader stops reading while a peer that never reads
+    /// makes us queue more and more replies.
+    pub(crate) fn control_backlog(&self) -> usize {
+        self.control.len()
+    }
+
+    // ---- opening and accepting --------------------------------------------------------------
+
+    pub(crate) fn open(
+        &mut self,
+        now: Instant,
+        open_timeout: Duration,
+        fx: &mut Effects,
+    ) -> Poll<Result<u32, Error>> {
+        if let Some(end) = &self.end {
+            return Poll::Ready(Err(Error::SessionEnded(end.clone())));
+        }
+        if self.remote_go_away {
+            return Poll::Ready(Err(Error::RemoteGoAway));
+        }
+        if self.unacked.len() >= self.max_unacked_opens {
+            return Poll::Pending;
+        }
+        let id = self.next_id;
+        let Some(next) = id.checked_add(2) else {
+            return Poll::Ready(Err(Error::StreamIdsExhausted));
+        };
+        self.next_id = next;
+        self.streams.insert(
+            id,
+            StreamState::new(Holder::Live, true, self.receive_window),
+        );
+        let extra = self.extra_window();
+        self.push_out(Header::window_update(id, Flags::SYN, extra), &[], fx);
+        let deadline = now + open_timeout;
+        if self
+            .unacked
+            .first()
+            .is_none_or(|&(first, _)| deadline < first)
+        {
+            fx.timer = true;
+        }
+        self.unacked.insert((deadline, id));
+        Poll::Ready(Ok(id))
+    }
+
+    pub(crate) fn accept(&mut self, fx: &mut Effects) -> Poll<Result<u32, Error>> {
+        while let Some(id) = self.accept_queue.pop_front() {
+            // Streams reset while queued were already removed.
+            let Some(stream) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            stream.holder = Holder::Live;
+            stream.acked = true;
+            let extra = self.extra_window();
+            self.push_out(Header::window_update(id, Flags::ACK, extra), &[], fx);
+            return Poll::Ready(Ok(id));
+        }
+        if let Some(end) = &self.end {
+            return Poll::Ready(Err(Error::SessionEnded(end.clone())));
+        }
+        if self.local_go_away {
+            return Poll::Ready(Err(Error::LocalGoAway));
+        }
+        Poll::Pending
+    }
+
+    // ---- stream handles ---------------------------------------------------------------------
+
+    pub(crate) fn poll_read(
+        &mut self,
+        id: u32,
+        waker: &Waker,
+        dst: &mut tokio::io::ReadBuf<'_>,
+        fx: &mut Effects,
+    ) -> Poll<Result<(), StreamError>> {
+        let half_window = self.receive_window / 2;
+        let stream = self
+            .streams
+            .get_mut(&id)
+            .expect("live stream is in the table");
+        if let Some(err) = &stream.reset {
+            return Poll::Ready(Err(err.clone()));
+        }
+        if stream.recv_buf.is_empty() {
+            if stream.remote_fin {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(end) = &self.end {
+                return Poll::Ready(Err(StreamError::SessionEnded(end.clone())));
+            }
+            stream.read_waker = Some(waker.clone());
+            return Poll::Pending;
+        }
+        let mut copied = 0;
+        while dst.remaining() > 0 {
+            let Some(chunk) = stream.recv_buf.front_mut() else {
+                break;
+            };
+            let n = chunk.len().min(dst.remaining());
+            dst.put_slice(&chunk[..n]);
+            copied += n;
+            if n == chunk.len() {
+                stream.recv_buf.pop_front();
+            } else {
+                let _ = chunk.split_to(n);
+            }
+        }
+        stream.recv_consumed += copied as u32;
+        if stream.recv_consumed >= half_window && !stream.remote_fin && self.end.is_none() {
+            let delta = std::mem::take(&mut stream.recv_consumed);
+            stream.recv_window += delta;
+            self.push_control(Header::window_update(id, Flags::NONE, delta), fx);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    pub(crate) fn poll_write(
+        &mut self,
+        id: u32,
+        waker: &Waker,
+        bufs: &[&[u8]],
+        fx: &mut Effects,
+    ) -> Poll<Result<usize, StreamError>> {
+        if let Some(end) = &self.end {
+            return Poll::Ready(Err(StreamError::SessionEnded(end.clone())));
+        }
+        let stream = self
+            .streams
+            .get_mut(&id)
+            .expect("live stream is in the table");
+        if let Some(err) = &stream.reset {
+            return Poll::Ready(Err(err.clone()));
+        }
+        if stream.local_fin {
+            return Poll::Ready(Err(StreamError::WriteAfterShutdown));
+        }
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        if stream.send_window == 0 {
+            stream.write_waker = Some(waker.clone());
+            return Poll::Pending;
+        }
+        if self.out.len() >= self.max_pending_output {
+            self.blocked_writers.push(waker.clone());
+            return Poll::Pending;
+        }
+        let room = self.max_pending_output - self.out.len();
+        // One frame per call, at most the send window, and a bounded bite of the output queue so
+        // one bulk writer cannot crowd out the others.
+        let mut left = total
+            .min(stream.send_window as usize)
+            .min(room.max(16 * 1024));
+        let mut chunks: [&[u8]; 8] = [&[]; 8];
+        let mut used = 0;
+        let mut sent = 0;
+        for buf in bufs.iter().filter(|b| !b.is_empty()) {
+            if left == 0 || used == chunks.len() {
+                break;
+            }
+            let take = buf.len().min(left);
+            chunks[used] = &buf[..take];
+            used += 1;
+            left -= take;
+            sent += take;
+        }
+        stream.send_window -= sent as u32;
+        self.push_out(
+            Header::data(id, Flags::NONE, sent as u32),
+            &chunks[..used],
+            fx,
+        );
+        Poll::Ready(Ok(sent))
+    }
+
+    pub(crate) fn shutdown(&mut self, id: u32, fx: &mut Effects) -> Result<(), StreamError> {
+        if let Some(end) = &self.end {
+            return Err(StreamError::SessionEnded(end.clone()));
+        }
+        let stream = self
+            .streams
+            .get_mut(&id)
+            .expect("live stream is in the table");
+        if let Some(err) = &stream.reset {
+            return Err(err.clone());
+        }
+        if stream.local_fin {
+            return Ok(());
+        }
+        stream.local_fin = true;
+        self.push_out(Header::window_update(id, Flags::FIN, 0), &[], fx);
+        Ok(())
+    }
+
+    pub(crate) fn reset(&mut self, id: u32, fx: &mut Effects) {
+        let stream = self
+            .streams
+            .get_mut(&id)
+            .expect("live stream is in the table");
+        if stream.reset.is_some() || stream.finished() {
+            return;
+        }
+        stream.reset = Some(StreamError::ResetLocally);
+        stream.recv_buf.clear();
+        stream.wake_all(fx);
+        self.forget_unacked(id, fx);
+        if self.end.is_none() {
+            self.push_out(Header::window_update(id, Flags::RST, 0), &[], fx);
+        }
+    }
+
+    /// The handle of stream `id` was dropped.
+    pub(crate) fn release(
+        &mut self,
+        id: u32,
+        now: Instant,
+        close_timeout: Duration,
+        fx: &mut Effects,
+    ) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if stream.finished() || self.end.is_some() {
+            self.streams.remove(&id);
+            self.forget_unacked(id, fx);
+            return;
+        }
+        if stream.local_fin {
+            // Sending RST now would make a Go peer discard response bytes it has buffered but not
+            // read yet; wait for its FIN instead, granting window so it is never stuck.
+            let deadline = now + close_timeout;
+            stream.holder = Holder::Detached(deadline);
+            let buffered: usize = stream.recv_buf.drain(..).map(|b| b.len()).sum();
+            stream.recv_consumed += buffered as u32;
+            stream.read_waker = None;
+            stream.write_waker = None;
+            self.grant_consumed(id, fx);
+            if self
+                .detached
+                .first()
+                .is_none_or(|&(first, _)| deadline < first)
+            {
+                fx.timer = true;
+            }
+            self.detached.insert((deadline, id));
+            return;
+        }
+        self.streams.remove(&id);
+        self.forget_unacked(id, fx);
+        self.push_out(Header::window_update(id, Flags::RST, 0), &[], fx);
+    }
+
+    fn grant_consumed(&mut self, id: u32, fx: &mut Effects) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if stream.recv_consumed == 0 || stream.remote_fin {
+            return;
+        }
+        let delta = std::mem::take(&mut stream.recv_consumed);
+        stream.recv_window += delta;
+        self.push_control(Header::window_update(id, Flags::NONE, delta), fx);
+    }
+
+    fn forget_unacked(&mut self, id: u32, fx: &mut Effects) {
+        let before = self.unacked.len();
+        self.unacked.retain(|&(_, unacked)| unacked != id);
+        if self.unacked.len() != before {
+            fx.open = true;
+        }
+    }
+
+    // ---- inbound frames ---------------------------------------------------------------------
+
+    /// Applies one inbound frame.
+    ///
+    /// # Errors
+    /// The session must end: a protocol violation, or a GoAway with a non-zero code.
+    pub(crate) fn on_frame(&mut self, frame: Frame, fx: &mut Effects) -> Result<(), SessionEnd> {
+        let header = frame.header;
+        match header.ty {
+            FrameType::Ping => {
+                if header.stream_id != 0 {
+                    return Err(ProtocolError::BadStreamId(header.stream_id).into());
+                }
+                if header.flags.contains(Flags::SYN) {
+                    self.push_control(Header::ping(Flags::ACK, header.length), fx);
+                } else if header.flags.contains(Flags::ACK)
+                    && self.ping.is_some_and(|(id, _)| id == header.length)
+                {
+                    self.ping = None;
+                    fx.timer = true;
+                }
+                Ok(())
+            }
+            FrameType::GoAway => {
+                if header.stream_id != 0 {
+                    return Err(ProtocolError::BadStreamId(header.stream_id).into());
+                }
+                if header.length != GO_AWAY_NORMAL {
+                    return Err(SessionEnd::GoAway(header.length));
+                }
+                if !self.remote_go_away {
+                    self.remote_go_away = true;
+                    fx.open = true;
+                    fx.status = true;
+                }
+                Ok(())
+            }
+            FrameType::Data | FrameType::WindowUpdate => self.on_stream_frame(frame, fx),
+        }
+    }
+
+    fn on_stream_frame(&mut self, frame: Frame, fx: &mut Effects) -> Result<(), SessionEnd> {
+        let Frame { header, payload } = frame;
+        let id = header.stream_id;
+        let flags = header.flags;
+        if flags.contains(Flags::SYN) {
+            if id == 0 {
+                return Err(ProtocolError::BadStreamId(0).into());
+            }
+            if self.role.owns(id) {
+                return Err(ProtocolError::WrongParity(id).into());
+            }
+            if self.streams.contains_key(&id) {
+                return Err(ProtocolError::DuplicateStream(id).into());
+            }
+            if self.local_go_away
+                || self.end.is_some()
+                || self.accept_queue.len() >= self.accept_backlog
+            {
+                self.push_out(Header::window_update(id, Flags::RST, 0), &[], fx);
+                return Ok(());
+            }
+            self.streams.insert(
+                id,
+                StreamState::new(Holder::Queued, false, self.receive_window),
+            );
+            self.accept_queue.push_back(id);
+            fx.accept = true;
+        }
+        let Some(stream) = self.streams.get_mut(&id) else {
+            // A stream we already reset or forgot: its frames are late, not wrong.
+            return Ok(());
+        };
+        if flags.contains(Flags::ACK) && stream.opened_locally && !stream.acked {
+            stream.acked = true;
+            self.unacked.retain(|&(_, unacked)| unacked != id);
+            fx.open = true;
+        }
+        if header.ty == FrameType::WindowUpdate && header.length > 0 {
+            stream.send_window = stream.send_window.saturating_add(header.length);
+            fx.wake(stream.write_waker.take());
+        }
+        if header.ty == FrameType::Data && !payload.is_empty() {
+            let len = payload.len() as u32;
+            if len > stream.recv_window {
+                return Err(ProtocolError::WindowExceeded {
+                    stream_id: id,
+                    len,
+                    window: stream.recv_window,
+                }
+                .into());
+            }
+            stream.recv_window -= len;
+            match stream.holder {
+                _ if stream.reset.is_some() || stream.remote_fin => {}
+                Holder::Detached(_) => {
+                    stream.recv_consumed += len;
+                    self.grant_consumed(id, fx);
+                }
+                Holder::Queued | Holder::Live => {
+                    stream.recv_buf.push_back(payload);
+                    fx.wake(stream.read_waker.take());
+                }
+            }
+        }
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        if flags.contains(Flags::FIN) && !stream.remote_fin {
+            stream.remote_fin = true;
+            fx.wake(stream.read_waker.take());
+        }
+        if flags.contains(Flags::RST) && stream.reset.is_none() {
+            stream.reset = Some(StreamError::ResetByPeer);
+            stream.recv_buf.clear();
+            stream.wake_all(fx);
+        }
+        if stream.finished() {
+            match stream.holder {
+                Holder::Detached(deadline) => {
+                    self.streams.remove(&id);
+                    self.detached.remove(&(deadline, id));
+                }
+                Holder::Queued if stream.reset.is_some() => {
+                    self.streams.remove(&id);
+                }
+                Holder::Queued | Holder::Live => {}
+            }
+        }
+        Ok(())
+    }
+
+    // ---- timers -----------------------------------------------------------------------------
+
+    /// The earliest instant at which [`State::on_timer`] has work.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let ping = match self.ping {
+            Some((_, deadline)) => Some(deadline),
+            None => self.next_ping_at,
+        };
+        [
+            ping,
+            self.unacked.first().map(|d| d.0),
+            self.detached.first().map(|d| d.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Expires deadlines up to `now`.
+    ///
+    /// # Errors
+    /// The keep-alive reply is overdue.
+    pub(crate) fn on_timer(
+        &mut self,
+        now: Instant,
+        config: &Config,
+        fx: &mut Effects,
+    ) -> Result<(), SessionEnd> {
+        if let Some((_, deadline)) = self.ping {
+            if deadline <= now {
+                return Err(SessionEnd::KeepAliveTimeout);
+            }
+        } else if let (Some(at), Some(interval)) = (self.next_ping_at, config.keep_alive_interval) {
+            if at <= now {
+                let id = self.next_ping_id;
+                self.next_ping_id = self.next_ping_id.wrapping_add(1);
+                self.ping = Some((id, now + config.keep_alive_timeout));
+                self.next_ping_at = Some(now + interval);
+                self.push_control(Header::ping(Flags::SYN, id), fx);
+            }
+        }
+        while let Some(&(deadline, id)) = self.unacked.first() {
+            if deadline > now {
+                break;
+            }
+            self.unacked.pop_first();
+            fx.open = true;
+            if let Some(stream) = self.streams.get_mut(&id) {
+                stream.reset = Some(StreamError::OpenTimeout);
+                stream.recv_buf.clear();
+                stream.wake_all(fx);
+                self.push_out(Header::window_update(id, Flags::RST, 0), &[], fx);
+            }
+        }
+        while let Some(&(deadline, id)) = self.detached.first() {
+            if deadline > now {
+                break;
+            }
+            self.detached.pop_first();
+            if self.streams.remove(&id).is_some() {
+                self.push_out(Header::window_update(id, Flags::RST, 0), &[], fx);
+            }
+        }
+        Ok(())
+    }
+
+    // ---- session level ----------------------------------------------------------------------
+
+    pub(crate) fn go_away(&mut self, fx: &mut Effects) {
+        if self.local_go_away || self.end.is_some() {
+            return;
+        }
+        self.local_go_away = true;
+        self.push_control(Header::go_away(GO_AWAY_NORMAL), fx);
+        // Streams the application will now never accept.
+        while let Some(id) = self.accept_queue.pop_front() {
+            if self.streams.remove(&id).is_some() {
+                self.push_out(Header::window_update(id, Flags::RST, 0), &[], fx);
+            }
+        }
+        fx.accept = true;
+    }
+
+    /// Ends the session; false if it had already ended.
+    pub(crate) fn terminate(&mut self, end: SessionEnd, fx: &mut Effects) -> bool {
+        if self.end.is_some() {
+            return false;
+        }
+        if matches!(end, SessionEnd::Protocol(_)) {
+            self.push_control(Header::go_away(GO_AWAY_PROTOCOL_ERROR), fx);
+        }
+        self.end = Some(end);
+        for stream in self.streams.values_mut() {
+            stream.wake_all(fx);
+        }
+        self.streams.retain(|_, s| s.holder == Holder::Live);
+        self.accept_queue.clear();
+        self.unacked.clear();
+        self.detached.clear();
+        fx.wake_many(&mut self.blocked_writers);
+        self.wake_writer(fx);
+        fx.writer = true;
+        fx.timer = true;
+        fx.accept = true;
+        fx.open = true;
+        fx.status = true;
+        true
+    }
+}
