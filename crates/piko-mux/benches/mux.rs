@@ -1,1 +1,248 @@
-fn main() {}
+//! Multiplexer benchmark, the twin of `interop/cmd/mux-bench` (Go's yamux): both ends of a
+//! session in one process over a real loopback TCP connection, optionally with the WebSocket byte
+//! stream in between. Prints `RESULT <name> <value> <unit>` lines that `bench/mux.sh` tabulates.
+//!
+//! ```text
+//! cargo bench -p piko-mux --bench mux -- [--transport ws|tcp] [--bench bulk-1,bulk-64,rtt]
+//!     [--bytes N] [--duration SECS] [--concurrency N]
+//! ```
+#![allow(missing_docs)]
+
+use std::{
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use piko_mux::{Config, Session};
+use piko_protocol::{WsByteStream, websocket_config};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+trait Io: AsyncRead + AsyncWrite + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + 'static> Io for T {}
+type BoxedIo = Pin<Box<dyn Io>>;
+
+struct Options {
+    transport: String,
+    benches: Vec<String>,
+    bytes: u64,
+    duration: Duration,
+    concurrency: usize,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        transport: "ws".into(),
+        benches: vec!["bulk-1".into(), "bulk-64".into(), "rtt".into()],
+        bytes: 1 << 30,
+        duration: Duration::from_secs(5),
+        concurrency: 32,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--transport" => options.transport = value,
+            "--bench" if !value.is_empty() && !value.starts_with("--") => {
+                options.benches = value.split(',').map(str::to_owned).collect();
+            }
+            "--bytes" => options.bytes = value.parse().expect("--bytes takes a number"),
+            "--duration" => {
+                options.duration =
+                    Duration::from_secs_f64(value.parse().expect("--duration takes seconds"));
+            }
+            "--concurrency" => {
+                options.concurrency = value.parse().expect("--concurrency takes a number")
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    options
+}
+
+/// User + system CPU seconds of this process, from /proc (no unsafe getrusage needed).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("read /proc/self/stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat format")
+        .1
+        .split_whitespace()
+        .collect();
+    // Fields 14 and 15 of stat (utime, stime), counted after the command name.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+async fn connected_pair(transport: &str) -> (Session, Session) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accept = tokio::spawn(async move { listener.accept().await.unwrap().0 });
+    let client_tcp = TcpStream::connect(addr).await.unwrap();
+    let server_tcp = accept.await.unwrap();
+    client_tcp.set_nodelay(true).unwrap();
+    server_tcp.set_nodelay(true).unwrap();
+    let config = Config::default();
+    let (client_io, server_io): (BoxedIo, BoxedIo) = match transport {
+        "tcp" => (Box::pin(client_tcp), Box::pin(server_tcp)),
+        "ws" => {
+            let ws_config = websocket_config(config.receive_window);
+            let server = tokio::spawn(async move {
+                tokio_tungstenite::accept_async_with_config(server_tcp, Some(ws_config))
+                    .await
+                    .unwrap()
+            });
+            let url = format!("ws://{addr}/piko/v1/upstream/bench");
+            let (client, _) =
+                tokio_tungstenite::client_async_with_config(url, client_tcp, Some(ws_config))
+                    .await
+                    .unwrap();
+            (
+                Box::pin(WsByteStream::new(client)),
+                Box::pin(WsByteStream::new(server.await.unwrap())),
+            )
+        }
+        other => panic!("unknown transport {other}"),
+    };
+    (
+        Session::client(client_io, config.clone()),
+        Session::server(server_io, config),
+    )
+}
+
+async fn bulk(transport: &str, streams: usize, total: u64) -> (f64, f64) {
+    let (client, server) = connected_pair(transport).await;
+    let per_stream = total / streams as u64;
+    let readers = tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..streams {
+            let mut stream = client.accept().await.unwrap();
+            tasks.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut got = 0u64;
+                loop {
+                    let n = stream.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    got += n as u64;
+                }
+                got
+            }));
+        }
+        let mut got = 0;
+        for task in tasks {
+            got += task.await.unwrap();
+        }
+        (got, client)
+    });
+    let cpu = cpu_seconds();
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    for _ in 0..streams {
+        let mut stream = server.open().await.unwrap();
+        writers.push(tokio::spawn(async move {
+            let chunk = vec![0x5au8; 256 * 1024];
+            let mut left = per_stream;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                stream.write_all(&chunk[..n]).await.unwrap();
+                left -= n as u64;
+            }
+            stream.shutdown().await.unwrap();
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let (got, _client) = readers.await.unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu;
+    assert_eq!(got, per_stream * streams as u64);
+    let gib = got as f64 / f64::from(1u32 << 30);
+    (got as f64 / f64::from(1u32 << 20) / elapsed, cpu / gib)
+}
+
+async fn round_trips(transport: &str, concurrency: usize, duration: Duration) -> (f64, f64) {
+    let (client, server) = connected_pair(transport).await;
+    tokio::spawn(async move {
+        while let Ok(mut stream) = client.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 100];
+                stream.read_exact(&mut buf).await.unwrap();
+                stream.write_all(&buf).await.unwrap();
+                stream.shutdown().await.unwrap();
+            });
+        }
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let cpu = cpu_seconds();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (server, stop, count) = (server.clone(), stop.clone(), count.clone());
+        tasks.push(tokio::spawn(async move {
+            let request = [7u8; 100];
+            let mut reply = Vec::with_capacity(128);
+            while !stop.load(Ordering::Relaxed) {
+                let mut stream = server.open().await.unwrap();
+                stream.write_all(&request).await.unwrap();
+                reply.clear();
+                stream.read_to_end(&mut reply).await.unwrap();
+                assert_eq!(reply.len(), 100);
+                stream.shutdown().await.unwrap();
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu;
+    let n = count.load(Ordering::Relaxed) as f64;
+    (n / elapsed, cpu / n * 1e6)
+}
+
+fn main() {
+    let options = options();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for bench in &options.benches {
+            match bench.as_str() {
+                "bulk-1" | "bulk-64" => {
+                    let streams = if bench == "bulk-1" { 1 } else { 64 };
+                    let (rate, cpu) = bulk(&options.transport, streams, options.bytes).await;
+                    println!("RESULT {bench} {rate:.1} MiB/s");
+                    println!("RESULT {bench}-cpu {cpu:.3} s/GiB");
+                }
+                "rtt" => {
+                    let (rate, cpu) =
+                        round_trips(&options.transport, options.concurrency, options.duration)
+                            .await;
+                    println!("RESULT rtt {rate:.0} rt/s");
+                    println!("RESULT rtt-cpu {cpu:.2} us/rt");
+                }
+                other => panic!("unknown bench {other}"),
+            }
+        }
+    });
+}

@@ -357,11 +357,8 @@ mod tests {
             let mut consumed = 0;
             for chunk in [&input[..split], &input[split..]] {
                 buf.extend_from_slice(chunk);
-                loop {
-                    match decoder.decode(&mut buf) {
-                        Ok(Some(frame)) => consumed += HEADER_LEN + frame.payload.len(),
-                        Ok(None) | Err(_) => break,
-                    }
+                while let Ok(Some(frame)) = decoder.decode(&mut buf) {
+                    consumed += HEADER_LEN + frame.payload.len();
                 }
             }
             prop_assert!(consumed <= input.len());

@@ -20,7 +20,7 @@
 //! ```
 //!
 //! # Design
-//! - One mutex-protected [state](state) per session holds the stream table and two output
+//! - One mutex-protected state per session holds the stream table and two output
 //!   queues. Stream writes copy their bytes straight into the session's output queue; a single
 //!   writer task swaps the queue out and writes it with one vectored write, so the frames of many
 //!   streams share a syscall and the writer flushes only when it runs out of output.

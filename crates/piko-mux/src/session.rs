@@ -83,11 +83,10 @@ impl Shared {
     }
 
     pub(crate) fn terminate(&self, end: SessionEnd) {
-        self.with_state(|state, fx| {
-            if state.terminate(end.clone(), fx) {
-                tracing::debug!(reason = %end, "mux session ended");
-            }
-        });
+        let reason = end.to_string();
+        if self.with_state(|state, fx| state.terminate(end, fx)) {
+            tracing::debug!(%reason, "mux session ended");
+        }
     }
 }
 

@@ -38,7 +38,7 @@ impl Role {
     fn owns(self, id: u32) -> bool {
         match self {
             Self::Client => id % 2 == 1,
-            Self::Server => id % 2 == 0,
+            Self::Server => id.is_multiple_of(2),
         }
     }
 }
@@ -703,14 +703,14 @@ impl State {
             if deadline <= now {
                 return Err(SessionEnd::KeepAliveTimeout);
             }
-        } else if let (Some(at), Some(interval)) = (self.next_ping_at, config.keep_alive_interval) {
-            if at <= now {
-                let id = self.next_ping_id;
-                self.next_ping_id = self.next_ping_id.wrapping_add(1);
-                self.ping = Some((id, now + config.keep_alive_timeout));
-                self.next_ping_at = Some(now + interval);
-                self.push_control(Header::ping(Flags::SYN, id), fx);
-            }
+        } else if let (Some(at), Some(interval)) = (self.next_ping_at, config.keep_alive_interval)
+            && at <= now
+        {
+            let id = self.next_ping_id;
+            self.next_ping_id = self.next_ping_id.wrapping_add(1);
+            self.ping = Some((id, now + config.keep_alive_timeout));
+            self.next_ping_at = Some(now + interval);
+            self.push_control(Header::ping(Flags::SYN, id), fx);
         }
         while let Some(&(deadline, id)) = self.unacked.first() {
             if deadline > now {

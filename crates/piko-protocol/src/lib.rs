@@ -1,1 +1,8 @@
-//! stub
+//! Piko's wire contract, shared by the server, the agent and the SDK.
+//!
+//! # Layout
+//! - [`ws_stream`]: a WebSocket connection as the byte stream the upstream multiplexer runs on.
+
+pub mod ws_stream;
+
+pub use ws_stream::{WsByteStream, websocket_config};

@@ -1,0 +1,198 @@
+//! A WebSocket connection as an unframed byte stream, the way Piko's peers use it.
+//!
+//! - Each write becomes one binary message (our multiplexer writes whole batches of frames, so a
+//!   frame header and its payload travel in one message).
+//! - Reads concatenate binary messages with no regard to their boundaries: Go's yamux writes a
+//!   frame header and its payload as two messages, and gorilla's client fragments messages over
+//!   4 KiB.
+//! - A text message is an error. A close frame, or the connection ending without one (Go peers
+//!   just close the socket), is a normal end of stream.
+//! - Pings are answered by tungstenite on the next read or write.
+
+use std::{
+    io::{self, IoSlice},
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        Message,
+        error::{Error as WsError, ProtocolError},
+        protocol::WebSocketConfig,
+    },
+};
+
+/// Largest message a write produces. Bounds the peer's per-message memory; the multiplexer's
+/// writer simply writes the rest of a large batch as further messages.
+pub const MAX_WRITE_MESSAGE: usize = 256 * 1024;
+
+/// Bytes tungstenite reads from the socket per syscall. It is also what an idle connection keeps
+/// allocated for reading, so it trades bulk throughput against the idle-upstream memory budget.
+pub const READ_BUFFER_SIZE: usize = 16 * 1024;
+
+/// Length of a yamux frame header; a Go peer may send a whole window of payload in one message,
+/// after the header's own message.
+const MUX_HEADER_LEN: usize = 12;
+
+/// The tungstenite settings for a byte-stream connection whose multiplexer grants at most
+/// `largest_receive_window` bytes per stream.
+///
+/// Messages up to that window plus a frame header are accepted (a Go peer writes a whole window
+/// in one message), and at least [`MAX_WRITE_MESSAGE`] (what our own peers send). Writes go to
+/// the socket at once: batching already happened in the multiplexer.
+pub fn websocket_config(largest_receive_window: u32) -> WebSocketConfig {
+    let max_message = (largest_receive_window as usize + MUX_HEADER_LEN).max(MAX_WRITE_MESSAGE);
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_SIZE)
+        .write_buffer_size(0)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}
+
+/// A WebSocket connection as `AsyncRead + AsyncWrite`.
+#[derive(Debug)]
+pub struct WsByteStream<S> {
+    ws: WebSocketStream<S>,
+    /// Unread remainder of the current message.
+    chunk: Bytes,
+    eof: bool,
+}
+
+impl<S> WsByteStream<S> {
+    /// Wraps an established WebSocket connection.
+    pub fn new(ws: WebSocketStream<S>) -> Self {
+        Self {
+            ws,
+            chunk: Bytes::new(),
+            eof: false,
+        }
+    }
+
+    /// The WebSocket connection.
+    pub fn get_ref(&self) -> &WebSocketStream<S> {
+        &self.ws
+    }
+}
+
+/// Whether a read error is just the connection ending, with or without a close handshake.
+fn is_end_of_stream(err: &WsError) -> bool {
+    match err {
+        WsError::ConnectionClosed
+        | WsError::AlreadyClosed
+        | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => true,
+        WsError::Io(err) => matches!(
+            err.kind(),
+            io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+        ),
+        _ => false,
+    }
+}
+
+fn to_io(err: WsError) -> io::Error {
+    match err {
+        WsError::Io(err) => err,
+        WsError::ConnectionClosed | WsError::AlreadyClosed => io::ErrorKind::BrokenPipe.into(),
+        other => io::Error::new(io::ErrorKind::InvalidData, other),
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsByteStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.chunk.is_empty() {
+                let n = self.chunk.len().min(buf.remaining());
+                buf.put_slice(&self.chunk.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            if self.eof {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
+                Some(Ok(Message::Binary(data))) => self.chunk = data,
+                Some(Ok(Message::Text(_))) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "text message on a binary byte stream",
+                    )));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Close(_))) | None => self.eof = true,
+                Some(Err(err)) if is_end_of_stream(&err) => self.eof = true,
+                Some(Err(err)) => return Poll::Ready(Err(to_io(err))),
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsByteStream<S> {
+    fn send(&mut self, cx: &mut Context<'_>, message: Bytes) -> Poll<io::Result<usize>> {
+        ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(to_io)?;
+        let len = message.len();
+        Pin::new(&mut self.ws)
+            .start_send(Message::Binary(message))
+            .map_err(to_io)?;
+        Poll::Ready(Ok(len))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsByteStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = buf.len().min(MAX_WRITE_MESSAGE);
+        self.send(cx, Bytes::copy_from_slice(&buf[..n]))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        let mut message = BytesMut::with_capacity(total.min(MAX_WRITE_MESSAGE));
+        for buf in bufs {
+            let room = MAX_WRITE_MESSAGE - message.len();
+            if room == 0 {
+                break;
+            }
+            message.extend_from_slice(&buf[..buf.len().min(room)]);
+        }
+        self.send(cx, message.freeze())
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.ws).poll_flush(cx).map_err(to_io)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match ready!(Pin::new(&mut self.ws).poll_close(cx)) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(err) if is_end_of_stream(&err) => Poll::Ready(Ok(())),
+            Err(err) => Poll::Ready(Err(to_io(err))),
+        }
+    }
+}
