@@ -34,6 +34,10 @@ struct Options {
     bytes: u64,
     duration: Duration,
     concurrency: usize,
+    window: u32,
+    /// `down`: the server writes (Piko's requests); `up`: the client writes (an agent's
+    /// responses, the masked direction on a WebSocket).
+    direction: String,
 }
 
 fn options() -> Options {
@@ -43,6 +47,8 @@ fn options() -> Options {
         bytes: 1 << 30,
         duration: Duration::from_secs(5),
         concurrency: 32,
+        window: piko_mux::INITIAL_STREAM_WINDOW,
+        direction: "down".into(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -58,6 +64,8 @@ fn options() -> Options {
                 options.duration =
                     Duration::from_secs_f64(value.parse().expect("--duration takes seconds"));
             }
+            "--direction" => options.direction = value,
+            "--window" => options.window = value.parse().expect("--window takes bytes"),
             "--concurrency" => {
                 options.concurrency = value.parse().expect("--concurrency takes a number")
             }
@@ -85,7 +93,7 @@ fn cpu_seconds() -> f64 {
     ticks / 100.0
 }
 
-async fn connected_pair(transport: &str) -> (Session, Session) {
+async fn connected_pair(transport: &str, window: u32) -> (Session, Session) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accept = tokio::spawn(async move { listener.accept().await.unwrap().0 });
@@ -93,7 +101,10 @@ async fn connected_pair(transport: &str) -> (Session, Session) {
     let server_tcp = accept.await.unwrap();
     client_tcp.set_nodelay(true).unwrap();
     server_tcp.set_nodelay(true).unwrap();
-    let config = Config::default();
+    let config = Config {
+        receive_window: window,
+        ..Config::default()
+    };
     let (client_io, server_io): (BoxedIo, BoxedIo) = match transport {
         "tcp" => (Box::pin(client_tcp), Box::pin(server_tcp)),
         "ws" => {
@@ -121,24 +132,27 @@ async fn connected_pair(transport: &str) -> (Session, Session) {
     )
 }
 
-async fn bulk(transport: &str, streams: usize, total: u64) -> (f64, f64) {
-    let (client, server) = connected_pair(transport).await;
-    let per_stream = total / streams as u64;
-    let readers = tokio::spawn(async move {
+async fn bulk(options: &Options, streams: usize) -> (f64, f64) {
+    let per_stream = options.bytes / streams as u64;
+    let (client, server) = connected_pair(&options.transport, options.window).await;
+    let up = match options.direction.as_str() {
+        "down" => false,
+        "up" => true,
+        other => panic!("unknown direction {other}"),
+    };
+    let cpu = cpu_seconds();
+    let started = Instant::now();
+    // The server always opens the streams, as Piko's server does.
+    let acceptor = tokio::spawn(async move {
         let mut tasks = Vec::new();
         for _ in 0..streams {
-            let mut stream = client.accept().await.unwrap();
+            let stream = client.accept().await.unwrap();
             tasks.push(tokio::spawn(async move {
-                let mut buf = vec![0u8; 256 * 1024];
-                let mut got = 0u64;
-                loop {
-                    let n = stream.read(&mut buf).await.unwrap();
-                    if n == 0 {
-                        break;
-                    }
-                    got += n as u64;
+                if up {
+                    write_n(stream, per_stream).await
+                } else {
+                    read_to_end(stream).await
                 }
-                got
             }));
         }
         let mut got = 0;
@@ -147,35 +161,60 @@ async fn bulk(transport: &str, streams: usize, total: u64) -> (f64, f64) {
         }
         (got, client)
     });
-    let cpu = cpu_seconds();
-    let started = Instant::now();
-    let mut writers = Vec::new();
+    let mut tasks = Vec::new();
     for _ in 0..streams {
-        let mut stream = server.open().await.unwrap();
-        writers.push(tokio::spawn(async move {
-            let chunk = vec![0x5au8; 256 * 1024];
-            let mut left = per_stream;
-            while left > 0 {
-                let n = left.min(chunk.len() as u64) as usize;
-                stream.write_all(&chunk[..n]).await.unwrap();
-                left -= n as u64;
+        let stream = server.open().await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            if up {
+                read_to_end(stream).await
+            } else {
+                write_n(stream, per_stream).await
             }
-            stream.shutdown().await.unwrap();
         }));
     }
-    for writer in writers {
-        writer.await.unwrap();
+    let mut got = 0;
+    for task in tasks {
+        got += task.await.unwrap();
     }
-    let (got, _client) = readers.await.unwrap();
+    let (other, _client) = acceptor.await.unwrap();
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu;
-    assert_eq!(got, per_stream * streams as u64);
-    let gib = got as f64 / f64::from(1u32 << 30);
-    (got as f64 / f64::from(1u32 << 20) / elapsed, cpu / gib)
+    let total = per_stream * streams as u64;
+    assert_eq!(got, total);
+    assert_eq!(other, total);
+    let gib = total as f64 / f64::from(1u32 << 30);
+    (total as f64 / f64::from(1u32 << 20) / elapsed, cpu / gib)
 }
 
-async fn round_trips(transport: &str, concurrency: usize, duration: Duration) -> (f64, f64) {
-    let (client, server) = connected_pair(transport).await;
+/// Writes `len` bytes and half-closes; returns `len`.
+async fn write_n(mut stream: piko_mux::Stream, len: u64) -> u64 {
+    let chunk = vec![0x5au8; 256 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        stream.write_all(&chunk[..n]).await.unwrap();
+        left -= n as u64;
+    }
+    stream.shutdown().await.unwrap();
+    len
+}
+
+/// Reads to EOF; returns the byte count.
+async fn read_to_end(mut stream: piko_mux::Stream) -> u64 {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        if n == 0 {
+            return got;
+        }
+        got += n as u64;
+    }
+}
+
+async fn round_trips(options: &Options) -> (f64, f64) {
+    let (concurrency, duration) = (options.concurrency, options.duration);
+    let (client, server) = connected_pair(&options.transport, options.window).await;
     tokio::spawn(async move {
         while let Ok(mut stream) = client.accept().await {
             tokio::spawn(async move {
@@ -230,14 +269,12 @@ fn main() {
             match bench.as_str() {
                 "bulk-1" | "bulk-64" => {
                     let streams = if bench == "bulk-1" { 1 } else { 64 };
-                    let (rate, cpu) = bulk(&options.transport, streams, options.bytes).await;
+                    let (rate, cpu) = bulk(&options, streams).await;
                     println!("RESULT {bench} {rate:.1} MiB/s");
                     println!("RESULT {bench}-cpu {cpu:.3} s/GiB");
                 }
                 "rtt" => {
-                    let (rate, cpu) =
-                        round_trips(&options.transport, options.concurrency, options.duration)
-                            .await;
+                    let (rate, cpu) = round_trips(&options).await;
                     println!("RESULT rtt {rate:.0} rt/s");
                     println!("RESULT rtt-cpu {cpu:.2} us/rt");
                 }

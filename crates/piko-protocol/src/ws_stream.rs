@@ -61,6 +61,9 @@ pub struct WsByteStream<S> {
     /// Unread remainder of the current message.
     chunk: Bytes,
     eof: bool,
+    /// Reused for outgoing messages: tungstenite copies a message into its own buffer and drops
+    /// it, so the allocation comes back to us instead of being freed and faulted in again.
+    scratch: BytesMut,
 }
 
 impl<S> WsByteStream<S> {
@@ -70,6 +73,7 @@ impl<S> WsByteStream<S> {
             ws,
             chunk: Bytes::new(),
             eof: false,
+            scratch: BytesMut::new(),
         }
     }
 
@@ -137,12 +141,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsByteStream<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WsByteStream<S> {
-    fn send(&mut self, cx: &mut Context<'_>, message: Bytes) -> Poll<io::Result<usize>> {
+    /// Sends `bufs` (up to [`MAX_WRITE_MESSAGE`] bytes of them) as one binary message.
+    fn send(&mut self, cx: &mut Context<'_>, bufs: &[&[u8]]) -> Poll<io::Result<usize>> {
         ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(to_io)?;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        self.scratch.reserve(total.min(MAX_WRITE_MESSAGE));
+        for buf in bufs {
+            let room = MAX_WRITE_MESSAGE - self.scratch.len();
+            self.scratch.extend_from_slice(&buf[..buf.len().min(room)]);
+        }
+        let message = self.scratch.split().freeze();
         let len = message.len();
-        Pin::new(&mut self.ws)
-            .start_send(Message::Binary(message))
-            .map_err(to_io)?;
+        Pin::new(&mut self.ws).start_send(Message::Binary(message)).map_err(to_io)?;
+        if self.scratch.capacity() > MAX_WRITE_MESSAGE {
+            // Only reclaimable once tungstenite has dropped the last message.
+            self.scratch = BytesMut::new();
+        }
         Poll::Ready(Ok(len))
     }
 }
@@ -156,8 +170,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsByteStream<S> {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let n = buf.len().min(MAX_WRITE_MESSAGE);
-        self.send(cx, Bytes::copy_from_slice(&buf[..n]))
+        self.send(cx, &[buf])
     }
 
     fn poll_write_vectored(
@@ -165,19 +178,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsByteStream<S> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if total == 0 {
+        let mut slices: [&[u8]; 4] = [&[]; 4];
+        let mut used = 0;
+        for buf in bufs.iter().filter(|b| !b.is_empty()).take(slices.len()) {
+            slices[used] = buf;
+            used += 1;
+        }
+        if used == 0 {
             return Poll::Ready(Ok(0));
         }
-        let mut message = BytesMut::with_capacity(total.min(MAX_WRITE_MESSAGE));
-        for buf in bufs {
-            let room = MAX_WRITE_MESSAGE - message.len();
-            if room == 0 {
-                break;
-            }
-            message.extend_from_slice(&buf[..buf.len().min(room)]);
-        }
-        self.send(cx, message.freeze())
+        self.send(cx, &slices[..used])
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -44,6 +44,7 @@ type options struct {
 	duration    time.Duration
 	concurrency int
 	bufSize     int
+	direction   string
 }
 
 func main() {
@@ -55,6 +56,7 @@ func main() {
 	flag.IntVar(&opts.concurrency, "concurrency", 32, "rtt: concurrent round-trip loops")
 	// Piko moves stream data with io.Copy, whose buffer is 32 KiB.
 	flag.IntVar(&opts.bufSize, "buf", 32*1024, "bulk: read and write size")
+	flag.StringVar(&opts.direction, "direction", "down", "bulk: down (the server writes to the client, as Piko sends requests) or up (the client writes, as an agent sends responses; masked on the WebSocket)")
 	flag.Parse()
 
 	if opts.transport != "ws" && opts.transport != "tcp" {
@@ -198,53 +200,56 @@ func benchBulk(opts options, name string, n int) error {
 	}
 	defer p.close()
 
-	// Each reader reports how many bytes it got, or an error.
+	per := opts.bytes / int64(n)
+	total := per * int64(n)
+	buf := make([]byte, opts.bufSize)
+	for i := range buf {
+		buf[i] = byte(i)
+	}
+	// The server always opens the streams, as Piko's server does; the
+	// direction says which side then writes.
 	type result struct {
 		n   int64
 		err error
 	}
 	results := make(chan result, n)
-	go serveClient(p.client, func(st *yamux.Stream) {
-		defer st.Close()
-		buf := make([]byte, opts.bufSize)
-		var got int64
-		for {
-			k, err := st.Read(buf)
-			got += int64(k)
-			if errors.Is(err, io.EOF) {
-				results <- result{n: got}
-				return
-			}
-			if err != nil {
-				results <- result{n: got, err: err}
-				return
-			}
-		}
-	})
-
-	per := opts.bytes / int64(n)
-	buf := make([]byte, opts.bufSize)
-	for i := range buf {
-		buf[i] = byte(i)
-	}
-	startCPU, start := cpuTime(), time.Now()
 	var writers sync.WaitGroup
 	var writeErr atomic.Pointer[error]
-	for i := range n {
-		size := per
-		if i == 0 {
-			size += opts.bytes % int64(n)
+	startCPU, start := cpuTime(), time.Now()
+	switch opts.direction {
+	case "down":
+		go serveClient(p.client, func(st *yamux.Stream) {
+			defer st.Close()
+			got, err := drain(st, opts.bufSize)
+			results <- result{n: got, err: err}
+		})
+		for range n {
+			writers.Go(func() {
+				if err := writeStream(p.server, per, buf); err != nil {
+					writeErr.CompareAndSwap(nil, &err)
+				}
+			})
 		}
-		writers.Go(func() {
-			if err := writeStream(p.server, size, buf); err != nil {
+	case "up":
+		go serveClient(p.client, func(st *yamux.Stream) {
+			defer st.Close()
+			if err := writeAll(st, per, buf); err != nil {
 				writeErr.CompareAndSwap(nil, &err)
 			}
 		})
-	}
-	writers.Wait()
-	if e := writeErr.Load(); e != nil {
-		// Some reader may never get a stream; the deferred close ends the rest.
-		return *e
+		for range n {
+			st, err := p.server.OpenStream()
+			if err != nil {
+				return err
+			}
+			go func() {
+				defer st.Close()
+				got, err := drain(st, opts.bufSize)
+				results <- result{n: got, err: err}
+			}()
+		}
+	default:
+		return fmt.Errorf("unknown direction %q", opts.direction)
 	}
 	var received int64
 	for range n {
@@ -254,13 +259,45 @@ func benchBulk(opts options, name string, n int) error {
 		}
 		received += r.n
 	}
-	elapsed, cpu := time.Since(start), cpuTime()-startCPU
-	if received != opts.bytes {
-		return fmt.Errorf("client received %d bytes, want %d", received, opts.bytes)
+	writers.Wait()
+	if e := writeErr.Load(); e != nil {
+		return *e
 	}
-	fmt.Printf("RESULT %s %.1f MiB/s\n", name, float64(opts.bytes)/mib/elapsed.Seconds())
-	fmt.Printf("RESULT %s-cpu %.3f s/GiB\n", name, cpu.Seconds()/(float64(opts.bytes)/gib))
+	elapsed, cpu := time.Since(start), cpuTime()-startCPU
+	if received != total {
+		return fmt.Errorf("received %d bytes, want %d", received, total)
+	}
+	fmt.Printf("RESULT %s %.1f MiB/s\n", name, float64(total)/mib/elapsed.Seconds())
+	fmt.Printf("RESULT %s-cpu %.3f s/GiB\n", name, cpu.Seconds()/(float64(total)/gib))
 	return nil
+}
+
+// drain reads a stream to EOF and counts the bytes.
+func drain(st *yamux.Stream, bufSize int) (int64, error) {
+	buf := make([]byte, bufSize)
+	var got int64
+	for {
+		k, err := st.Read(buf)
+		got += int64(k)
+		if errors.Is(err, io.EOF) {
+			return got, nil
+		}
+		if err != nil {
+			return got, err
+		}
+	}
+}
+
+// writeAll writes size bytes of buf, repeated, and half-closes the stream.
+func writeAll(st *yamux.Stream, size int64, buf []byte) error {
+	for size > 0 {
+		chunk := buf[:min(int64(len(buf)), size)]
+		if _, err := st.Write(chunk); err != nil {
+			return err
+		}
+		size -= int64(len(chunk))
+	}
+	return st.Close()
 }
 
 // writeStream opens a stream, writes size bytes and half-closes it.
@@ -270,14 +307,7 @@ func writeStream(sess *yamux.Session, size int64, buf []byte) error {
 		return err
 	}
 	defer st.Close()
-	for size > 0 {
-		chunk := buf[:min(int64(len(buf)), size)]
-		if _, err := st.Write(chunk); err != nil {
-			return err
-		}
-		size -= int64(len(chunk))
-	}
-	return st.Close()
+	return writeAll(st, size, buf)
 }
 
 // benchRTT counts stream round trips: the server opens a stream and sends
