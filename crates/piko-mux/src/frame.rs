@@ -8,18 +8,11 @@
 //! `length` means the payload length on Data frames, the window delta on WindowUpdate frames, an
 //! opaque ping ID on Ping frames and the error code on GoAway frames.
 
-use bytes::{Buf, Bytes, BytesMut};
-
 /// Length of every frame header.
 pub const HEADER_LEN: usize = 12;
 
 /// The only protocol version yamux has.
 pub const PROTOCOL_VERSION: u8 = 0;
-
-/// Payloads shorter than this are copied out of the read buffer rather than sliced from it: a
-/// slice keeps the whole read buffer allocated for as long as the application leaves the data
-/// unread, so a few bytes parked on a slow stream could pin tens of KiB.
-const ZERO_COPY_MIN: usize = 16 * 1024;
 
 /// Frame type, the second header byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -212,22 +205,29 @@ pub enum FrameError {
     Type(u8),
 }
 
-/// A complete frame: its header and, for Data frames, its payload.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame {
-    /// The header.
-    pub header: Header,
-    /// Payload (empty unless the frame is Data).
-    pub payload: Bytes,
+/// One piece of the inbound byte stream, as [`FrameDecoder::decode`] yields them.
+///
+/// Data payloads are yielded in whatever pieces have arrived, so the reader never needs a whole
+/// frame (up to a window, 256 KiB or more) in its buffer and can copy each piece straight into the
+/// stream it belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part<'a> {
+    /// A whole WindowUpdate, Ping or GoAway frame.
+    Control(Header),
+    /// The header of a Data frame; its payload follows as [`Part::Payload`] pieces, then
+    /// [`Part::DataEnd`].
+    DataStart(Header),
+    /// A piece of the current Data frame's payload.
+    Payload(&'a [u8]),
+    /// The current Data frame is complete (its FIN or RST flags take effect now, after its data).
+    DataEnd(Header),
 }
 
-/// Incremental frame decoder over a growing read buffer.
-///
-/// Feed bytes into a `BytesMut` in any chunking and call [`FrameDecoder::decode`] until it returns
-/// `Ok(None)`; it consumes exactly the frames it returns.
+/// Incremental decoder: turns bytes, in any chunking, into [`Part`]s.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
-    header: Option<Header>,
+    /// The Data frame being received and how much of its payload is still to come.
+    data: Option<(Header, u32)>,
 }
 
 impl FrameDecoder {
@@ -236,44 +236,40 @@ impl FrameDecoder {
         Self::default()
     }
 
-    /// Payload bytes still needed to complete the frame whose header was already consumed (0 at
-    /// a header boundary). Lets the reader size its next read.
-    pub fn pending_payload(&self, buf: &BytesMut) -> usize {
-        self.header
-            .map_or(0, |h| h.payload_len().saturating_sub(buf.len()))
+    /// Payload bytes still expected for the current Data frame (0 at a frame boundary).
+    pub fn payload_remaining(&self) -> usize {
+        self.data.map_or(0, |(_, remaining)| remaining as usize)
     }
 
-    /// Decodes the next complete frame from `buf`, or `Ok(None)` if more bytes are needed.
+    /// Decodes the next part from the front of `input`, returning it with the number of bytes it
+    /// used, or `Ok(None)` if `input` holds too little to make progress.
     ///
     /// # Errors
     /// A header that cannot be decoded; the stream is then unusable.
-    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        let header = match self.header {
-            Some(header) => header,
-            None => {
-                let Some(raw) = buf.get(..HEADER_LEN) else {
-                    return Ok(None);
-                };
-                let raw: &[u8; HEADER_LEN] = raw.try_into().expect("slice of HEADER_LEN");
-                let header = Header::decode(raw)?;
-                buf.advance(HEADER_LEN);
-                header
+    pub fn decode<'a>(&mut self, input: &'a [u8]) -> Result<Option<(Part<'a>, usize)>, FrameError> {
+        if let Some((header, remaining)) = &mut self.data {
+            if *remaining == 0 {
+                let header = *header;
+                self.data = None;
+                return Ok(Some((Part::DataEnd(header), 0)));
             }
-        };
-        let len = header.payload_len();
-        if buf.len() < len {
-            self.header = Some(header);
-            return Ok(None);
+            if input.is_empty() {
+                return Ok(None);
+            }
+            let n = input.len().min(*remaining as usize);
+            *remaining -= n as u32;
+            return Ok(Some((Part::Payload(&input[..n]), n)));
         }
-        self.header = None;
-        let payload = if len >= ZERO_COPY_MIN {
-            buf.split_to(len).freeze()
-        } else {
-            let payload = Bytes::copy_from_slice(&buf[..len]);
-            buf.advance(len);
-            payload
+        let Some(raw) = input.get(..HEADER_LEN) else {
+            return Ok(None);
         };
-        Ok(Some(Frame { header, payload }))
+        let header = Header::decode(raw.try_into().expect("slice of HEADER_LEN"))?;
+        if header.ty == FrameType::Data {
+            self.data = Some((header, header.length));
+            Ok(Some((Part::DataStart(header), HEADER_LEN)))
+        } else {
+            Ok(Some((Part::Control(header), HEADER_LEN)))
+        }
     }
 }
 
@@ -301,35 +297,50 @@ mod tests {
         assert_eq!(Header::decode(&raw), Err(FrameError::Type(4)));
     }
 
-    #[test]
-    fn decodes_across_arbitrary_chunks() {
-        let mut wire = Vec::new();
-        wire.extend_from_slice(&Header::data(1, Flags::SYN, 5).encode());
-        wire.extend_from_slice(b"hello");
-        wire.extend_from_slice(&Header::window_update(1, Flags::FIN, 9).encode());
+    /// Decodes `wire` fed in pieces of `chunk` bytes into owned parts (payload pieces merged).
+    fn decode_all(wire: &[u8], chunk: usize) -> Vec<(String, Vec<u8>)> {
         let mut decoder = FrameDecoder::new();
-        let mut buf = BytesMut::new();
-        let mut frames = Vec::new();
-        for byte in wire {
-            buf.extend_from_slice(&[byte]);
-            while let Some(frame) = decoder.decode(&mut buf).unwrap() {
-                frames.push(frame);
+        let mut buf = Vec::new();
+        let mut parts: Vec<(String, Vec<u8>)> = Vec::new();
+        for piece in wire.chunks(chunk) {
+            buf.extend_from_slice(piece);
+            let mut pos = 0;
+            while let Some((part, used)) = decoder.decode(&buf[pos..]).unwrap() {
+                pos += used;
+                match part {
+                    Part::Payload(data) => match parts.last_mut() {
+                        Some((kind, bytes)) if kind == "payload" => bytes.extend_from_slice(data),
+                        _ => parts.push(("payload".into(), data.to_vec())),
+                    },
+                    other => parts.push((format!("{other:?}"), Vec::new())),
+                }
             }
+            buf.drain(..pos);
         }
-        assert_eq!(frames.len(), 2);
-        assert_eq!(frames[0].payload, Bytes::from_static(b"hello"));
-        assert_eq!(frames[1].header, Header::window_update(1, Flags::FIN, 9));
         assert!(buf.is_empty());
+        parts
     }
 
     #[test]
-    fn large_payload_is_sliced_intact() {
-        let payload: Vec<u8> = (0..ZERO_COPY_MIN * 2).map(|i| (i % 251) as u8).collect();
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(&Header::data(3, Flags::NONE, payload.len() as u32).encode());
-        buf.extend_from_slice(&payload);
-        let frame = FrameDecoder::new().decode(&mut buf).unwrap().unwrap();
-        assert_eq!(frame.payload, payload);
+    fn decodes_across_arbitrary_chunks() {
+        let payload: Vec<u8> = (0..40_000).map(|i| (i % 251) as u8).collect();
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&Header::data(1, Flags::SYN, payload.len() as u32).encode());
+        wire.extend_from_slice(&payload);
+        wire.extend_from_slice(&Header::window_update(1, Flags::FIN, 9).encode());
+        wire.extend_from_slice(&Header::data(1, Flags::FIN, 0).encode());
+        let whole = decode_all(&wire, wire.len());
+        for chunk in [1, 5, 12, 13, 4096] {
+            assert_eq!(decode_all(&wire, chunk), whole, "chunk size {chunk}");
+        }
+        assert_eq!(whole.len(), 6);
+        assert_eq!(whole[1], ("payload".to_string(), payload));
+        let update = Part::Control(Header::window_update(1, Flags::FIN, 9));
+        assert_eq!(whole[3].0, format!("{update:?}"));
+        assert_eq!(
+            whole[5].0,
+            format!("{:?}", Part::DataEnd(Header::data(1, Flags::FIN, 0)))
+        );
     }
 
     proptest! {
@@ -352,14 +363,17 @@ mod tests {
             split in 0usize..4096,
         ) {
             let mut decoder = FrameDecoder::new();
-            let mut buf = BytesMut::new();
+            let mut buf = Vec::new();
             let split = split.min(input.len());
             let mut consumed = 0;
             for chunk in [&input[..split], &input[split..]] {
                 buf.extend_from_slice(chunk);
-                while let Ok(Some(frame)) = decoder.decode(&mut buf) {
-                    consumed += HEADER_LEN + frame.payload.len();
+                let mut pos = 0;
+                while let Ok(Some((_, used))) = decoder.decode(&buf[pos..]) {
+                    pos += used;
                 }
+                consumed += pos;
+                buf.drain(..pos);
             }
             prop_assert!(consumed <= input.len());
         }

@@ -24,15 +24,15 @@
 //!   queues. Stream writes copy their bytes straight into the session's output queue; a single
 //!   writer task swaps the queue out and writes it with one vectored write, so the frames of many
 //!   streams share a syscall and the writer flushes only when it runs out of output.
-//! - A single reader task reads large chunks and applies every complete frame in the chunk under
-//!   one lock acquisition. Large payloads are handed to streams as slices of the read buffer (no
-//!   copy); small ones are copied so they do not pin the buffer.
+//! - A single reader task reads large chunks into one reused buffer and applies everything in the
+//!   chunk under one lock acquisition; payload pieces are copied straight into their stream's ring
+//!   buffer, so memory per stream is its unread data and nothing more.
 //! - Ping replies and window updates go on a priority queue that is written before stream data.
 //! - A timer task sends keep-alive pings and expires open and close deadlines; it sleeps until
 //!   the next deadline rather than ticking, so idle sessions cost no wake-ups.
 //!
 //! # Layout
-//! - [`frame`]: the 12-byte header and the incremental decoder.
+//! - [`frame`]: the 12-byte header and the incremental decoder, which yields payloads in pieces.
 //! - [`Config`]: settings, with Piko's defaults.
 //! - [`Session`]: open, accept, GoAway, close, and why the session ended.
 //! - [`Stream`]: a stream as `AsyncRead + AsyncWrite`.

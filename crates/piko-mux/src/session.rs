@@ -266,13 +266,21 @@ async fn read_loop<R: AsyncRead>(shared: Arc<Shared>, reader: R) {
     let mut read_size = MIN_READ;
     loop {
         let applied = shared.with_state(|state, fx| {
-            loop {
-                match decoder.decode(&mut buf) {
-                    Ok(Some(frame)) => state.on_frame(frame, fx)?,
-                    Ok(None) => return Ok(state.control_backlog()),
-                    Err(err) => return Err(SessionEnd::Protocol(err.into())),
+            let mut used = 0;
+            let result = loop {
+                match decoder.decode(&buf[used..]) {
+                    Ok(Some((part, n))) => {
+                        used += n;
+                        if let Err(end) = state.on_part(part, fx) {
+                            break Err(end);
+                        }
+                    }
+                    Ok(None) => break Ok(state.control_backlog()),
+                    Err(err) => break Err(SessionEnd::Protocol(err.into())),
                 }
-            }
+            };
+            buf.advance(used);
+            result
         });
         match applied {
             Err(end) => return shared.terminate(end),
@@ -292,8 +300,7 @@ async fn read_loop<R: AsyncRead>(shared: Arc<Shared>, reader: R) {
         if buf.is_empty() && buf.capacity() > 2 * read_size {
             buf = BytesMut::new();
         }
-        let want = decoder.pending_payload(&buf).max(read_size);
-        buf.reserve(want);
+        buf.reserve(read_size);
         let spare = buf.capacity() - buf.len();
         let result = tokio::select! {
             biased;

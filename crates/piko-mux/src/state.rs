@@ -12,13 +12,13 @@ use std::{
     time::Duration,
 };
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use tokio::time::Instant;
 
 use crate::{
     config::{Config, INITIAL_STREAM_WINDOW},
     error::{Error, ProtocolError, SessionEnd, StreamError},
-    frame::{Flags, Frame, FrameType, GO_AWAY_NORMAL, GO_AWAY_PROTOCOL_ERROR, Header},
+    frame::{Flags, FrameType, GO_AWAY_NORMAL, GO_AWAY_PROTOCOL_ERROR, Header, Part},
     id_hash::BuildIdHasher,
 };
 
@@ -68,7 +68,8 @@ struct StreamState {
     recv_window: u32,
     /// Bytes the application consumed that were not yet granted back to the peer.
     recv_consumed: u32,
-    recv_buf: VecDeque<Bytes>,
+    /// A ring: appends never move unread bytes, unlike a buffer consumed from the front.
+    recv_buf: VecDeque<u8>,
     read_waker: Option<Waker>,
     write_waker: Option<Waker>,
 }
@@ -176,6 +177,8 @@ pub(crate) struct State {
     /// Outstanding keep-alive ping and the deadline for its reply.
     ping: Option<(u32, Instant)>,
     next_ping_at: Option<Instant>,
+    /// Stream of the Data frame whose payload is arriving.
+    inbound: u32,
     pub(crate) end: Option<SessionEnd>,
     pub(crate) local_go_away: bool,
     pub(crate) remote_go_away: bool,
@@ -204,6 +207,7 @@ impl State {
             next_ping_id: 0,
             ping: None,
             next_ping_at: config.keep_alive_interval.map(|interval| now + interval),
+            inbound: 0,
             end: None,
             local_go_away: false,
             remote_go_away: false,
@@ -359,20 +363,12 @@ impl State {
             stream.read_waker = Some(waker.clone());
             return Poll::Pending;
         }
-        let mut copied = 0;
-        while dst.remaining() > 0 {
-            let Some(chunk) = stream.recv_buf.front_mut() else {
-                break;
-            };
-            let n = chunk.len().min(dst.remaining());
-            dst.put_slice(&chunk[..n]);
-            copied += n;
-            if n == chunk.len() {
-                stream.recv_buf.pop_front();
-            } else {
-                let _ = chunk.split_to(n);
-            }
-        }
+        let copied = stream.recv_buf.len().min(dst.remaining());
+        let (front, back) = stream.recv_buf.as_slices();
+        let from_front = front.len().min(copied);
+        dst.put_slice(&front[..from_front]);
+        dst.put_slice(&back[..copied - from_front]);
+        stream.recv_buf.drain(..copied);
         stream.recv_consumed += copied as u32;
         if stream.recv_consumed >= half_window && !stream.remote_fin && self.end.is_none() {
             let delta = std::mem::take(&mut stream.recv_consumed);
@@ -470,7 +466,7 @@ impl State {
             return;
         }
         stream.reset = Some(StreamError::ResetLocally);
-        stream.recv_buf.clear();
+        stream.recv_buf = VecDeque::new();
         stream.wake_all(fx);
         self.forget_unacked(id, fx);
         if self.end.is_none() {
@@ -499,8 +495,8 @@ impl State {
             // read yet; wait for its FIN instead, granting window so it is never stuck.
             let deadline = now + close_timeout;
             stream.holder = Holder::Detached(deadline);
-            let buffered: usize = stream.recv_buf.drain(..).map(|b| b.len()).sum();
-            stream.recv_consumed += buffered as u32;
+            stream.recv_consumed += stream.recv_buf.len() as u32;
+            stream.recv_buf = VecDeque::new();
             stream.read_waker = None;
             stream.write_waker = None;
             self.grant_consumed(id, fx);
@@ -541,50 +537,96 @@ impl State {
 
     // ---- inbound frames ---------------------------------------------------------------------
 
-    /// Applies one inbound frame.
+    /// Applies one piece of inbound input.
     ///
     /// # Errors
     /// The session must end: a protocol violation, or a GoAway with a non-zero code.
-    pub(crate) fn on_frame(&mut self, frame: Frame, fx: &mut Effects) -> Result<(), SessionEnd> {
-        let header = frame.header;
-        match header.ty {
-            FrameType::Ping => {
-                if header.stream_id != 0 {
-                    return Err(ProtocolError::BadStreamId(header.stream_id).into());
+    pub(crate) fn on_part(&mut self, part: Part<'_>, fx: &mut Effects) -> Result<(), SessionEnd> {
+        match part {
+            Part::Control(header) => match header.ty {
+                FrameType::Ping => self.on_ping(header, fx),
+                FrameType::GoAway => self.on_go_away(header, fx),
+                _ => {
+                    self.on_stream_open_flags(header, fx)?;
+                    if header.length > 0
+                        && let Some(stream) = self.streams.get_mut(&header.stream_id)
+                    {
+                        stream.send_window = stream.send_window.saturating_add(header.length);
+                        fx.wake(stream.write_waker.take());
+                    }
+                    self.on_stream_close_flags(header, fx);
+                    Ok(())
                 }
-                if header.flags.contains(Flags::SYN) {
-                    self.push_control(Header::ping(Flags::ACK, header.length), fx);
-                } else if header.flags.contains(Flags::ACK)
-                    && self.ping.is_some_and(|(id, _)| id == header.length)
+            },
+            Part::DataStart(header) => {
+                self.on_stream_open_flags(header, fx)?;
+                let id = header.stream_id;
+                if let Some(stream) = self.streams.get_mut(&id) {
+                    if header.length > stream.recv_window {
+                        return Err(ProtocolError::WindowExceeded {
+                            stream_id: id,
+                            len: header.length,
+                            window: stream.recv_window,
+                        }
+                        .into());
+                    }
+                    stream.recv_window -= header.length;
+                }
+                self.inbound = id;
+                Ok(())
+            }
+            Part::Payload(data) => {
+                self.on_payload(data, fx);
+                Ok(())
+            }
+            Part::DataEnd(header) => {
+                if self
+                    .streams
+                    .get(&header.stream_id)
+                    .is_some_and(|s| matches!(s.holder, Holder::Detached(_)))
                 {
-                    self.ping = None;
-                    fx.timer = true;
+                    self.grant_consumed(header.stream_id, fx);
                 }
+                self.on_stream_close_flags(header, fx);
                 Ok(())
             }
-            FrameType::GoAway => {
-                if header.stream_id != 0 {
-                    return Err(ProtocolError::BadStreamId(header.stream_id).into());
-                }
-                if header.length != GO_AWAY_NORMAL {
-                    return Err(SessionEnd::GoAway(header.length));
-                }
-                if !self.remote_go_away {
-                    self.remote_go_away = true;
-                    fx.open = true;
-                    fx.status = true;
-                }
-                Ok(())
-            }
-            FrameType::Data | FrameType::WindowUpdate => self.on_stream_frame(frame, fx),
         }
     }
 
-    fn on_stream_frame(&mut self, frame: Frame, fx: &mut Effects) -> Result<(), SessionEnd> {
-        let Frame { header, payload } = frame;
+    fn on_ping(&mut self, header: Header, fx: &mut Effects) -> Result<(), SessionEnd> {
+        if header.stream_id != 0 {
+            return Err(ProtocolError::BadStreamId(header.stream_id).into());
+        }
+        if header.flags.contains(Flags::SYN) {
+            self.push_control(Header::ping(Flags::ACK, header.length), fx);
+        } else if header.flags.contains(Flags::ACK)
+            && self.ping.is_some_and(|(id, _)| id == header.length)
+        {
+            self.ping = None;
+            fx.timer = true;
+        }
+        Ok(())
+    }
+
+    fn on_go_away(&mut self, header: Header, fx: &mut Effects) -> Result<(), SessionEnd> {
+        if header.stream_id != 0 {
+            return Err(ProtocolError::BadStreamId(header.stream_id).into());
+        }
+        if header.length != GO_AWAY_NORMAL {
+            return Err(SessionEnd::GoAway(header.length));
+        }
+        if !self.remote_go_away {
+            self.remote_go_away = true;
+            fx.open = true;
+            fx.status = true;
+        }
+        Ok(())
+    }
+
+    /// SYN and ACK, which take effect before a frame's window delta or data.
+    fn on_stream_open_flags(&mut self, header: Header, fx: &mut Effects) -> Result<(), SessionEnd> {
         let id = header.stream_id;
-        let flags = header.flags;
-        if flags.contains(Flags::SYN) {
+        if header.flags.contains(Flags::SYN) {
             if id == 0 {
                 return Err(ProtocolError::BadStreamId(0).into());
             }
@@ -598,6 +640,7 @@ impl State {
                 || self.end.is_some()
                 || self.accept_queue.len() >= self.accept_backlog
             {
+                // Refused: the stream is never created, so its data is discarded as late.
                 self.push_out(Header::window_update(id, Flags::RST, 0), &[], fx);
                 return Ok(());
             }
@@ -608,52 +651,49 @@ impl State {
             self.accept_queue.push_back(id);
             fx.accept = true;
         }
-        let Some(stream) = self.streams.get_mut(&id) else {
-            // A stream we already reset or forgot: its frames are late, not wrong.
-            return Ok(());
-        };
-        if flags.contains(Flags::ACK) && stream.opened_locally && !stream.acked {
+        if header.flags.contains(Flags::ACK)
+            && let Some(stream) = self.streams.get_mut(&id)
+            && stream.opened_locally
+            && !stream.acked
+        {
             stream.acked = true;
             self.unacked.retain(|&(_, unacked)| unacked != id);
             fx.open = true;
         }
-        if header.ty == FrameType::WindowUpdate && header.length > 0 {
-            stream.send_window = stream.send_window.saturating_add(header.length);
-            fx.wake(stream.write_waker.take());
-        }
-        if header.ty == FrameType::Data && !payload.is_empty() {
-            let len = payload.len() as u32;
-            if len > stream.recv_window {
-                return Err(ProtocolError::WindowExceeded {
-                    stream_id: id,
-                    len,
-                    window: stream.recv_window,
-                }
-                .into());
-            }
-            stream.recv_window -= len;
-            match stream.holder {
-                _ if stream.reset.is_some() || stream.remote_fin => {}
-                Holder::Detached(_) => {
-                    stream.recv_consumed += len;
-                    self.grant_consumed(id, fx);
-                }
-                Holder::Queued | Holder::Live => {
-                    stream.recv_buf.push_back(payload);
-                    fx.wake(stream.read_waker.take());
-                }
-            }
-        }
+        Ok(())
+    }
+
+    /// A piece of the current Data frame's payload (already counted against the window).
+    fn on_payload(&mut self, data: &[u8], fx: &mut Effects) {
+        let id = self.inbound;
+        // Frames for a stream we reset or forgot are late, not wrong: dropped.
         let Some(stream) = self.streams.get_mut(&id) else {
-            return Ok(());
+            return;
         };
-        if flags.contains(Flags::FIN) && !stream.remote_fin {
+        match stream.holder {
+            _ if stream.reset.is_some() || stream.remote_fin => {}
+            // Discarded, and granted back once the frame is complete.
+            Holder::Detached(_) => stream.recv_consumed += data.len() as u32,
+            Holder::Queued | Holder::Live => {
+                stream.recv_buf.extend(data);
+                fx.wake(stream.read_waker.take());
+            }
+        }
+    }
+
+    /// FIN and RST, which take effect after a frame's data.
+    fn on_stream_close_flags(&mut self, header: Header, fx: &mut Effects) {
+        let id = header.stream_id;
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if header.flags.contains(Flags::FIN) && !stream.remote_fin {
             stream.remote_fin = true;
             fx.wake(stream.read_waker.take());
         }
-        if flags.contains(Flags::RST) && stream.reset.is_none() {
+        if header.flags.contains(Flags::RST) && stream.reset.is_none() {
             stream.reset = Some(StreamError::ResetByPeer);
-            stream.recv_buf.clear();
+            stream.recv_buf = VecDeque::new();
             stream.wake_all(fx);
         }
         if stream.finished() {
@@ -668,7 +708,6 @@ impl State {
                 Holder::Queued | Holder::Live => {}
             }
         }
-        Ok(())
     }
 
     // ---- timers -----------------------------------------------------------------------------
@@ -720,7 +759,7 @@ impl State {
             fx.open = true;
             if let Some(stream) = self.streams.get_mut(&id) {
                 stream.reset = Some(StreamError::OpenTimeout);
-                stream.recv_buf.clear();
+                stream.recv_buf = VecDeque::new();
                 stream.wake_all(fx);
                 self.push_out(Header::window_update(id, Flags::RST, 0), &[], fx);
             }

@@ -3,12 +3,19 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use piko_mux::{
     Config, Error, ProtocolError, Session, SessionEnd,
-    frame::{Flags, Frame, FrameDecoder, FrameType, Header},
+    frame::{Flags, FrameDecoder, FrameType, Header, Part},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+/// A whole frame, reassembled from the decoder's parts.
+#[derive(Debug)]
+struct Frame {
+    header: Header,
+    payload: Vec<u8>,
+}
 
 /// The far end of a session, speaking raw frames.
 struct RawPeer {
@@ -29,9 +36,36 @@ impl RawPeer {
 
     /// The next frame, or `None` at EOF.
     async fn recv(&mut self) -> Option<Frame> {
+        let mut frame: Option<Frame> = None;
         loop {
-            if let Some(frame) = self.decoder.decode(&mut self.buf).unwrap() {
-                return Some(frame);
+            let mut used = 0;
+            let mut done = None;
+            while let Some((part, n)) = self.decoder.decode(&self.buf[used..]).unwrap() {
+                used += n;
+                match part {
+                    Part::Control(header) => {
+                        done = Some(Frame {
+                            header,
+                            payload: Vec::new(),
+                        });
+                        break;
+                    }
+                    Part::DataStart(header) => {
+                        frame = Some(Frame {
+                            header,
+                            payload: Vec::new(),
+                        })
+                    }
+                    Part::Payload(data) => frame.as_mut().unwrap().payload.extend_from_slice(data),
+                    Part::DataEnd(_) => {
+                        done = frame.take();
+                        break;
+                    }
+                }
+            }
+            self.buf.advance(used);
+            if done.is_some() {
+                return done;
             }
             let n = tokio::time::timeout(Duration::from_secs(600), self.io.read_buf(&mut self.buf))
                 .await

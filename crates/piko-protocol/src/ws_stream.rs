@@ -118,6 +118,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsByteStream<S> {
             if !self.chunk.is_empty() {
                 let n = self.chunk.len().min(buf.remaining());
                 buf.put_slice(&self.chunk.split_to(n));
+                if self.chunk.is_empty() {
+                    // Release our reference to tungstenite's read buffer now, so it can reuse
+                    // the allocation for the next message instead of allocating a fresh one.
+                    self.chunk = Bytes::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             if self.eof {
@@ -152,7 +157,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsByteStream<S> {
         }
         let message = self.scratch.split().freeze();
         let len = message.len();
-        Pin::new(&mut self.ws).start_send(Message::Binary(message)).map_err(to_io)?;
+        Pin::new(&mut self.ws)
+            .start_send(Message::Binary(message))
+            .map_err(to_io)?;
         if self.scratch.capacity() > MAX_WRITE_MESSAGE {
             // Only reclaimable once tungstenite has dropped the last message.
             self.scratch = BytesMut::new();
