@@ -51,7 +51,7 @@ async fn clients(addr: String, sessions: usize) {
         let (ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config))
             .await
             .unwrap();
-        let session = Session::client(WsByteStream::new(ws), config());
+        let session = Session::client_transport(WsByteStream::new(ws), config());
         let acceptor = session.clone();
         tokio::spawn(async move {
             let mut streams = Vec::new();
@@ -92,7 +92,7 @@ async fn measure(sessions: usize, streams: usize) {
         let ws = tokio_tungstenite::accept_async_with_config(tcp, Some(ws_config))
             .await
             .unwrap();
-        accepted.push(Session::server(WsByteStream::new(ws), config()));
+        accepted.push(Session::server_transport(WsByteStream::new(ws), config()));
     }
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert_eq!(

@@ -9,7 +9,6 @@
 #![allow(missing_docs)]
 
 use std::{
-    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -20,13 +19,9 @@ use std::{
 use piko_mux::{Config, Session};
 use piko_protocol::{WsByteStream, websocket_config};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
-
-trait Io: AsyncRead + AsyncWrite + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + 'static> Io for T {}
-type BoxedIo = Pin<Box<dyn Io>>;
 
 struct Options {
     transport: String,
@@ -105,8 +100,11 @@ async fn connected_pair(transport: &str, window: u32) -> (Session, Session) {
         receive_window: window,
         ..Config::default()
     };
-    let (client_io, server_io): (BoxedIo, BoxedIo) = match transport {
-        "tcp" => (Box::pin(client_tcp), Box::pin(server_tcp)),
+    match transport {
+        "tcp" => (
+            Session::client(client_tcp, config.clone()),
+            Session::server(server_tcp, config),
+        ),
         "ws" => {
             let ws_config = websocket_config(config.receive_window);
             let server = tokio::spawn(async move {
@@ -119,17 +117,14 @@ async fn connected_pair(transport: &str, window: u32) -> (Session, Session) {
                 tokio_tungstenite::client_async_with_config(url, client_tcp, Some(ws_config))
                     .await
                     .unwrap();
+            let server = server.await.unwrap();
             (
-                Box::pin(WsByteStream::new(client)),
-                Box::pin(WsByteStream::new(server.await.unwrap())),
+                Session::client_transport(WsByteStream::new(client), config.clone()),
+                Session::server_transport(WsByteStream::new(server), config),
             )
         }
         other => panic!("unknown transport {other}"),
-    };
-    (
-        Session::client(client_io, config.clone()),
-        Session::server(server_io, config),
-    )
+    }
 }
 
 async fn bulk(options: &Options, streams: usize) -> (f64, f64) {

@@ -224,10 +224,15 @@ pub enum Part<'a> {
 }
 
 /// Incremental decoder: turns bytes, in any chunking, into [`Part`]s.
+///
+/// It consumes every byte it is given: a header split across chunks is kept internally, so a
+/// caller can hand it each chunk in place and never has to keep a tail of its own.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     /// The Data frame being received and how much of its payload is still to come.
     data: Option<(Header, u32)>,
+    partial: [u8; HEADER_LEN],
+    partial_len: usize,
 }
 
 impl FrameDecoder {
@@ -241,34 +246,46 @@ impl FrameDecoder {
         self.data.map_or(0, |(_, remaining)| remaining as usize)
     }
 
-    /// Decodes the next part from the front of `input`, returning it with the number of bytes it
-    /// used, or `Ok(None)` if `input` holds too little to make progress.
+    /// Decodes from the front of `input`: returns how many bytes it used and the part it
+    /// completed, if any. Call again with the rest until it returns `(None, 0)`.
     ///
     /// # Errors
     /// A header that cannot be decoded; the stream is then unusable.
-    pub fn decode<'a>(&mut self, input: &'a [u8]) -> Result<Option<(Part<'a>, usize)>, FrameError> {
+    pub fn decode<'a>(&mut self, input: &'a [u8]) -> Result<(Option<Part<'a>>, usize), FrameError> {
         if let Some((header, remaining)) = &mut self.data {
             if *remaining == 0 {
                 let header = *header;
                 self.data = None;
-                return Ok(Some((Part::DataEnd(header), 0)));
-            }
-            if input.is_empty() {
-                return Ok(None);
+                return Ok((Some(Part::DataEnd(header)), 0));
             }
             let n = input.len().min(*remaining as usize);
+            if n == 0 {
+                return Ok((None, 0));
+            }
             *remaining -= n as u32;
-            return Ok(Some((Part::Payload(&input[..n]), n)));
+            return Ok((Some(Part::Payload(&input[..n])), n));
         }
-        let Some(raw) = input.get(..HEADER_LEN) else {
-            return Ok(None);
+        let (raw, used) = if self.partial_len == 0 && input.len() >= HEADER_LEN {
+            (
+                input[..HEADER_LEN].try_into().expect("slice of HEADER_LEN"),
+                HEADER_LEN,
+            )
+        } else {
+            let take = input.len().min(HEADER_LEN - self.partial_len);
+            self.partial[self.partial_len..self.partial_len + take].copy_from_slice(&input[..take]);
+            self.partial_len += take;
+            if self.partial_len < HEADER_LEN {
+                return Ok((None, take));
+            }
+            self.partial_len = 0;
+            (self.partial, take)
         };
-        let header = Header::decode(raw.try_into().expect("slice of HEADER_LEN"))?;
+        let header = Header::decode(&raw)?;
         if header.ty == FrameType::Data {
             self.data = Some((header, header.length));
-            Ok(Some((Part::DataStart(header), HEADER_LEN)))
+            Ok((Some(Part::DataStart(header)), used))
         } else {
-            Ok(Some((Part::Control(header), HEADER_LEN)))
+            Ok((Some(Part::Control(header)), used))
         }
     }
 }
@@ -300,13 +317,18 @@ mod tests {
     /// Decodes `wire` fed in pieces of `chunk` bytes into owned parts (payload pieces merged).
     fn decode_all(wire: &[u8], chunk: usize) -> Vec<(String, Vec<u8>)> {
         let mut decoder = FrameDecoder::new();
-        let mut buf = Vec::new();
         let mut parts: Vec<(String, Vec<u8>)> = Vec::new();
         for piece in wire.chunks(chunk) {
-            buf.extend_from_slice(piece);
             let mut pos = 0;
-            while let Some((part, used)) = decoder.decode(&buf[pos..]).unwrap() {
+            loop {
+                let (part, used) = decoder.decode(&piece[pos..]).unwrap();
                 pos += used;
+                let Some(part) = part else {
+                    if used == 0 {
+                        break;
+                    }
+                    continue;
+                };
                 match part {
                     Part::Payload(data) => match parts.last_mut() {
                         Some((kind, bytes)) if kind == "payload" => bytes.extend_from_slice(data),
@@ -315,9 +337,8 @@ mod tests {
                     other => parts.push((format!("{other:?}"), Vec::new())),
                 }
             }
-            buf.drain(..pos);
+            assert_eq!(pos, piece.len(), "the decoder consumes every byte");
         }
-        assert!(buf.is_empty());
         parts
     }
 
@@ -363,17 +384,18 @@ mod tests {
             split in 0usize..4096,
         ) {
             let mut decoder = FrameDecoder::new();
-            let mut buf = Vec::new();
             let split = split.min(input.len());
             let mut consumed = 0;
-            for chunk in [&input[..split], &input[split..]] {
-                buf.extend_from_slice(chunk);
+            'chunks: for chunk in [&input[..split], &input[split..]] {
                 let mut pos = 0;
-                while let Ok(Some((_, used))) = decoder.decode(&buf[pos..]) {
-                    pos += used;
+                loop {
+                    match decoder.decode(&chunk[pos..]) {
+                        Ok((None, 0)) => break,
+                        Ok((_, used)) => pos += used,
+                        Err(_) => break 'chunks,
+                    }
                 }
                 consumed += pos;
-                buf.drain(..pos);
             }
             prop_assert!(consumed <= input.len());
         }

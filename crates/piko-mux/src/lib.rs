@@ -36,6 +36,7 @@
 //! - [`Config`]: settings, with Piko's defaults.
 //! - [`Session`]: open, accept, GoAway, close, and why the session ended.
 //! - [`Stream`]: a stream as `AsyncRead + AsyncWrite`.
+//! - [`Transport`]: what a session runs over; [`Io`] adapts any `AsyncRead + AsyncWrite`.
 //! - `state`: the protocol state machine, free of I/O.
 //! - [`Error`], [`SessionEnd`], [`StreamError`]: what can go wrong.
 
@@ -46,8 +47,10 @@ mod id_hash;
 mod session;
 mod state;
 mod stream;
+mod transport;
 
 pub use config::{Config, INITIAL_STREAM_WINDOW};
 pub use error::{Error, ProtocolError, SessionEnd, StreamError};
 pub use session::Session;
 pub use stream::Stream;
+pub use transport::{Io, Transport};

@@ -3,14 +3,16 @@
 //! (keep-alive, open and close deadlines).
 
 use std::{
-    io::IoSlice,
-    pin::pin,
+    future::poll_fn,
+    io,
+    pin::{Pin, pin},
     sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll as TaskPoll, ready},
 };
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncWrite},
     sync::{Notify, watch},
     time::{Instant, timeout},
 };
@@ -21,12 +23,13 @@ use crate::{
     frame::FrameDecoder,
     state::{Effects, IDLE_BUFFER_MAX, Poll, Role, State},
     stream::Stream,
+    transport::{Io, Transport},
 };
 
-/// Smallest read the reader issues; an idle session holds about this much read buffer.
-const MIN_READ: usize = 4 * 1024;
-/// Largest read: bulk transfers move this much per syscall.
-const MAX_READ: usize = 256 * 1024;
+/// How long the writer must have been idle before it releases its large buffers: long enough
+/// that a busy session never frees and regrows them between batches.
+const IDLE_SHRINK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Control frames queued (mostly ping replies and window updates) above which the reader stops
 /// reading until the writer catches up: a peer that sends but never reads cannot grow it.
 const MAX_CONTROL_BACKLOG: usize = 64 * 1024;
@@ -117,23 +120,30 @@ impl Session {
     /// Starts the client side of a session (odd stream IDs), as Piko's agent and SDK are.
     pub fn client<T>(io: T, config: Config) -> Self
     where
-        T: AsyncRead + AsyncWrite + Send + 'static,
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        Self::start(io, config, Role::Client)
+        Self::start(Io::new(io), config, Role::Client)
     }
 
     /// Starts the server side of a session (even stream IDs), as Piko's server is.
     pub fn server<T>(io: T, config: Config) -> Self
     where
-        T: AsyncRead + AsyncWrite + Send + 'static,
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        Self::start(io, config, Role::Server)
+        Self::start(Io::new(io), config, Role::Server)
     }
 
-    fn start<T>(io: T, config: Config, role: Role) -> Self
-    where
-        T: AsyncRead + AsyncWrite + Send + 'static,
-    {
+    /// [`Session::client`] over a [`Transport`] that reads and writes in place.
+    pub fn client_transport<T: Transport>(transport: T, config: Config) -> Self {
+        Self::start(transport, config, Role::Client)
+    }
+
+    /// [`Session::server`] over a [`Transport`] that reads and writes in place.
+    pub fn server_transport<T: Transport>(transport: T, config: Config) -> Self {
+        Self::start(transport, config, Role::Server)
+    }
+
+    fn start<T: Transport>(transport: T, config: Config, role: Role) -> Self {
         let state = State::new(role, &config, Instant::now());
         let shared = Arc::new(Shared {
             config,
@@ -145,9 +155,9 @@ impl Session {
             drained: Notify::new(),
             status: watch::Sender::new(Status::default()),
         });
-        let (reader, writer) = tokio::io::split(io);
-        tokio::spawn(read_loop(shared.clone(), reader));
-        tokio::spawn(write_loop(shared.clone(), writer));
+        let transport = Arc::new(SharedTransport(Mutex::new(Box::pin(transport))));
+        tokio::spawn(read_loop(shared.clone(), transport.clone()));
+        tokio::spawn(write_loop(shared.clone(), transport));
         tokio::spawn(timer_loop(shared.clone()));
         Self {
             handle: Arc::new(Handle { shared }),
@@ -258,67 +268,99 @@ impl Session {
     }
 }
 
-async fn read_loop<R: AsyncRead>(shared: Arc<Shared>, reader: R) {
-    let mut reader = pin!(reader);
-    let mut ended = shared.status.subscribe();
-    let mut buf = BytesMut::new();
-    let mut decoder = FrameDecoder::new();
-    let mut read_size = MIN_READ;
+/// The transport, shared by the reader and writer tasks. It is locked only for the duration of
+/// one poll, never across an await.
+struct SharedTransport<T>(Mutex<Pin<Box<T>>>);
+
+impl<T: Transport> SharedTransport<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pin<Box<T>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn poll_read_with(
+        &self,
+        cx: &mut Context<'_>,
+        consume: &mut dyn FnMut(&[u8]),
+    ) -> TaskPoll<io::Result<usize>> {
+        self.lock().as_mut().poll_read_with(cx, consume)
+    }
+
+    /// Writes both buffers completely.
+    fn poll_write_all(
+        &self,
+        cx: &mut Context<'_>,
+        first: &mut BytesMut,
+        second: &mut BytesMut,
+    ) -> TaskPoll<io::Result<()>> {
+        while !first.is_empty() || !second.is_empty() {
+            ready!(self.lock().as_mut().poll_write_bufs(cx, first, second))?;
+        }
+        TaskPoll::Ready(Ok(()))
+    }
+}
+
+/// Applies every byte of `input`; the control backlog afterwards.
+fn apply(
+    decoder: &mut FrameDecoder,
+    mut input: &[u8],
+    state: &mut State,
+    fx: &mut Effects,
+) -> Result<usize, SessionEnd> {
     loop {
-        let applied = shared.with_state(|state, fx| {
-            let mut used = 0;
-            let result = loop {
-                match decoder.decode(&buf[used..]) {
-                    Ok(Some((part, n))) => {
-                        used += n;
-                        if let Err(end) = state.on_part(part, fx) {
-                            break Err(end);
-                        }
-                    }
-                    Ok(None) => break Ok(state.control_backlog()),
-                    Err(err) => break Err(SessionEnd::Protocol(err.into())),
+        match decoder.decode(input) {
+            Ok((None, 0)) => return Ok(state.control_backlog()),
+            Ok((part, used)) => {
+                input = &input[used..];
+                if let Some(part) = part {
+                    state.on_part(part, fx)?;
                 }
-            };
-            buf.advance(used);
-            result
-        });
-        match applied {
-            Err(end) => return shared.terminate(end),
-            Ok(backlog) if backlog > MAX_CONTROL_BACKLOG => {
-                let mut drained = pin!(shared.drained.notified());
-                drained.as_mut().enable();
-                if shared.with_state(|state, _| state.control_backlog()) > MAX_CONTROL_BACKLOG {
-                    tokio::select! {
-                        _ = drained => {}
-                        _ = ended.wait_for(|s| s.end.is_some()) => return,
-                    }
-                }
-                continue;
             }
-            Ok(_) => {}
-        }
-        if buf.is_empty() && buf.capacity() > 2 * read_size {
-            buf = BytesMut::new();
-        }
-        buf.reserve(read_size);
-        let spare = buf.capacity() - buf.len();
-        let result = tokio::select! {
-            biased;
-            result = reader.read_buf(&mut buf) => result,
-            _ = ended.wait_for(|s| s.end.is_some()) => return,
-        };
-        match result {
-            Ok(0) => return shared.terminate(SessionEnd::PeerClosed),
-            Ok(n) if n == spare => read_size = (read_size * 2).min(MAX_READ),
-            Ok(n) if n < read_size / 4 => read_size = (read_size / 2).max(MIN_READ),
-            Ok(_) => {}
-            Err(err) => return shared.terminate(SessionEnd::Io(Arc::new(err))),
+            Err(err) => return Err(SessionEnd::Protocol(err.into())),
         }
     }
 }
 
-async fn write_loop<W: AsyncWrite>(shared: Arc<Shared>, writer: W) {
-    let mut writer = pin!(writer);
+async fn read_loop<T: Transport>(shared: Arc<Shared>, transport: Arc<SharedTransport<T>>) {
+    let mut ended = shared.status.subscribe();
+    let mut decoder = FrameDecoder::new();
+    loop {
+        let mut applied = Ok(0);
+        let read = poll_fn(|cx| {
+            transport.poll_read_with(cx, &mut |input| {
+                if applied.is_ok() {
+                    applied = shared.with_state(|state, fx| apply(&mut decoder, input, state, fx));
+                }
+            })
+        });
+        let result = tokio::select! {
+            biased;
+            result = read => result,
+            _ = ended.wait_for(|s| s.end.is_some()) => return,
+        };
+        match result {
+            Ok(0) => return shared.terminate(SessionEnd::PeerClosed),
+            Ok(_) => {}
+            Err(err) => return shared.terminate(SessionEnd::Io(Arc::new(err))),
+        }
+        match applied {
+            Err(end) => return shared.terminate(end),
+            Ok(backlog) if backlog > MAX_CONTROL_BACKLOG => loop {
+                let mut drained = pin!(shared.drained.notified());
+                drained.as_mut().enable();
+                if shared.with_state(|state, _| state.control_backlog()) <= MAX_CONTROL_BACKLOG {
+                    break;
+                }
+                tokio::select! {
+                    _ = drained => {}
+                    _ = ended.wait_for(|s| s.end.is_some()) => return,
+                }
+            },
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn write_loop<T: Transport>(shared: Arc<Shared>, transport: Arc<SharedTransport<T>>) {
     let write_timeout = shared.config.write_timeout;
     let mut control = BytesMut::new();
     let mut out = BytesMut::new();
@@ -333,7 +375,8 @@ async fn write_loop<W: AsyncWrite>(shared: Arc<Shared>, writer: W) {
         if !has_output {
             if unflushed {
                 unflushed = false;
-                match timeout(write_timeout, writer.flush()).await {
+                let flush = poll_fn(|cx| transport.lock().as_mut().poll_flush(cx));
+                match timeout(write_timeout, flush).await {
                     Ok(Ok(())) => {}
                     Ok(Err(err)) => return shared.terminate(SessionEnd::Io(Arc::new(err))),
                     Err(_) => return shared.terminate(SessionEnd::WriteTimeout),
@@ -341,24 +384,27 @@ async fn write_loop<W: AsyncWrite>(shared: Arc<Shared>, writer: W) {
             }
             if let Some(end) = end {
                 if matches!(end, SessionEnd::LocalClose | SessionEnd::Protocol(_)) {
-                    let _ = timeout(write_timeout, writer.shutdown()).await;
+                    let shutdown = poll_fn(|cx| transport.lock().as_mut().poll_shutdown(cx));
+                    let _ = timeout(write_timeout, shutdown).await;
                 }
                 return;
             }
-            for buf in [&mut control, &mut out] {
-                if buf.capacity() > IDLE_BUFFER_MAX {
-                    *buf = BytesMut::new();
+            if timeout(IDLE_SHRINK_AFTER, shared.writer.notified())
+                .await
+                .is_err()
+            {
+                for buf in [&mut control, &mut out] {
+                    if buf.capacity() > IDLE_BUFFER_MAX {
+                        *buf = BytesMut::new();
+                    }
                 }
+                shared.with_state(|state, _| state.shrink_idle_buffers());
+                shared.writer.notified().await;
             }
-            shared.writer.notified().await;
             continue;
         }
-        match timeout(
-            write_timeout,
-            write_both(&mut writer, &mut control, &mut out),
-        )
-        .await
-        {
+        let write = poll_fn(|cx| transport.poll_write_all(cx, &mut control, &mut out));
+        match timeout(write_timeout, write).await {
             Ok(Ok(())) => unflushed = true,
             Ok(Err(err)) => return shared.terminate(SessionEnd::Io(Arc::new(err))),
             Err(_) => return shared.terminate(SessionEnd::WriteTimeout),
@@ -367,31 +413,6 @@ async fn write_loop<W: AsyncWrite>(shared: Arc<Shared>, writer: W) {
         out.clear();
         shared.drained.notify_waiters();
     }
-}
-
-/// Writes `first` then `second` with vectored writes: usually one syscall for both.
-async fn write_both<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    first: &mut BytesMut,
-    second: &mut BytesMut,
-) -> std::io::Result<()> {
-    while !first.is_empty() || !second.is_empty() {
-        let slices = [IoSlice::new(first), IoSlice::new(second)];
-        let slices = if first.is_empty() {
-            &slices[1..]
-        } else {
-            &slices[..]
-        };
-        let mut n = writer.write_vectored(slices).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        let from_first = n.min(first.len());
-        first.advance(from_first);
-        n -= from_first;
-        second.advance(n);
-    }
-    Ok(())
 }
 
 async fn timer_loop(shared: Arc<Shared>) {

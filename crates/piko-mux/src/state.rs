@@ -255,18 +255,22 @@ impl State {
     ) -> bool {
         if self.control.is_empty() && self.out.is_empty() {
             self.writer_idle = true;
-            // An idle session keeps no large buffers (the memory budget per idle upstream).
-            for buf in [&mut self.control, &mut self.out] {
-                if buf.capacity() > IDLE_BUFFER_MAX {
-                    *buf = BytesMut::new();
-                }
-            }
             return false;
         }
         std::mem::swap(&mut self.control, control);
         std::mem::swap(&mut self.out, out);
         fx.wake_many(&mut self.blocked_writers);
         true
+    }
+
+    /// Releases large empty output buffers: called once the session has been idle for a while,
+    /// so an idle upstream stays within its memory budget without reallocating under load.
+    pub(crate) fn shrink_idle_buffers(&mut self) {
+        for buf in [&mut self.control, &mut self.out] {
+            if buf.is_empty() && buf.capacity() > IDLE_BUFFER_MAX {
+                *buf = BytesMut::new();
+            }
+        }
     }
 
     /// Bytes of control frames queued; the reader stops reading while a peer that never reads

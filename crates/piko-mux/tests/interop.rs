@@ -221,7 +221,7 @@ async fn go_server_drives_our_client() {
     let (ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config))
         .await
         .unwrap();
-    let session = Session::client(WsByteStream::new(ws), config());
+    let session = Session::client_transport(WsByteStream::new(ws), config());
 
     // The last scenario has the Go server send GoAway(0): we must hear of it at once and stop
     // opening streams, while streams in flight complete.
@@ -359,7 +359,7 @@ async fn our_server_drives_go_client() {
     let ws = tokio_tungstenite::accept_async_with_config(tcp, Some(ws_config))
         .await
         .unwrap();
-    let session = Session::server(WsByteStream::new(ws), config());
+    let session = Session::server_transport(WsByteStream::new(ws), config());
 
     let steps = async {
         // echo on 256 concurrent streams

@@ -40,8 +40,15 @@ impl RawPeer {
         loop {
             let mut used = 0;
             let mut done = None;
-            while let Some((part, n)) = self.decoder.decode(&self.buf[used..]).unwrap() {
+            loop {
+                let (part, n) = self.decoder.decode(&self.buf[used..]).unwrap();
                 used += n;
+                let Some(part) = part else {
+                    if n == 0 {
+                        break;
+                    }
+                    continue;
+                };
                 match part {
                     Part::Control(header) => {
                         done = Some(Frame {
@@ -517,4 +524,24 @@ async fn end_reasons() {
     let (server, mut peer) = pair(no_keep_alive(), false);
     drop(server);
     assert!(peer.recv().await.is_none());
+}
+
+#[tokio::test]
+async fn pings_are_answered_while_the_application_reads_nothing() {
+    let (client, mut peer) = pair(no_keep_alive(), true);
+    peer.send(Header::window_update(2, Flags::SYN, 0), &[])
+        .await;
+    let _stream = client.accept().await.unwrap();
+    assert_eq!(peer.recv().await.unwrap().header.flags, Flags::ACK);
+    // A full window the application never reads.
+    let window = vec![9u8; 256 * 1024];
+    peer.send(Header::data(2, Flags::NONE, window.len() as u32), &window)
+        .await;
+    for opaque in 0..3 {
+        peer.send(Header::ping(Flags::SYN, opaque), &[]).await;
+        assert_eq!(
+            peer.recv().await.unwrap().header,
+            Header::ping(Flags::ACK, opaque)
+        );
+    }
 }

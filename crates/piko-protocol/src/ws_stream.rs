@@ -8,6 +8,9 @@
 //! - A text message is an error. A close frame, or the connection ending without one (Go peers
 //!   just close the socket), is a normal end of stream.
 //! - Pings are answered by tungstenite on the next read or write.
+//!
+//! As a [`piko_mux::Transport`] it also avoids two copies: the multiplexer parses each message's
+//! payload in place, and its output buffers become messages without being copied into ours.
 
 use std::{
     io::{self, IoSlice},
@@ -31,6 +34,10 @@ use tokio_tungstenite::{
 /// writer simply writes the rest of a large batch as further messages.
 pub const MAX_WRITE_MESSAGE: usize = 256 * 1024;
 
+/// Messages that tungstenite buffers before writing them to the socket; a flush writes the rest.
+/// Lets a batch's control message and data message leave in one syscall.
+const WRITE_BUFFER_SIZE: usize = 64 * 1024;
+
 /// Bytes tungstenite reads from the socket per syscall. It is also what an idle connection keeps
 /// allocated for reading, so it trades bulk throughput against the idle-upstream memory budget.
 pub const READ_BUFFER_SIZE: usize = 16 * 1024;
@@ -43,13 +50,12 @@ const MUX_HEADER_LEN: usize = 12;
 /// `largest_receive_window` bytes per stream.
 ///
 /// Messages up to that window plus a frame header are accepted (a Go peer writes a whole window
-/// in one message), and at least [`MAX_WRITE_MESSAGE`] (what our own peers send). Writes go to
-/// the socket at once: batching already happened in the multiplexer.
+/// in one message), and at least [`MAX_WRITE_MESSAGE`] (what our own peers send).
 pub fn websocket_config(largest_receive_window: u32) -> WebSocketConfig {
     let max_message = (largest_receive_window as usize + MUX_HEADER_LEN).max(MAX_WRITE_MESSAGE);
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_SIZE)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER_SIZE)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
 }
@@ -128,8 +134,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsByteStream<S> {
             if self.eof {
                 return Poll::Ready(Ok(()));
             }
+            ready!(self.as_mut().poll_message(cx))?;
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsByteStream<S> {
+    /// Waits for the next binary message (into `chunk`) or the end of the stream (`eof`).
+    fn poll_message(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
             match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
-                Some(Ok(Message::Binary(data))) => self.chunk = data,
+                Some(Ok(Message::Binary(data))) => {
+                    self.chunk = data;
+                    return Poll::Ready(Ok(()));
+                }
                 Some(Ok(Message::Text(_))) => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -137,15 +155,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsByteStream<S> {
                     )));
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Ok(Message::Close(_))) | None => self.eof = true,
-                Some(Err(err)) if is_end_of_stream(&err) => self.eof = true,
+                Some(Ok(Message::Close(_))) | None => {
+                    self.eof = true;
+                    return Poll::Ready(Ok(()));
+                }
+                Some(Err(err)) if is_end_of_stream(&err) => {
+                    self.eof = true;
+                    return Poll::Ready(Ok(()));
+                }
                 Some(Err(err)) => return Poll::Ready(Err(to_io(err))),
             }
         }
     }
-}
 
-impl<S: AsyncRead + AsyncWrite + Unpin> WsByteStream<S> {
     /// Sends `bufs` (up to [`MAX_WRITE_MESSAGE`] bytes of them) as one binary message.
     fn send(&mut self, cx: &mut Context<'_>, bufs: &[&[u8]]) -> Poll<io::Result<usize>> {
         ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(to_io)?;
@@ -211,5 +233,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsByteStream<S> {
             Err(err) if is_end_of_stream(&err) => Poll::Ready(Ok(())),
             Err(err) => Poll::Ready(Err(to_io(err))),
         }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> piko_mux::Transport for WsByteStream<S> {
+    fn poll_read_with(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        consume: &mut dyn FnMut(&[u8]),
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            if !self.chunk.is_empty() {
+                let chunk = std::mem::take(&mut self.chunk);
+                consume(&chunk);
+                return Poll::Ready(Ok(chunk.len()));
+            }
+            if self.eof {
+                return Poll::Ready(Ok(0));
+            }
+            ready!(self.as_mut().poll_message(cx))?;
+        }
+    }
+
+    fn poll_write_bufs(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        first: &mut BytesMut,
+        second: &mut BytesMut,
+    ) -> Poll<io::Result<()>> {
+        let mut progressed = false;
+        for buf in [first, second] {
+            while !buf.is_empty() {
+                match Pin::new(&mut self.ws).poll_ready(cx) {
+                    Poll::Pending if progressed => return Poll::Ready(Ok(())),
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(result) => result.map_err(to_io)?,
+                }
+                // The caller's bytes become the message: tungstenite copies them into its output
+                // buffer and drops the message, so the caller's buffer is unique again at once.
+                let message = buf.split_to(buf.len().min(MAX_WRITE_MESSAGE)).freeze();
+                Pin::new(&mut self.ws)
+                    .start_send(Message::Binary(message))
+                    .map_err(to_io)?;
+                progressed = true;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_flush(self, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_shutdown(self, cx)
     }
 }

@@ -129,3 +129,55 @@ async fn each_write_is_one_binary_message() {
     assert_eq!(first.into_data().as_ref(), b"one");
     assert_eq!(second.into_data().as_ref(), b"two");
 }
+
+/// Two multiplexer sessions over a real WebSocket, each side using the byte stream as an
+/// in-place transport: many streams and a few MiB each way arrive intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mux_sessions_over_the_websocket_transport() {
+    use piko_mux::{Config, Session};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = websocket_config(256 * 1024);
+    let accept = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        accept_async_with_config(tcp, Some(config)).await.unwrap()
+    });
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, _) =
+        tokio_tungstenite::client_async_with_config(format!("ws://{addr}/"), tcp, Some(config))
+            .await
+            .unwrap();
+    let client = Session::client_transport(WsByteStream::new(client), Config::default());
+    let server =
+        Session::server_transport(WsByteStream::new(accept.await.unwrap()), Config::default());
+    tokio::spawn(async move {
+        while let Ok(stream) = client.accept().await {
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = tokio::io::split(stream);
+                tokio::io::copy(&mut rd, &mut wr).await.unwrap();
+                wr.shutdown().await.unwrap();
+            });
+        }
+    });
+    let mut tasks = Vec::new();
+    for i in 0..100usize {
+        let stream = server.open().await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let payload: Vec<u8> = (0..1000 + i * 40_000).map(|b| (b % 251) as u8).collect();
+            let (mut rd, mut wr) = tokio::io::split(stream);
+            let expected = payload.clone();
+            let writer = tokio::spawn(async move {
+                wr.write_all(&payload).await.unwrap();
+                wr.shutdown().await.unwrap();
+                wr
+            });
+            let mut got = Vec::new();
+            rd.read_to_end(&mut got).await.unwrap();
+            assert!(got == expected, "stream {i}: echo differs");
+            drop(writer.await.unwrap());
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
