@@ -7,7 +7,7 @@ use std::{
     io,
     pin::{Pin, pin},
     sync::{Arc, Mutex, PoisonError},
-    task::{Context, Poll as TaskPoll, ready},
+    task::{Context, Poll as TaskPoll},
 };
 
 use bytes::BytesMut;
@@ -285,17 +285,14 @@ impl<T: Transport> SharedTransport<T> {
         self.lock().as_mut().poll_read_with(cx, consume)
     }
 
-    /// Writes both buffers completely.
-    fn poll_write_all(
+    /// Writes some of the two buffers.
+    fn poll_write_step(
         &self,
         cx: &mut Context<'_>,
         first: &mut BytesMut,
         second: &mut BytesMut,
     ) -> TaskPoll<io::Result<()>> {
-        while !first.is_empty() || !second.is_empty() {
-            ready!(self.lock().as_mut().poll_write_bufs(cx, first, second))?;
-        }
-        TaskPoll::Ready(Ok(()))
+        self.lock().as_mut().poll_write_bufs(cx, first, second)
     }
 }
 
@@ -403,12 +400,18 @@ async fn write_loop<T: Transport>(shared: Arc<Shared>, transport: Arc<SharedTran
             }
             continue;
         }
-        let write = poll_fn(|cx| transport.poll_write_all(cx, &mut control, &mut out));
-        match timeout(write_timeout, write).await {
-            Ok(Ok(())) => unflushed = true,
-            Ok(Err(err)) => return shared.terminate(SessionEnd::Io(Arc::new(err))),
-            Err(_) => return shared.terminate(SessionEnd::WriteTimeout),
+        // The timeout bounds each step, not the batch: a batch of a megabyte on a slow uplink may
+        // rightly take longer than the timeout, but a connection that takes nothing for that long
+        // is dead (Go's yamux applies its timeout per frame for the same reason).
+        while !control.is_empty() || !out.is_empty() {
+            let step = poll_fn(|cx| transport.poll_write_step(cx, &mut control, &mut out));
+            match timeout(write_timeout, step).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => return shared.terminate(SessionEnd::Io(Arc::new(err))),
+                Err(_) => return shared.terminate(SessionEnd::WriteTimeout),
+            }
         }
+        unflushed = true;
         control.clear();
         out.clear();
         shared.drained.notify_waiters();

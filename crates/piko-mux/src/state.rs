@@ -22,7 +22,7 @@ use crate::{
     id_hash::BuildIdHasher,
 };
 
-/// Capacity above which an output buffer is released when the session goes idle.
+/// Capacity above which an empty output buffer is released once the session has been idle.
 pub(crate) const IDLE_BUFFER_MAX: usize = 8 * 1024;
 
 /// Which IDs this side allocates.
@@ -761,12 +761,19 @@ impl State {
             }
             self.unacked.pop_first();
             fx.open = true;
-            if let Some(stream) = self.streams.get_mut(&id) {
+            let Some(stream) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            if let Holder::Detached(deadline) = stream.holder {
+                // Nobody is left to tell: forget it now rather than at its close deadline.
+                self.detached.remove(&(deadline, id));
+                self.streams.remove(&id);
+            } else {
                 stream.reset = Some(StreamError::OpenTimeout);
                 stream.recv_buf = VecDeque::new();
                 stream.wake_all(fx);
-                self.push_out(Header::window_update(id, Flags::RST, 0), &[], fx);
             }
+            self.push_out(Header::window_update(id, Flags::RST, 0), &[], fx);
         }
         while let Some(&(deadline, id)) = self.detached.first() {
             if deadline > now {

@@ -545,3 +545,78 @@ async fn pings_are_answered_while_the_application_reads_nothing() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn write_timeout_is_per_step_not_per_batch() {
+    let config = Config {
+        write_timeout: Duration::from_secs(10),
+        ..no_keep_alive()
+    };
+    let (ours, theirs) = tokio::io::duplex(1024);
+    let server = Session::server(ours, config);
+    let mut peer = RawPeer {
+        io: theirs,
+        buf: BytesMut::new(),
+        decoder: FrameDecoder::new(),
+    };
+    let mut stream = server.open().await.unwrap();
+    peer.send(Header::window_update(2, Flags::ACK, 0), &[])
+        .await;
+    stream.write_all(&vec![1u8; 64 * 1024]).await.unwrap();
+    // A slow reader: 1 KiB every 5 s. The batch takes minutes, but every step progresses.
+    let mut got = 0;
+    while got < 64 * 1024 {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mut chunk = [0u8; 1024];
+        let n = peer.io.read(&mut chunk).await.unwrap();
+        got += n.saturating_sub(if got == 0 { 24 } else { 0 });
+        assert!(
+            !server.is_closed(),
+            "slow but live reader timed out: {:?}",
+            server.end_reason()
+        );
+    }
+    // A reader that stops: the session fails after the write timeout.
+    stream.write_all(&vec![2u8; 64 * 1024]).await.unwrap();
+    assert!(matches!(server.closed().await, SessionEnd::WriteTimeout));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_never_reads_cannot_grow_our_ping_replies() {
+    let (ours, theirs) = tokio::io::duplex(16 * 1024);
+    let _client = Session::client(ours, no_keep_alive());
+    let mut peer = RawPeer {
+        io: theirs,
+        buf: BytesMut::new(),
+        decoder: FrameDecoder::new(),
+    };
+    let pings: Vec<u8> = (0..100_000u32)
+        .flat_map(|id| Header::ping(Flags::SYN, id).encode())
+        .collect();
+    // We stop reading once replies back up, so the flood cannot be written in full. (Within the
+    // write timeout: after it, a peer that reads nothing is cut off.)
+    let mut sent = 0;
+    let flood = tokio::time::timeout(Duration::from_secs(5), async {
+        while sent < pings.len() {
+            sent += peer.io.write(&pings[sent..]).await.unwrap();
+        }
+    })
+    .await;
+    assert!(
+        flood.is_err(),
+        "1.2 MB of pings were accepted without the replies being read"
+    );
+    assert!(
+        sent < 256 * 1024,
+        "{sent} bytes of pings accepted while no reply was read"
+    );
+    // Once the peer reads, every ping is answered, in order.
+    let (mut rd, mut wr) = tokio::io::split(peer.io);
+    let writer = tokio::spawn(async move { wr.write_all(&pings[sent..]).await.unwrap() });
+    let mut reply = [0u8; 12];
+    for id in 0..100_000u32 {
+        rd.read_exact(&mut reply).await.unwrap();
+        assert_eq!(reply, Header::ping(Flags::ACK, id).encode());
+    }
+    writer.await.unwrap();
+}
