@@ -26,7 +26,8 @@
 //!   streams share a syscall and the writer flushes only when it runs out of output.
 //! - A single reader task reads large chunks into one reused buffer and applies everything in the
 //!   chunk under one lock acquisition; payload pieces are copied straight into their stream's ring
-//!   buffer, so memory per stream is its unread data and nothing more.
+//!   buffer, so memory per stream is its unread data and the ring it grew to (released once the
+//!   session has been idle for a second).
 //! - Ping replies and window updates go on a priority queue that is written before stream data.
 //! - A timer task sends keep-alive pings and expires open and close deadlines; it sleeps until
 //!   the next deadline rather than ticking, so idle sessions cost no wake-ups.

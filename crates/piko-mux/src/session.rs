@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     accept: Notify,
     open: Notify,
     drained: Notify,
+    /// Notified when the last stream leaves the table.
+    idle: Notify,
     status: watch::Sender<Status>,
 }
 
@@ -57,16 +59,21 @@ impl Shared {
     /// Runs `f` under the lock, then delivers the wake-ups it asked for.
     pub(crate) fn with_state<R>(&self, f: impl FnOnce(&mut State, &mut Effects) -> R) -> R {
         let mut fx = Effects::default();
-        let (result, status) = {
+        let (result, status, became_idle) = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = state.num_streams();
             let result = f(&mut state, &mut fx);
+            let became_idle = before > 0 && state.num_streams() == 0;
             let status = fx.status.then(|| Status {
                 remote_go_away: state.remote_go_away,
                 end: state.end.clone(),
             });
-            (result, status)
+            (result, status, became_idle)
         };
         fx.wake_all();
+        if became_idle {
+            self.idle.notify_waiters();
+        }
         if fx.writer {
             self.writer.notify_one();
         }
@@ -153,6 +160,7 @@ impl Session {
             accept: Notify::new(),
             open: Notify::new(),
             drained: Notify::new(),
+            idle: Notify::new(),
             status: watch::Sender::new(Status::default()),
         });
         let transport = Arc::new(SharedTransport(Mutex::new(Box::pin(transport))));
@@ -265,6 +273,23 @@ impl Session {
     /// Streams the session is tracking: open, queued for accept, or half-closed and detached.
     pub fn num_streams(&self) -> usize {
         self.shared().with_state(|state, _| state.num_streams())
+    }
+
+    /// Waits until the session tracks no stream (every stream finished both ways or was reset),
+    /// or the session ended. With [`Session::go_away`] this drains a session gracefully.
+    pub async fn streams_closed(&self) {
+        let shared = self.shared();
+        loop {
+            let mut idle = pin!(shared.idle.notified());
+            idle.as_mut().enable();
+            if shared.with_state(|state, _| state.num_streams() == 0 || state.end.is_some()) {
+                return;
+            }
+            tokio::select! {
+                _ = idle => {}
+                _ = self.closed() => return,
+            }
+        }
     }
 }
 

@@ -271,6 +271,12 @@ impl State {
                 *buf = BytesMut::new();
             }
         }
+        // A stream keeps the ring it grew to while busy; an idle one gives it back.
+        for stream in self.streams.values_mut() {
+            if stream.recv_buf.is_empty() && stream.recv_buf.capacity() > IDLE_BUFFER_MAX {
+                stream.recv_buf = VecDeque::new();
+            }
+        }
     }
 
     /// Bytes of control frames queued; the reader stops reading while a peer that never reads
@@ -320,14 +326,19 @@ impl State {
     }
 
     pub(crate) fn accept(&mut self, fx: &mut Effects) -> Poll<Result<u32, Error>> {
+        let extra = self.extra_window();
         while let Some(id) = self.accept_queue.pop_front() {
-            // Streams reset while queued were already removed.
             let Some(stream) = self.streams.get_mut(&id) else {
                 continue;
             };
+            if stream.holder != Holder::Queued {
+                continue;
+            }
             stream.holder = Holder::Live;
             stream.acked = true;
-            let extra = self.extra_window();
+            // The peer was granted the implied initial window until now; the rest comes with
+            // the ACK.
+            stream.recv_window += extra;
             self.push_out(Header::window_update(id, Flags::ACK, extra), &[], fx);
             return Poll::Ready(Ok(id));
         }
@@ -411,7 +422,9 @@ impl State {
             return Poll::Pending;
         }
         if self.out.len() >= self.max_pending_output {
-            self.blocked_writers.push(waker.clone());
+            if !self.blocked_writers.iter().any(|w| w.will_wake(waker)) {
+                self.blocked_writers.push(waker.clone());
+            }
             return Poll::Pending;
         }
         let room = self.max_pending_output - self.out.len();
@@ -644,13 +657,15 @@ impl State {
                 || self.end.is_some()
                 || self.accept_queue.len() >= self.accept_backlog
             {
-                // Refused: the stream is never created, so its data is discarded as late.
-                self.push_out(Header::window_update(id, Flags::RST, 0), &[], fx);
+                // Refused: the stream is never created, so its data is discarded as late. The
+                // RST goes with the control frames, whose backlog pauses the reader, so a SYN
+                // flood cannot grow our output faster than the peer reads it.
+                self.push_control(Header::window_update(id, Flags::RST, 0), fx);
                 return Ok(());
             }
             self.streams.insert(
                 id,
-                StreamState::new(Holder::Queued, false, self.receive_window),
+                StreamState::new(Holder::Queued, false, INITIAL_STREAM_WINDOW),
             );
             self.accept_queue.push_back(id);
             fx.accept = true;
@@ -708,9 +723,13 @@ impl State {
                 }
                 Holder::Queued if stream.reset.is_some() => {
                     self.streams.remove(&id);
+                    self.accept_queue.retain(|&queued| queued != id);
                 }
                 Holder::Queued | Holder::Live => {}
             }
+            // A peer that resets or finishes a stream we opened has answered our SYN: its open
+            // slot is free again.
+            self.forget_unacked(id, fx);
         }
     }
 
@@ -764,6 +783,9 @@ impl State {
             let Some(stream) = self.streams.get_mut(&id) else {
                 continue;
             };
+            if stream.reset.is_some() {
+                continue;
+            }
             if let Holder::Detached(deadline) = stream.holder {
                 // Nobody is left to tell: forget it now rather than at its close deadline.
                 self.detached.remove(&(deadline, id));
@@ -797,7 +819,12 @@ impl State {
         self.push_control(Header::go_away(GO_AWAY_NORMAL), fx);
         // Streams the application will now never accept.
         while let Some(id) = self.accept_queue.pop_front() {
-            if self.streams.remove(&id).is_some() {
+            if self
+                .streams
+                .get(&id)
+                .is_some_and(|s| s.holder == Holder::Queued)
+            {
+                self.streams.remove(&id);
                 self.push_out(Header::window_update(id, Flags::RST, 0), &[], fx);
             }
         }

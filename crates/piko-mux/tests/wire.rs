@@ -620,3 +620,57 @@ async fn a_peer_that_never_reads_cannot_grow_our_ping_replies() {
     }
     writer.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_stream_reset_while_queued_is_never_accepted_even_if_its_id_returns() {
+    let (client, mut peer) = pair(no_keep_alive(), true);
+    peer.send(Header::window_update(2, Flags::SYN, 0), &[])
+        .await;
+    peer.send(Header::window_update(2, Flags::RST, 0), &[])
+        .await;
+    peer.send(Header::data(2, Flags::SYN, 3), b"new").await;
+    let mut stream = client.accept().await.unwrap();
+    assert_eq!(stream.id(), 2);
+    let mut got = [0u8; 3];
+    stream.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"new");
+    // No second handle for the same stream: the next accept waits (GoAway ends it).
+    let second = tokio::spawn({
+        let client = client.clone();
+        async move { client.accept().await.map(|s| s.id()) }
+    });
+    client.go_away();
+    assert!(matches!(second.await.unwrap(), Err(Error::LocalGoAway)));
+    stream.write_all(b"ok").await.unwrap();
+    // On the wire: exactly one ACK for stream 2 (and our GoAway) before the data.
+    let mut acks = 0;
+    loop {
+        let frame = peer.recv().await.unwrap();
+        match frame.header.ty {
+            FrameType::WindowUpdate if frame.header.flags == Flags::ACK => acks += 1,
+            FrameType::Data => {
+                assert_eq!(frame.payload, b"ok");
+                break;
+            }
+            FrameType::GoAway => assert_eq!(frame.header, Header::go_away(0)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(acks, 1);
+}
+
+#[tokio::test]
+async fn an_open_refused_by_the_peer_frees_its_slot() {
+    let config = Config {
+        max_unacked_opens: 1,
+        ..no_keep_alive()
+    };
+    let (server, mut peer) = pair(config, false);
+    let refused = server.open().await.unwrap();
+    assert_eq!(peer.recv().await.unwrap().header.flags, Flags::SYN);
+    peer.send(Header::window_update(refused.id(), Flags::RST, 0), &[])
+        .await;
+    // The only open slot is free again at once, not after the 75 s open timeout.
+    let next = tokio::time::timeout(Duration::from_secs(5), server.open()).await;
+    assert!(next.expect("slot never freed").is_ok());
+}

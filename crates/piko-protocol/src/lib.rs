@@ -1,8 +1,10 @@
 //! Piko's wire contract, shared by the server, the agent and the SDK.
 //!
 //! # Layout
+//! - [`wire`]: paths, header names and limits shared by the server, the agent and the SDK.
 //! - [`ws_stream`]: a WebSocket connection as the byte stream the upstream multiplexer runs on.
 
+pub mod wire;
 pub mod ws_stream;
 
 pub use ws_stream::{WsByteStream, websocket_config};

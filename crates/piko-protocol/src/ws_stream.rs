@@ -285,7 +285,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> piko_mux::Transport for
         AsyncWrite::poll_flush(self, cx)
     }
 
+    /// Flushes, but sends no close frame: like Piko's own peers, a session ends by closing the
+    /// connection. (A v0.9.0 Go agent treats a close frame as its own shutdown and would not
+    /// reconnect.)
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        AsyncWrite::poll_shutdown(self, cx)
+        AsyncWrite::poll_flush(self, cx)
     }
 }
