@@ -1,0 +1,22 @@
+//! The Piko SDK: serve an endpoint from a Rust program through a Piko server (or cluster),
+//! without opening any inbound port.
+//!
+//! [`Upstream::listen`] connects out to the server's upstream port and registers the program as
+//! an upstream of an endpoint; [`Listener::accept`] then yields one connection
+//! (`AsyncRead + AsyncWrite`) per request or TCP connection that clients send to that endpoint.
+//! The listener reconnects by itself, with backoff, whenever it is cut off.
+//!
+//! # Layout
+//! - [`Upstream`]: server URL, credentials, backoff; the connection handshake.
+//! - [`Listener`]: accepted connections across reconnects; graceful close.
+//! - [`Error`], [`ConnectError`]: what can go wrong, and what is worth retrying.
+
+mod backoff;
+mod error;
+mod listener;
+mod upstream;
+
+pub use error::{ConnectError, Error};
+pub use listener::Listener;
+pub use piko_mux::Stream;
+pub use upstream::Upstream;

@@ -1,0 +1,129 @@
+//! `Listener`: the streams a server opens to this upstream, across reconnects.
+
+use std::time::Duration;
+
+use piko_mux::{Session, SessionEnd, Stream};
+use tokio::time::Instant;
+
+use crate::{backoff::Backoff, error::Error, upstream::Upstream};
+
+/// A session that lived this long was healthy: the next reconnect starts from the minimum
+/// backoff again.
+const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+
+/// An endpoint registration. Each accepted connection is one proxied request or TCP connection.
+///
+/// It reconnects by itself after every disconnect it did not cause (Piko v0.9.0's listener gives
+/// up after a clean close by the server: spec §5.7.2). When the server says it is going away
+/// (GoAway), the new connection is made before the old one is left, so a rolling restart of the
+/// server costs no request.
+#[derive(Debug)]
+pub struct Listener {
+    upstream: Upstream,
+    endpoint: String,
+    session: Session,
+    connected_at: Instant,
+    backoff: Backoff,
+    closed: bool,
+}
+
+impl Listener {
+    pub(crate) fn new(
+        upstream: Upstream,
+        endpoint: String,
+        session: Session,
+        backoff: Backoff,
+    ) -> Self {
+        Self {
+            upstream,
+            endpoint,
+            session,
+            connected_at: Instant::now(),
+            backoff,
+            closed: false,
+        }
+    }
+
+    /// The endpoint this listener serves.
+    pub fn endpoint_id(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The next connection.
+    ///
+    /// Cancel-safe: a connection is only taken when this returns it.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] after [`Listener::close`] or [`Listener::shutdown`]; a non-retryable
+    /// connect error when reconnecting fails for good (for example an expired token).
+    pub async fn accept(&mut self) -> Result<Stream, Error> {
+        loop {
+            if self.closed {
+                return Err(Error::Closed);
+            }
+            tokio::select! {
+                accepted = self.session.accept() => match accepted {
+                    Ok(stream) => return Ok(stream),
+                    Err(_) if self.closed => return Err(Error::Closed),
+                    Err(err) => {
+                        tracing::warn!(subsystem = "client", endpoint_id = %self.endpoint, error = %err, "disconnected; reconnecting");
+                        self.reconnect().await?;
+                    }
+                },
+                _ = self.session.remote_go_away() => {
+                    // The server is draining: connect again (through the load balancer, to
+                    // another node) before leaving this session, which keeps serving the streams
+                    // it has until the server closes it.
+                    tracing::debug!(subsystem = "client", endpoint_id = %self.endpoint, "server going away; reconnecting");
+                    let new = self.connect_again().await?;
+                    let old = std::mem::replace(&mut self.session, new);
+                    tokio::spawn(async move {
+                        let _ = old.closed().await;
+                    });
+                }
+            }
+        }
+    }
+
+    async fn reconnect(&mut self) -> Result<(), Error> {
+        self.session = self.connect_again().await?;
+        Ok(())
+    }
+
+    async fn connect_again(&mut self) -> Result<Session, Error> {
+        if self.connected_at.elapsed() >= HEALTHY_AFTER {
+            self.backoff.reset();
+        }
+        let session = self
+            .upstream
+            .connect_with_retry(&self.endpoint, &mut self.backoff)
+            .await?;
+        self.connected_at = Instant::now();
+        Ok(session)
+    }
+
+    /// Stops listening gracefully: the server is told (GoAway) to send nothing new, connections
+    /// already accepted carry on, and [`Listener::accept`] returns [`Error::Closed`].
+    pub fn close(&mut self) {
+        self.closed = true;
+        self.session.go_away();
+    }
+
+    /// Stops listening at once: the connection to the server is closed and every accepted
+    /// connection fails.
+    pub fn shutdown(&mut self) {
+        self.closed = true;
+        self.session.close();
+    }
+
+    /// Waits until every accepted connection has finished (after [`Listener::close`]), or the
+    /// session ended.
+    pub async fn drained(&self) {
+        self.session.streams_closed().await;
+    }
+
+    /// Why the current session ended, if it has.
+    pub fn end_reason(&self) -> Option<SessionEnd> {
+        self.session.end_reason()
+    }
+}

@@ -1,0 +1,56 @@
+//! Piko's JSON error responses: `{"error":"..."}`.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+
+use crate::serve::Body;
+
+/// A body of any fixed bytes.
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// The error response shape of Piko's proxy: `application/json`, `nosniff`, and the body
+/// followed by a newline (what Go's `json.Encoder` writes).
+pub(crate) fn proxy_error(status: StatusCode, message: &str) -> Response<Body> {
+    let body = format!("{}\n", serde_json::json!({ "error": message }));
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// The error response shape of Piko's gin handlers (upstream port, endpoint checks):
+/// `application/json; charset=utf-8`, no trailing newline.
+pub(crate) fn gin_error(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
+}
+
+/// Go's `404 page not found`.
+pub(crate) fn not_found() -> Response<Body> {
+    let mut response = Response::new(full("404 page not found"));
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

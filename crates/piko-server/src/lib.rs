@@ -1,0 +1,33 @@
+//! A Piko server node.
+//!
+//! Agents and SDK listeners connect to the **upstream port** and register for an endpoint; HTTP
+//! clients send requests to the **proxy port**, which relays each one over a multiplexed stream
+//! to an upstream of its endpoint; the **admin port** answers health checks.
+//!
+//! ```no_run
+//! # async fn example() -> std::io::Result<()> {
+//! let server = piko_server::Server::bind(piko_server::Config::default()).await?;
+//! println!("proxy on {}", server.proxy_addr());
+//! // Serves until the future resolves (the CLI passes SIGINT/SIGTERM), then shuts down.
+//! server.run(std::future::pending()).await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - `server`: [`Server`] binds the ports, runs them, and shuts down in order.
+//! - `upstream`: the upstream port's WebSocket handshake and session lifecycle.
+//! - [`upstreams`]: the routing table (endpoint → upstream sessions, round-robin).
+//! - `proxy`: request routing and relaying on the proxy port.
+//! - `admin`: `/health` and `/ready`.
+//! - `serve`: the accept loop shared by the ports.
+
+mod admin;
+mod json_error;
+pub mod proxy;
+mod serve;
+mod server;
+pub mod upstream;
+pub mod upstreams;
+
+pub use server::{Config, Server};
+pub use upstreams::Upstreams;

@@ -1,0 +1,355 @@
+//! The proxy port: every request is routed to an upstream of its endpoint and relayed over a new
+//! multiplexer stream, as one HTTP/1.1 exchange (spec §3).
+//!
+//! - The endpoint comes from `x-piko-endpoint`, else the first label of the Host (`:authority`
+//!   on HTTP/2).
+//! - Bodies stream both ways and are relayed byte for byte (nothing is added to
+//!   `Accept-Encoding`, nothing decompressed), so server-sent events and chunked responses flow as
+//!   they are produced.
+//! - Upgrades (WebSockets and others) are relayed: after the upstream's `101` both connections
+//!   become one byte pipe.
+//! - `timeout` bounds the wait for the response headers only: a long download or a slow stream
+//!   of events is not cut (Piko cuts any response not finished within 10 s: spec §15.2).
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header,
+};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use piko_protocol::wire::{ENDPOINT_HEADER, FORWARD_HEADER};
+use tokio_util::task::TaskTracker;
+
+use crate::{
+    json_error::{gin_error, proxy_error},
+    serve::Body,
+    upstreams::Upstreams,
+};
+
+/// Settings of the proxy port.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How long to wait for an upstream's response headers; `None` waits forever. Not applied to
+    /// `Upgrade: websocket` requests, whose upstream may take its time to answer (Piko's rule).
+    pub timeout: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            timeout: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// What the proxy port's handler needs.
+#[derive(Debug)]
+pub(crate) struct Handler {
+    pub(crate) config: Config,
+    pub(crate) upstreams: Arc<Upstreams>,
+    /// Upstream connections and upgraded tunnels, which outlive the request handler.
+    pub(crate) exchanges: TaskTracker,
+}
+
+impl Handler {
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        mut request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let Some(endpoint) = endpoint_id(&request) else {
+            tracing::warn!(subsystem = "proxy", "request missing endpoint id");
+            return gin_error(StatusCode::BAD_REQUEST, "missing endpoint id");
+        };
+        let Some(session) = self.upstreams.select(&endpoint) else {
+            tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, "no available upstreams");
+            return proxy_error(StatusCode::BAD_GATEWAY, "no available upstreams");
+        };
+        let stream = match session.open().await {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, error = %err, "proxy request");
+                return proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable");
+            }
+        };
+        let upgrade_protocol = upgrade_protocol(request.headers());
+        let client_upgrade = upgrade_protocol
+            .is_some()
+            .then(|| hyper::upgrade::on(&mut request));
+        let timeout = match upgrade_protocol.as_ref() {
+            Some(protocol) if protocol == "websocket" => None,
+            _ => self.config.timeout,
+        };
+        prepare_request(&mut request, peer, upgrade_protocol.as_ref());
+
+        let (mut sender, connection) = match hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+        {
+            Ok(parts) => parts,
+            Err(err) => {
+                tracing::warn!(subsystem = "proxy.http", error = %err, "proxy request");
+                return proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable");
+            }
+        };
+        self.exchanges.spawn(async move {
+            if let Err(err) = connection.with_upgrades().await {
+                tracing::debug!(subsystem = "proxy.http", error = %err, "upstream exchange ended");
+            }
+        });
+        let exchange = sender.send_request(request);
+        let result = match timeout {
+            Some(limit) => match tokio::time::timeout(limit, exchange).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, "proxy request timed out");
+                    return proxy_error(StatusCode::GATEWAY_TIMEOUT, "upstream timeout");
+                }
+            },
+            None => exchange.await,
+        };
+        let mut response = match result {
+            Ok(response) => response,
+            Err(err) => {
+                tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, error = %err, "proxy request");
+                return proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable");
+            }
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let upstream_upgrade = hyper::upgrade::on(&mut response);
+                self.exchanges.spawn(async move {
+                    let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade)
+                    else {
+                        return;
+                    };
+                    let mut client = TokioIo::new(client);
+                    let mut upstream = TokioIo::new(upstream);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                });
+            }
+        } else {
+            remove_hop_by_hop(response.headers_mut());
+        }
+        response.map(|body| body.map_err(Into::into).boxed())
+    }
+}
+
+/// The endpoint a request is for (spec §3.2).
+fn endpoint_id<B>(request: &Request<B>) -> Option<String> {
+    if let Some(value) = request
+        .headers()
+        .get(ENDPOINT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        && !value.is_empty()
+    {
+        return Some(value.to_owned());
+    }
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))?;
+    endpoint_from_host(host)
+}
+
+/// The first label of a host name; none for IP addresses and dot-less names.
+fn endpoint_from_host(host: &str) -> Option<String> {
+    let name = match host.strip_prefix('[') {
+        // A bracketed IPv6 literal, with or without a port.
+        Some(_) => return None,
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    if name.is_empty() || name.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    let (label, _) = name.split_once('.')?;
+    Some(label.to_owned())
+}
+
+/// The protocol a request asks to upgrade to, if it is an upgrade request.
+fn upgrade_protocol(headers: &HeaderMap) -> Option<String> {
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    let protocol = headers.get(header::UPGRADE)?.to_str().ok()?;
+    wants.then(|| protocol.to_owned())
+}
+
+/// Headers that belong to one connection, not to the message (RFC 9110 §7.6.1), plus those
+/// named by `Connection`.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let keep_te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("proxy-connection"),
+        HeaderName::from_static("keep-alive"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    if keep_te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Turns a client request into the one an upstream receives (spec §3.5): origin-form target,
+/// HTTP/1.1, the client's Host kept, hop-by-hop headers dropped, `X-Forwarded-For` and
+/// `X-Piko-Forward` added, one exchange per stream.
+fn prepare_request<B>(request: &mut Request<B>, peer: SocketAddr, upgrade: Option<&String>) {
+    let authority = request.uri().authority().cloned();
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    *request.uri_mut() = target
+        .parse::<Uri>()
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    *request.version_mut() = Version::HTTP_11;
+    let headers = request.headers_mut();
+    remove_hop_by_hop(headers);
+    if !headers.contains_key(header::HOST)
+        && let Some(authority) = authority
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, host);
+    }
+    let client = peer.ip().to_string();
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.is_empty() => format!("{prior}, {client}"),
+        _ => client,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers.insert(FORWARD_HEADER, HeaderValue::from_static("true"));
+    match upgrade.and_then(|p| HeaderValue::from_str(p).ok()) {
+        Some(protocol) => {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            headers.insert(header::UPGRADE, protocol);
+        }
+        None => {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_from_header_then_host() {
+        let request = |pairs: &[(&str, &str)]| {
+            let mut builder = Request::builder().uri("/x");
+            for (name, value) in pairs {
+                builder = builder.header(*name, *value);
+            }
+            builder.body(()).unwrap()
+        };
+        let both = request(&[
+            ("x-piko-endpoint", "from-header"),
+            ("host", "from-host.example.com"),
+        ]);
+        assert_eq!(endpoint_id(&both).as_deref(), Some("from-header"));
+        let empty_header = request(&[("x-piko-endpoint", ""), ("host", "from-host.example.com")]);
+        assert_eq!(endpoint_id(&empty_header).as_deref(), Some("from-host"));
+        let with_port = request(&[("host", "my-endpoint.piko.example.com:9000")]);
+        assert_eq!(endpoint_id(&with_port).as_deref(), Some("my-endpoint"));
+        for host in [
+            "localhost",
+            "localhost:8000",
+            "10.0.0.1",
+            "10.0.0.1:80",
+            "[::1]:8000",
+            "[::1]",
+            "",
+        ] {
+            assert_eq!(
+                endpoint_id(&request(&[("host", host)])),
+                None,
+                "host {host:?}"
+            );
+        }
+        let h2 = Request::builder()
+            .uri("https://api.example.com/x")
+            .body(())
+            .unwrap();
+        assert_eq!(endpoint_id(&h2).as_deref(), Some("api"));
+    }
+
+    #[test]
+    fn prepared_request_follows_piko() {
+        let mut request = Request::builder()
+            .method("POST")
+            .uri("http://svc.example.com/a/b?c=d")
+            .header("connection", "keep-alive, x-custom")
+            .header("x-custom", "dropped")
+            .header("keep-alive", "timeout=5")
+            .header("te", "trailers, gzip")
+            .header("x-forwarded-for", "203.0.113.7")
+            .header("authorization", "Bearer kept")
+            .body(())
+            .unwrap();
+        let peer: SocketAddr = "198.51.100.1:4000".parse().unwrap();
+        prepare_request(&mut request, peer, None);
+        assert_eq!(request.uri(), "/a/b?c=d");
+        assert_eq!(request.version(), Version::HTTP_11);
+        let headers = request.headers();
+        assert_eq!(headers["host"], "svc.example.com");
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 198.51.100.1");
+        assert_eq!(headers["x-piko-forward"], "true");
+        assert_eq!(headers["connection"], "close");
+        assert_eq!(headers["te"], "trailers");
+        assert_eq!(headers["authorization"], "Bearer kept");
+        assert!(!headers.contains_key("x-custom"));
+        assert!(!headers.contains_key("keep-alive"));
+
+        let mut upgrade = Request::builder()
+            .uri("/ws")
+            .header("host", "e.example.com")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        let protocol = upgrade_protocol(upgrade.headers());
+        assert_eq!(protocol.as_deref(), Some("websocket"));
+        prepare_request(&mut upgrade, peer, protocol.as_ref());
+        assert_eq!(upgrade.headers()["connection"], "Upgrade");
+        assert_eq!(upgrade.headers()["upgrade"], "websocket");
+    }
+}

@@ -1,0 +1,91 @@
+//! The accept loop shared by the three HTTP ports: one task per connection, graceful shutdown of
+//! every connection when the port stops.
+
+use std::{convert::Infallible, future::Future, net::SocketAddr, time::Duration};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// Error type of response bodies: whatever a relayed body fails with.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The response body every port serves.
+pub(crate) type Body = BoxBody<Bytes, BoxError>;
+
+/// How long a client may take to send request headers (slow-loris bound).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which HTTP versions a port speaks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Protocols {
+    /// HTTP/1.1 only (the upstream and admin ports).
+    Http1,
+    /// HTTP/1.1 and HTTP/2 with prior knowledge (h2c), detected per connection (the proxy port).
+    Http1And2,
+}
+
+/// Serves `listener` until `stop` is cancelled, then asks every connection to finish its
+/// in-flight requests; `tracker` lets the caller wait for them. Upgraded connections (WebSockets,
+/// tunnels) leave hyper's control: their owners track them.
+pub(crate) async fn serve<F, Fut>(
+    listener: TcpListener,
+    protocols: Protocols,
+    handler: F,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // EMFILE and friends: back off briefly rather than spin.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let handler = handler.clone();
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(request, peer).await) }
+            });
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            if matches!(protocols, Protocols::Http1) {
+                builder = builder.http1_only();
+            }
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(err) = result {
+                        tracing::debug!(error = %err, %peer, "connection ended with an error");
+                    }
+                }
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,215 @@
+//! A server node: binds its ports, serves them, and shuts down in order.
+
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    admin, proxy,
+    serve::{Protocols, serve},
+    upstream,
+    upstreams::Upstreams,
+};
+
+/// Settings of a server node.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Proxy port address (`host:port`; an empty host means every interface).
+    pub proxy_bind_addr: String,
+    /// Upstream port address.
+    pub upstream_bind_addr: String,
+    /// Admin port address.
+    pub admin_bind_addr: String,
+    /// Proxy port settings.
+    pub proxy: proxy::Config,
+    /// Upstream port settings.
+    pub upstream: upstream::Config,
+    /// How long shutdown may take before what is left is cut.
+    pub grace_period: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            proxy_bind_addr: ":8000".into(),
+            upstream_bind_addr: ":8001".into(),
+            admin_bind_addr: ":8002".into(),
+            proxy: proxy::Config::default(),
+            upstream: upstream::Config::default(),
+            grace_period: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Go's `:8000` means every interface; Rust's resolver wants a host.
+fn listen_addr(addr: &str) -> String {
+    match addr.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => addr.to_owned(),
+    }
+}
+
+async fn bind(name: &str, addr: &str) -> io::Result<TcpListener> {
+    TcpListener::bind(listen_addr(addr))
+        .await
+        .map_err(|err| io::Error::new(err.kind(), format!("{name} listen: {addr}: {err}")))
+}
+
+/// A bound server node, not serving yet.
+#[derive(Debug)]
+pub struct Server {
+    config: Config,
+    proxy: TcpListener,
+    upstream: TcpListener,
+    admin: TcpListener,
+    upstreams: Arc<Upstreams>,
+}
+
+impl Server {
+    /// Binds the proxy, upstream and admin ports. Port 0 picks a free port; the bound addresses
+    /// are available before [`Server::run`].
+    ///
+    /// # Errors
+    /// A port cannot be bound (the message names the port and address).
+    pub async fn bind(config: Config) -> io::Result<Self> {
+        Ok(Self {
+            proxy: bind("proxy", &config.proxy_bind_addr).await?,
+            upstream: bind("upstream", &config.upstream_bind_addr).await?,
+            admin: bind("admin", &config.admin_bind_addr).await?,
+            upstreams: Arc::default(),
+            config,
+        })
+    }
+
+    /// The bound proxy port.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The bound upstream port.
+    pub fn upstream_addr(&self) -> SocketAddr {
+        self.upstream
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The bound admin port.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The node's routing table.
+    pub fn upstreams(&self) -> Arc<Upstreams> {
+        self.upstreams.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down in order, bounded by the grace period:
+    /// not ready; no new connections; in-flight requests and tunnels finish; upstreams are told
+    /// to reconnect elsewhere (GoAway) and closed once their streams are done; admin last.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let ready = Arc::new(AtomicBool::new(false));
+        let (admin_stop, admin_tasks) = (CancellationToken::new(), TaskTracker::new());
+        let (upstream_stop, upstream_tasks) = (CancellationToken::new(), TaskTracker::new());
+        let (proxy_stop, proxy_tasks) = (CancellationToken::new(), TaskTracker::new());
+        let sessions = TaskTracker::new();
+        let exchanges = TaskTracker::new();
+
+        let admin = Arc::new(admin::Handler {
+            ready: ready.clone(),
+        });
+        tracing::info!(subsystem = "admin", addr = %self.admin_addr(), "starting admin server");
+        let admin_server = serve(
+            self.admin,
+            Protocols::Http1,
+            move |request, _| {
+                let admin = admin.clone();
+                async move { admin.handle(&request) }
+            },
+            admin_stop.clone(),
+            admin_tasks.clone(),
+        );
+        let admin_server = tokio::spawn(admin_server);
+
+        let upstream = Arc::new(upstream::Handler {
+            config: self.config.upstream.clone(),
+            upstreams: self.upstreams.clone(),
+            sessions: sessions.clone(),
+            shutdown: upstream_stop.clone(),
+        });
+        tracing::info!(subsystem = "upstream", addr = %self.upstream.local_addr().expect("bound"), "starting upstream server");
+        let upstream_server = tokio::spawn(serve(
+            self.upstream,
+            Protocols::Http1,
+            move |request, peer| upstream.clone().handle(request, peer),
+            upstream_stop.clone(),
+            upstream_tasks.clone(),
+        ));
+
+        let proxy = Arc::new(proxy::Handler {
+            config: self.config.proxy.clone(),
+            upstreams: self.upstreams.clone(),
+            exchanges: exchanges.clone(),
+        });
+        tracing::info!(subsystem = "proxy", addr = %self.proxy.local_addr().expect("bound"), "starting proxy server");
+        let proxy_server = tokio::spawn(serve(
+            self.proxy,
+            Protocols::Http1And2,
+            move |request, peer| proxy.clone().handle(request, peer),
+            proxy_stop.clone(),
+            proxy_tasks.clone(),
+        ));
+
+        ready.store(true, Ordering::Release);
+        shutdown.await;
+
+        tracing::info!(subsystem = "server", "starting shutdown");
+        ready.store(false, Ordering::Release);
+        let graceful = async {
+            // New upstreams are refused with a retryable 503 from here on.
+            proxy_stop.cancel();
+            upstream_stop.cancel();
+            let _ = tokio::join!(proxy_server, upstream_server);
+            proxy_tasks.close();
+            proxy_tasks.wait().await;
+            exchanges.close();
+            exchanges.wait().await;
+            tracing::info!(subsystem = "server", "shutdown proxy server");
+            // Sessions drain themselves once `upstream_stop` is cancelled: GoAway, streams
+            // finish, close.
+            upstream_tasks.close();
+            upstream_tasks.wait().await;
+            sessions.close();
+            sessions.wait().await;
+            tracing::info!(subsystem = "server", "shutdown upstream server");
+        };
+        if tokio::time::timeout(self.config.grace_period, graceful)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                subsystem = "server",
+                "grace period expired; closing what is left"
+            );
+            for session in self.upstreams.drain() {
+                session.close();
+            }
+        }
+        admin_stop.cancel();
+        let _ = admin_server.await;
+        tracing::info!(subsystem = "server", "shutdown complete");
+    }
+}
