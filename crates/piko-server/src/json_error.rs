@@ -13,22 +13,9 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-/// The error response shape of Piko's proxy: `application/json`, `nosniff`, and the body
-/// followed by a newline (what Go's `json.Encoder` writes).
+/// Piko's proxy error response (see [`piko_protocol::error_response::error_response`]).
 pub(crate) fn proxy_error(status: StatusCode, message: &str) -> Response<Body> {
-    let body = format!("{}\n", serde_json::json!({ "error": message }));
-    let mut response = Response::new(full(body));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    response
+    piko_protocol::error_response::error_response(status, message).map(full)
 }
 
 /// The error response shape of Piko's gin handlers (upstream port, endpoint checks):

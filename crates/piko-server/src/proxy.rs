@@ -13,13 +13,14 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use http::{
-    HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header,
-};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use piko_protocol::wire::{ENDPOINT_HEADER, FORWARD_HEADER};
+use piko_protocol::{
+    hop_by_hop::{remove as remove_hop_by_hop, upgrade_protocol},
+    wire::{ENDPOINT_HEADER, FORWARD_HEADER},
+};
 use tokio_util::task::TaskTracker;
 
 use crate::{
@@ -175,57 +176,6 @@ fn endpoint_from_host(host: &str) -> Option<String> {
     Some(label.to_owned())
 }
 
-/// The protocol a request asks to upgrade to, if it is an upgrade request.
-fn upgrade_protocol(headers: &HeaderMap) -> Option<String> {
-    let wants = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
-        });
-    let protocol = headers.get(header::UPGRADE)?.to_str().ok()?;
-    wants.then(|| protocol.to_owned())
-}
-
-/// Headers that belong to one connection, not to the message (RFC 9110 §7.6.1), plus those
-/// named by `Connection`.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    let keep_te_trailers = headers.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("proxy-connection"),
-        HeaderName::from_static("keep-alive"),
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-    if keep_te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-}
-
 /// Turns a client request into the one an upstream receives (spec §3.5): origin-form target,
 /// HTTP/1.1, the client's Host kept, hop-by-hop headers dropped, `X-Forwarded-For` and
 /// `X-Piko-Forward` added, one exchange per stream.
@@ -320,7 +270,6 @@ mod tests {
             .header("connection", "keep-alive, x-custom")
             .header("x-custom", "dropped")
             .header("keep-alive", "timeout=5")
-            .header("te", "trailers, gzip")
             .header("x-forwarded-for", "203.0.113.7")
             .header("authorization", "Bearer kept")
             .body(())
@@ -334,7 +283,6 @@ mod tests {
         assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 198.51.100.1");
         assert_eq!(headers["x-piko-forward"], "true");
         assert_eq!(headers["connection"], "close");
-        assert_eq!(headers["te"], "trailers");
         assert_eq!(headers["authorization"], "Bearer kept");
         assert!(!headers.contains_key("x-custom"));
         assert!(!headers.contains_key("keep-alive"));

@@ -1,0 +1,182 @@
+//! An HTTP listener: every connection the server opens carries HTTP/1.1, which is proxied to the
+//! local service through a keep-alive pool (spec §11.2).
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo},
+};
+use piko_protocol::{
+    error_response::error_response,
+    hop_by_hop::{remove as remove_hop_by_hop, upgrade_protocol},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::target::Target;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = BoxBody<Bytes, BoxError>;
+
+/// Settings of one HTTP listener.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// The local service.
+    pub target: Target,
+    /// Bounds each request (connect, send, response headers); `Upgrade: websocket` requests are
+    /// exempt, as in Piko.
+    pub timeout: Duration,
+    /// How long idle connections to the local service are kept.
+    pub idle_conn_timeout: Duration,
+    /// Idle connections kept per host.
+    pub max_idle_conns: usize,
+}
+
+impl HttpConfig {
+    /// Defaults of `piko agent http`: 10 s timeout, 90 s idle, 100 idle connections.
+    pub fn new(target: Target) -> Self {
+        Self {
+            target,
+            timeout: Duration::from_secs(10),
+            idle_conn_timeout: Duration::from_secs(90),
+            max_idle_conns: 100,
+        }
+    }
+}
+
+struct Proxy {
+    config: HttpConfig,
+    client: Client<HttpConnector, Incoming>,
+    tunnels: TaskTracker,
+}
+
+/// Serves `listener` until `stop` is cancelled, then drains: the server is told to send nothing
+/// new (GoAway) and the requests in flight finish (the caller bounds this with its grace period).
+///
+/// # Errors
+/// The listener failed for good (for example the server refused a reconnect with 401).
+pub async fn serve_http(
+    mut listener: piko::Listener,
+    config: HttpConfig,
+    stop: CancellationToken,
+) -> Result<(), piko::Error> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.timeout));
+    connector.set_nodelay(true);
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(config.idle_conn_timeout)
+        .pool_max_idle_per_host(config.max_idle_conns)
+        .build(connector);
+    let proxy = Arc::new(Proxy {
+        config,
+        client,
+        tunnels: TaskTracker::new(),
+    });
+    let connections = TaskTracker::new();
+    tracing::info!(subsystem = "proxy.http", endpoint_id = %listener.endpoint_id(), "starting reverse proxy");
+    let result = loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(stream) => stream,
+                Err(piko::Error::Closed) => break Ok(()),
+                Err(err) => break Err(err),
+            },
+        };
+        let proxy = proxy.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.forward(request).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(err) = connection.await {
+                tracing::debug!(subsystem = "proxy.http", error = %err, "stream ended with an error");
+            }
+        });
+    };
+    // Drain: no new streams; in-flight exchanges (and upgraded tunnels) finish.
+    listener.close();
+    connections.close();
+    connections.wait().await;
+    proxy.tunnels.close();
+    proxy.tunnels.wait().await;
+    result
+}
+
+impl Proxy {
+    async fn forward(&self, mut request: Request<Incoming>) -> Response<Body> {
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let upgrade = upgrade_protocol(request.headers());
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+        let timeout = match upgrade.as_deref() {
+            Some("websocket") => None,
+            _ => Some(self.config.timeout),
+        };
+        *request.uri_mut() = self.config.target.url_for(&path);
+        let headers = request.headers_mut();
+        remove_hop_by_hop(headers);
+        if let Some(protocol) = upgrade
+            .as_deref()
+            .and_then(|p| HeaderValue::from_str(p).ok())
+        {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            headers.insert(header::UPGRADE, protocol);
+        }
+        let sent = self.client.request(request);
+        let result = match timeout {
+            Some(limit) => match tokio::time::timeout(limit, sent).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(subsystem = "proxy.http", error = "timeout", "proxy request");
+                    return error(StatusCode::GATEWAY_TIMEOUT, "upstream timeout");
+                }
+            },
+            None => sent.await,
+        };
+        let mut response = match result {
+            Ok(response) => response,
+            Err(err) => {
+                tracing::warn!(subsystem = "proxy.http", error = %err, "proxy request");
+                return error(StatusCode::BAD_GATEWAY, "upstream unreachable");
+            }
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let service_upgrade = hyper::upgrade::on(&mut response);
+                self.tunnels.spawn(async move {
+                    let (Ok(server), Ok(service)) = tokio::join!(client_upgrade, service_upgrade)
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(
+                        &mut TokioIo::new(server),
+                        &mut TokioIo::new(service),
+                    )
+                    .await;
+                });
+            }
+        } else {
+            remove_hop_by_hop(response.headers_mut());
+        }
+        response.map(|body| body.map_err(Into::into).boxed())
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    error_response(status, message).map(|bytes| {
+        http_body_util::Full::new(bytes)
+            .map_err(|never| match never {})
+            .boxed()
+    })
+}

@@ -1,0 +1,13 @@
+//! The Piko agent: exposes local services through a Piko server by registering one upstream
+//! listener per endpoint (through the [`piko`] SDK) and proxying every request it receives to the
+//! local service.
+//!
+//! # Layout
+//! - [`Target`]: the local service address forms.
+//! - [`serve_http`]: an HTTP listener, proxying to its target through a keep-alive pool.
+
+mod http_listener;
+mod target;
+
+pub use http_listener::{HttpConfig, serve_http};
+pub use target::{InvalidAddr, Target};

@@ -1,0 +1,158 @@
+//! Piko's log format: one JSON object per line on stderr, as zap's production encoder writes
+//! it: `level`, `ts` (UTC, milliseconds, trailing zeros trimmed), `subsystem`, `msg`, then the
+//! event's fields with dashed names (`endpoint-id`). Scripts and log pipelines written for Piko
+//! keep working.
+
+use std::{
+    fmt,
+    io::Write,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::{Map, Value};
+use tracing::{
+    Event, Level, Subscriber,
+    field::{Field, Visit},
+};
+use tracing_subscriber::{Layer, layer::Context, prelude::*};
+
+/// Installs the logger for the process.
+pub(crate) fn init(level: &str) -> Result<(), String> {
+    let level = match level {
+        "debug" => Level::DEBUG,
+        "info" => Level::INFO,
+        "warn" => Level::WARN,
+        "error" => Level::ERROR,
+        other => return Err(format!("unsupported log level: {other}")),
+    };
+    tracing_subscriber::registry()
+        .with(JsonLines { level })
+        .try_init()
+        .map_err(|err| err.to_string())
+}
+
+struct JsonLines {
+    level: Level,
+}
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    subsystem: Option<String>,
+    rest: Map<String, Value>,
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.record_value(field, Value::String(format!("{value:?}")));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.record_value(field, Value::String(value.to_owned()));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.record_value(field, value.into());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.record_value(field, value.into());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.record_value(field, value.into());
+    }
+}
+
+impl Fields {
+    fn record_value(&mut self, field: &Field, value: Value) {
+        match (field.name(), value) {
+            ("message", Value::String(text)) => self.message = text,
+            ("subsystem", Value::String(text)) => self.subsystem = Some(text),
+            (name, value) => {
+                self.rest.insert(name.replace('_', "-"), value);
+            }
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for JsonLines {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>, _: Context<'_, S>) -> bool {
+        *metadata.level() <= self.level && metadata.target().starts_with("piko")
+    }
+
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let level = match *event.metadata().level() {
+            Level::ERROR => "error",
+            Level::WARN => "warn",
+            Level::INFO => "info",
+            Level::DEBUG | Level::TRACE => "debug",
+        };
+        let mut line = Map::new();
+        line.insert("level".into(), level.into());
+        line.insert("ts".into(), timestamp(SystemTime::now()).into());
+        line.insert(
+            "subsystem".into(),
+            fields.subsystem.unwrap_or_else(|| "main".into()).into(),
+        );
+        line.insert("msg".into(), fields.message.into());
+        line.extend(fields.rest);
+        let mut text = Value::Object(line).to_string();
+        text.push('\n');
+        // One write per line, so lines from several threads never interleave.
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    }
+}
+
+/// `2006-01-02T15:04:05.999Z` in UTC.
+fn timestamp(now: SystemTime) -> String {
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let (days, day_secs) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    let millis = since_epoch.subsec_millis();
+    let fraction = if millis == 0 {
+        String::new()
+    } else {
+        format!(".{millis:03}").trim_end_matches('0').to_owned()
+    };
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{fraction}Z",
+        day_secs / 3600,
+        day_secs % 3600 / 60,
+        day_secs % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn timestamps_are_zap_s() {
+        let at = |secs: u64, millis: u64| {
+            UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis)
+        };
+        assert_eq!(timestamp(at(0, 0)), "1970-01-01T00:00:00Z");
+        assert_eq!(timestamp(at(1_769_353_617, 120)), "2026-01-25T15:06:57.12Z");
+        assert_eq!(timestamp(at(951_782_400, 5)), "2000-02-29T00:00:00.005Z");
+    }
+}

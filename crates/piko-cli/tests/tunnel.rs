@@ -1,0 +1,256 @@
+//! The `piko` binary end to end: a server process, an agent process in front of a local HTTP
+//! service, and curl as the client.
+
+use std::{net::SocketAddr, process::Stdio, time::Duration};
+
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::TcpListener,
+    process::{Child, Command},
+    sync::mpsc,
+};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A child `piko` process whose JSON log lines are collected as they come.
+struct Process {
+    child: Child,
+    logs: mpsc::UnboundedReceiver<Value>,
+}
+
+impl Process {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_piko"))
+            .args(args)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start piko");
+        let (tx, logs) = mpsc::unbounded_channel();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
+                if tx.send(value).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, logs }
+    }
+
+    /// The next log line with this message.
+    async fn wait_log(&mut self, msg: &str) -> Value {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                let line = self
+                    .logs
+                    .recv()
+                    .await
+                    .unwrap_or_else(|| panic!("process exited before logging {msg:?}"));
+                if line["msg"] == msg {
+                    return line;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {msg:?} log line"))
+    }
+
+    async fn terminate(&mut self) -> i32 {
+        let pid = self.child.id().unwrap().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+        let status = tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("no exit after SIGTERM")
+            .unwrap();
+        status.code().unwrap_or(-1)
+    }
+}
+
+/// A minimal keep-alive HTTP/1.1 service that answers `hello from <path>`.
+async fn local_service() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let n = match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let path = head.split_whitespace().nth(1).unwrap_or("?").to_owned();
+                        let body = format!("hello from {path}");
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if tcp.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn curl(args: &[&str]) -> (String, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (status.to_owned(), body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_and_agent_processes_tunnel_curl_requests() {
+    let service = local_service().await;
+    let mut server = Process::start(&[
+        "server",
+        "--proxy.bind-addr",
+        "127.0.0.1:0",
+        "--upstream.bind-addr",
+        "127.0.0.1:0",
+        "--admin.bind-addr",
+        "127.0.0.1:0",
+    ]);
+    let admin = server.wait_log("starting admin server").await["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let upstream = server.wait_log("starting upstream server").await["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let proxy = server.wait_log("starting proxy server").await["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let connect_url = format!("http://{upstream}");
+    let mut agent = Process::start(&[
+        "agent",
+        "http",
+        "my-endpoint",
+        &service.port().to_string(),
+        "--connect.url",
+        &connect_url,
+    ]);
+    let connected = server.wait_log("upstream connected").await;
+    assert_eq!(connected["endpoint-id"], "my-endpoint");
+    assert_eq!(connected["subsystem"], "upstream");
+
+    let (status, body) = curl(&[
+        "-H",
+        "x-piko-endpoint: my-endpoint",
+        &format!("http://{proxy}/hello?x=1"),
+    ])
+    .await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("200", "hello from /hello?x=1")
+    );
+    let (status, body) = curl(&[
+        "--resolve",
+        &format!(
+            "my-endpoint.example.com:{}:127.0.0.1",
+            proxy.rsplit_once(':').unwrap().1
+        ),
+        &format!(
+            "http://my-endpoint.example.com:{}/by-host",
+            proxy.rsplit_once(':').unwrap().1
+        ),
+    ])
+    .await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("200", "hello from /by-host")
+    );
+    // HTTP/2 with prior knowledge (h2c) reaches the same HTTP/1.1 upstream.
+    let h2_url = format!("http://{proxy}/h2");
+    let (status, body) = curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "x-piko-endpoint: my-endpoint",
+        &h2_url,
+    ])
+    .await;
+    assert_eq!((status.as_str(), body.as_str()), ("200", "hello from /h2"));
+    let (status, body) =
+        curl(&["-H", "x-piko-endpoint: nobody", &format!("http://{proxy}/")]).await;
+    assert_eq!(status, "502");
+    assert_eq!(body, "{\"error\":\"no available upstreams\"}\n");
+    let (status, _) = curl(&[&format!("http://{admin}/ready")]).await;
+    assert_eq!(status, "200");
+
+    // The agent drains and exits 0 on SIGTERM; the server forgets it.
+    assert_eq!(agent.terminate().await, 0);
+    server.wait_log("upstream disconnected").await;
+    let (status, _) = curl(&[
+        "-H",
+        "x-piko-endpoint: my-endpoint",
+        &format!("http://{proxy}/"),
+    ])
+    .await;
+    assert_eq!(status, "502");
+
+    assert_eq!(server.terminate().await, 0);
+    server.wait_log("shutdown complete").await;
+}
+
+#[tokio::test]
+async fn bad_flags_and_addresses_fail_clearly() {
+    let piko = env!("CARGO_BIN_EXE_piko");
+    let output = Command::new(piko)
+        .args(["server", "--no-such-flag"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--no-such-flag"));
+
+    let output = Command::new(piko)
+        .args(["agent", "http", "e", "not an addr"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "config: listener: e: invalid addr: not an addr"
+    );
+
+    let output = Command::new(piko)
+        .args(["server", "--proxy.timeout", "10"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+
+    let output = Command::new(piko).arg("--version").output().await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("piko version {}", env!("CARGO_PKG_VERSION"))
+    );
+}
