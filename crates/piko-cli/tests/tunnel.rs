@@ -76,39 +76,78 @@ impl Process {
     }
 }
 
-/// A minimal keep-alive HTTP/1.1 service that answers `hello from <path>`.
+/// A minimal keep-alive HTTP/1.1 service: answers `hello from <path>`, or echoes a request body
+/// (streamed back as it arrives) when there is one.
 async fn local_service() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let mut chunk = [0u8; 4096];
-                    let n = match tcp.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                        buf.drain(..end + 4);
-                        let path = head.split_whitespace().nth(1).unwrap_or("?").to_owned();
-                        let body = format!("hello from {path}");
-                        let response = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if tcp.write_all(response.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(serve_connection(tcp));
         }
     });
     addr
+}
+
+async fn serve_connection(mut tcp: tokio::net::TcpStream) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            let mut chunk = [0u8; 4096];
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        buf.drain(..end + 4);
+        let path = head.split_whitespace().nth(1).unwrap_or("?").to_owned();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap_or(0));
+        if length == 0 {
+            let body = format!("hello from {path}");
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if tcp.write_all(response.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n");
+        if tcp.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let mut left = length;
+        let first = buf.len().min(left);
+        if tcp.write_all(&buf[..first]).await.is_err() {
+            return;
+        }
+        buf.drain(..first);
+        left -= first;
+        let mut chunk = vec![0u8; 64 * 1024];
+        while left > 0 {
+            let n = match tcp.read(&mut chunk[..left.min(64 * 1024)]).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if tcp.write_all(&chunk[..n]).await.is_err() {
+                return;
+            }
+            left -= n;
+        }
+    }
+}
+
+/// Peak resident memory of a process, from /proc.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 async fn curl(args: &[&str]) -> (String, String) {
@@ -252,5 +291,106 @@ async fn bad_flags_and_addresses_fail_clearly() {
     assert_eq!(
         String::from_utf8_lossy(&output.stdout).trim(),
         format!("piko version {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_transfers_stay_small_and_agents_come_back() {
+    let service = local_service().await;
+    let mut server = Process::start(&[
+        "server",
+        "--proxy.bind-addr",
+        "127.0.0.1:0",
+        "--upstream.bind-addr",
+        "127.0.0.1:0",
+        "--admin.bind-addr",
+        "127.0.0.1:0",
+        "--proxy.timeout",
+        "60s",
+    ]);
+    server.wait_log("starting admin server").await;
+    let upstream = server.wait_log("starting upstream server").await["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let proxy = server.wait_log("starting proxy server").await["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let connect_url = format!("http://{upstream}");
+    let port = service.port().to_string();
+    let agent_args = [
+        "agent",
+        "http",
+        "big",
+        port.as_str(),
+        "--connect.url",
+        connect_url.as_str(),
+        "--timeout",
+        "60s",
+    ];
+    let mut agent = Process::start(&agent_args);
+    server.wait_log("upstream connected").await;
+
+    // 128 MiB up and the same 128 MiB back down, in one request.
+    let dir = std::env::temp_dir().join(format!("piko-tunnel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let upload = dir.join("upload");
+    let payload: Vec<u8> = (0..128u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&upload, &payload).unwrap();
+    let download = dir.join("download");
+    let output = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "120",
+            "-H",
+            "x-piko-endpoint: big",
+            "-H",
+            "expect:",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", upload.display()))
+        .arg("-o")
+        .arg(&download)
+        .args(["-w", "%{http_code}", &format!("http://{proxy}/echo")])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        std::fs::read(&download).unwrap() == payload,
+        "128 MiB came back altered"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    let server_peak = peak_rss_kib(server.child.id().unwrap());
+    let agent_peak = peak_rss_kib(agent.child.id().unwrap());
+    assert!(
+        server_peak <= 64 * 1024,
+        "server peaked at {server_peak} KiB"
+    );
+    assert!(agent_peak <= 64 * 1024, "agent peaked at {agent_peak} KiB");
+
+    // Kill the agent outright: requests fail with 502; a new agent serves again without help.
+    agent.child.kill().await.unwrap();
+    server.wait_log("upstream disconnected").await;
+    let (status, _) = curl(&["-H", "x-piko-endpoint: big", &format!("http://{proxy}/")]).await;
+    assert_eq!(status, "502");
+    let _agent = Process::start(&agent_args);
+    server.wait_log("upstream connected").await;
+    let (status, body) = curl(&[
+        "-H",
+        "x-piko-endpoint: big",
+        &format!("http://{proxy}/back"),
+    ])
+    .await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("200", "hello from /back")
     );
 }

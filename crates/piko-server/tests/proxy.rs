@@ -325,3 +325,206 @@ async fn listeners_reconnect_after_the_server_restarts() {
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&body).contains("a GET /"));
 }
+
+/// Starts a node with a custom proxy timeout.
+async fn start_node_with_timeout(timeout: Duration) -> Node {
+    let config = Config {
+        proxy_bind_addr: "127.0.0.1:0".into(),
+        upstream_bind_addr: "127.0.0.1:0".into(),
+        admin_bind_addr: "127.0.0.1:0".into(),
+        proxy: piko_server::proxy::Config {
+            timeout: Some(timeout),
+        },
+        ..Config::default()
+    };
+    let server = Server::bind(config).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let node = (
+        server.proxy_addr(),
+        server.upstream_addr(),
+        server.admin_addr(),
+        server.upstreams(),
+    );
+    let task = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    Node {
+        proxy: node.0,
+        upstream: node.1,
+        admin: node.2,
+        upstreams: node.3,
+        stop: Some(stop),
+        task,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_are_relayed_end_to_end() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let node = start_node().await;
+    let mut listener = piko::Upstream::new(format!("http://{}", node.upstream))
+        .listen("ws")
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok(stream) = listener.accept().await {
+            tokio::spawn(async move {
+                // The upstream service is a WebSocket echo server.
+                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+                while let Some(Ok(message)) = ws.next().await {
+                    if message.is_close() {
+                        break;
+                    }
+                    ws.send(message).await.unwrap();
+                }
+            });
+        }
+    });
+    wait_upstreams(&node, "ws", 1).await;
+    let tcp = TcpStream::connect(node.proxy).await.unwrap();
+    let (mut client, response) = tokio_tungstenite::client_async("ws://ws.example.com/chat", tcp)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    for text in ["hello", "through", "the tunnel"] {
+        client.send(Message::text(text)).await.unwrap();
+        assert_eq!(client.next().await.unwrap().unwrap(), Message::text(text));
+    }
+    let big = vec![7u8; 1 << 20];
+    client.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(
+        client.next().await.unwrap().unwrap().into_data().as_ref(),
+        &big[..]
+    );
+    client.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_arrive_as_they_are_sent() {
+    let node = start_node().await;
+    let mut listener = piko::Upstream::new(format!("http://{}", node.upstream))
+        .listen("sse")
+        .await
+        .unwrap();
+    let (next_event, mut events) = tokio::sync::mpsc::channel::<&'static str>(1);
+    tokio::spawn(async move {
+        let mut stream = listener.accept().await.unwrap();
+        let mut request = vec![0u8; 1024];
+        let _ = stream.read(&mut request).await.unwrap();
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        while let Some(event) = events.recv().await {
+            let data = format!("data: {event}\n\n");
+            stream
+                .write_all(format!("{:x}\r\n{data}\r\n", data.len()).as_bytes())
+                .await
+                .unwrap();
+        }
+        stream.write_all(b"0\r\n\r\n").await.unwrap();
+        stream.shutdown().await.unwrap();
+    });
+    wait_upstreams(&node, "sse", 1).await;
+    let mut tcp = TcpStream::connect(node.proxy).await.unwrap();
+    tcp.write_all(&get("sse.example.com", "/events", ""))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for event in ["one", "two", "three"] {
+        next_event.send(event).await.unwrap();
+        // Each event reaches the client before the next one is even produced.
+        let wanted = format!("data: {event}");
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !String::from_utf8_lossy(&seen).contains(&wanted) {
+                let mut chunk = [0u8; 1024];
+                let n = tcp.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "connection closed early");
+                seen.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("event {event} was held back"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_upstream_gets_504_after_the_proxy_timeout() {
+    let node = start_node_with_timeout(Duration::from_millis(300)).await;
+    let mut listener = piko::Upstream::new(format!("http://{}", node.upstream))
+        .listen("slow")
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok(stream) = listener.accept().await {
+            held.push(stream); // never answers
+        }
+    });
+    wait_upstreams(&node, "slow", 1).await;
+    let (status, head, body) = raw_request(node.proxy, &get("slow.example.com", "/", "")).await;
+    assert_eq!(status, 504, "{head}");
+    assert_eq!(body, b"{\"error\":\"upstream timeout\"}\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_requests_in_flight_finish() {
+    let mut node = start_node().await;
+    let mut listener = piko::Upstream::new(format!("http://{}", node.upstream))
+        .listen("e")
+        .await
+        .unwrap();
+    let (answer, answer_now) = tokio::sync::oneshot::channel::<()>();
+    let (got_request, request_arrived) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut stream = listener.accept().await.unwrap();
+        let mut request = vec![0u8; 1024];
+        let _ = stream.read(&mut request).await.unwrap();
+        got_request.send(()).unwrap();
+        answer_now.await.unwrap();
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone")
+            .await
+            .unwrap();
+        stream.shutdown().await.unwrap();
+        // Keep the listener (and its session) alive while the server drains it.
+        let _ = listener.accept().await;
+    });
+    wait_upstreams(&node, "e", 1).await;
+    let proxy = node.proxy;
+    let request =
+        tokio::spawn(async move { raw_request(proxy, &get("e.example.com", "/slow", "")).await });
+    request_arrived.await.unwrap();
+    // Shut down with the request in flight: /ready turns 503 and no new connection is accepted,
+    // but the request completes.
+    node.stop.take().unwrap().send(()).unwrap();
+    let mut ready = 200;
+    for _ in 0..100 {
+        match TcpStream::connect(node.admin).await {
+            Ok(mut tcp) => {
+                tcp.write_all(&get("x", "/ready", "")).await.unwrap();
+                let mut response = Vec::new();
+                let _ = tcp.read_to_end(&mut response).await;
+                ready = String::from_utf8_lossy(&response)[9..12]
+                    .parse()
+                    .unwrap_or(0);
+                if ready == 503 {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(ready, 503, "/ready did not turn 503 during shutdown");
+    answer.send(()).unwrap();
+    let (status, head, body) = request.await.unwrap();
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(body, b"done");
+    tokio::time::timeout(Duration::from_secs(10), node.task)
+        .await
+        .expect("shutdown hung")
+        .unwrap();
+}
