@@ -370,6 +370,7 @@ async fn large_transfers_stay_small_and_agents_come_back() {
     std::fs::remove_dir_all(&dir).unwrap();
     let server_peak = peak_rss_kib(server.child.id().unwrap());
     let agent_peak = peak_rss_kib(agent.child.id().unwrap());
+    println!("peak RSS: server {server_peak} KiB, agent {agent_peak} KiB");
     assert!(
         server_peak <= 64 * 1024,
         "server peaked at {server_peak} KiB"
