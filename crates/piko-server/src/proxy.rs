@@ -11,7 +11,16 @@
 //! - `timeout` bounds the wait for the response headers only: a long download or a slow stream
 //!   of events is not cut (Piko cuts any response not finished within 10 s: spec §15.2).
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
 
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
@@ -25,7 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::{
     json_error::{gin_error, proxy_error},
-    serve::Body,
+    serve::{Body, BoxError},
     upstreams::Upstreams,
 };
 
@@ -95,12 +104,21 @@ impl Handler {
                 return proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable");
             }
         };
-        self.exchanges.spawn(async move {
-            if let Err(err) = connection.with_upgrades().await {
-                tracing::debug!(subsystem = "proxy.http", error = %err, "upstream exchange ended");
-            }
-        });
+        // An upgrade needs the connection to outlive the response: it runs in its own task. A
+        // plain exchange is driven here and then from the response body, in the client
+        // connection's own task: no task and no cross-task wake-ups per request.
+        let mut inline = None;
         let exchange = sender.send_request(request);
+        if client_upgrade.is_some() {
+            self.exchanges.spawn(async move {
+                if let Err(err) = connection.with_upgrades().await {
+                    tracing::debug!(subsystem = "proxy.http", error = %err, "upstream exchange ended");
+                }
+            });
+        } else {
+            inline = Some(Box::pin(connection));
+        }
+        let exchange = drive_until(exchange, &mut inline);
         let result = match timeout {
             Some(limit) => match tokio::time::timeout(limit, exchange).await {
                 Ok(result) => result,
@@ -134,7 +152,85 @@ impl Handler {
         } else {
             remove_hop_by_hop(response.headers_mut());
         }
-        response.map(|body| body.map_err(Into::into).boxed())
+        let exchanges = self.exchanges.clone();
+        response.map(|body| {
+            ExchangeBody {
+                body,
+                connection: inline,
+                exchanges,
+            }
+            .boxed()
+        })
+    }
+}
+
+/// The client side of one exchange over a stream.
+type UpstreamConnection =
+    Pin<Box<hyper::client::conn::http1::Connection<TokioIo<piko_mux::Stream>, Incoming>>>;
+
+/// Awaits `future` while also driving `connection` (which moves the request and response bytes).
+async fn drive_until<F: Future>(
+    future: F,
+    connection: &mut Option<UpstreamConnection>,
+) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        poll_connection(connection, cx);
+        future.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// Polls the connection if it still runs; forgets it once it finished.
+fn poll_connection(connection: &mut Option<UpstreamConnection>, cx: &mut Context<'_>) {
+    if let Some(running) = connection
+        && let Poll::Ready(result) = running.as_mut().poll(cx)
+    {
+        if let Err(err) = result {
+            tracing::debug!(subsystem = "proxy.http", error = %err, "upstream exchange ended");
+        }
+        *connection = None;
+    }
+}
+
+/// A response body that drives its exchange's connection as it is read. Dropped before its end
+/// (the client went away), it drops the connection, which resets the stream so the upstream
+/// stops too.
+struct ExchangeBody {
+    body: Incoming,
+    connection: Option<UpstreamConnection>,
+    exchanges: TaskTracker,
+}
+
+impl hyper::body::Body for ExchangeBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        poll_connection(&mut this.connection, cx);
+        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+        if frame.is_none()
+            && let Some(connection) = this.connection.take()
+        {
+            // The response is complete; the connection only has its close left to do, and the
+            // client need not wait for it.
+            this.exchanges.spawn(async move {
+                let _ = connection.await;
+            });
+        }
+        Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
