@@ -162,10 +162,10 @@ async fn curl(args: &[&str]) -> (String, String) {
     (status.to_owned(), body.to_owned())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_and_agent_processes_tunnel_curl_requests() {
-    let service = local_service().await;
-    let mut server = Process::start(&[
+/// A `piko server` on ephemeral loopback ports, with the addresses it logged: (admin, upstream,
+/// proxy).
+async fn start_server(extra: &[&str]) -> (Process, String, String, String) {
+    let mut args = vec![
         "server",
         "--proxy.bind-addr",
         "127.0.0.1:0",
@@ -173,20 +173,25 @@ async fn server_and_agent_processes_tunnel_curl_requests() {
         "127.0.0.1:0",
         "--admin.bind-addr",
         "127.0.0.1:0",
-    ]);
-    let admin = server.wait_log("starting admin server").await["addr"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let upstream = server.wait_log("starting upstream server").await["addr"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let proxy = server.wait_log("starting proxy server").await["addr"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    ];
+    args.extend_from_slice(extra);
+    let mut server = Process::start(&args);
+    let mut addr = async |msg: &str| {
+        server.wait_log(msg).await["addr"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let admin = addr("starting admin server").await;
+    let upstream = addr("starting upstream server").await;
+    let proxy = addr("starting proxy server").await;
+    (server, admin, upstream, proxy)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_and_agent_processes_tunnel_curl_requests() {
+    let service = local_service().await;
+    let (mut server, admin, upstream, proxy) = start_server(&[]).await;
     let connect_url = format!("http://{upstream}");
     let mut agent = Process::start(&[
         "agent",
@@ -297,26 +302,7 @@ async fn bad_flags_and_addresses_fail_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_transfers_stay_small_and_agents_come_back() {
     let service = local_service().await;
-    let mut server = Process::start(&[
-        "server",
-        "--proxy.bind-addr",
-        "127.0.0.1:0",
-        "--upstream.bind-addr",
-        "127.0.0.1:0",
-        "--admin.bind-addr",
-        "127.0.0.1:0",
-        "--proxy.timeout",
-        "60s",
-    ]);
-    server.wait_log("starting admin server").await;
-    let upstream = server.wait_log("starting upstream server").await["addr"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let proxy = server.wait_log("starting proxy server").await["addr"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (mut server, _admin, upstream, proxy) = start_server(&["--proxy.timeout", "60s"]).await;
     let connect_url = format!("http://{upstream}");
     let port = service.port().to_string();
     let agent_args = [

@@ -23,29 +23,34 @@ struct Node {
 }
 
 async fn start_node() -> Node {
+    start_node_with(piko_server::proxy::Config::default()).await
+}
+
+async fn start_node_with(proxy: piko_server::proxy::Config) -> Node {
     let config = Config {
         proxy_bind_addr: "127.0.0.1:0".into(),
         upstream_bind_addr: "127.0.0.1:0".into(),
         admin_bind_addr: "127.0.0.1:0".into(),
+        proxy,
         grace_period: Duration::from_secs(10),
         ..Config::default()
     };
     let server = Server::bind(config).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let node = (
+    let (proxy, upstream, admin) = (
         server.proxy_addr(),
         server.upstream_addr(),
         server.admin_addr(),
-        server.upstreams(),
     );
+    let upstreams = server.upstreams();
     let task = tokio::spawn(server.run(async move {
         let _ = stopped.await;
     }));
     Node {
-        proxy: node.0,
-        upstream: node.1,
-        admin: node.2,
-        upstreams: node.3,
+        proxy,
+        upstream,
+        admin,
+        upstreams,
         stop: Some(stop),
         task,
     }
@@ -326,38 +331,6 @@ async fn listeners_reconnect_after_the_server_restarts() {
     assert!(String::from_utf8_lossy(&body).contains("a GET /"));
 }
 
-/// Starts a node with a custom proxy timeout.
-async fn start_node_with_timeout(timeout: Duration) -> Node {
-    let config = Config {
-        proxy_bind_addr: "127.0.0.1:0".into(),
-        upstream_bind_addr: "127.0.0.1:0".into(),
-        admin_bind_addr: "127.0.0.1:0".into(),
-        proxy: piko_server::proxy::Config {
-            timeout: Some(timeout),
-        },
-        ..Config::default()
-    };
-    let server = Server::bind(config).await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let node = (
-        server.proxy_addr(),
-        server.upstream_addr(),
-        server.admin_addr(),
-        server.upstreams(),
-    );
-    let task = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
-    Node {
-        proxy: node.0,
-        upstream: node.1,
-        admin: node.2,
-        upstreams: node.3,
-        stop: Some(stop),
-        task,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrades_are_relayed_end_to_end() {
     use futures_util::{SinkExt, StreamExt};
@@ -452,7 +425,10 @@ async fn server_sent_events_arrive_as_they_are_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_upstream_gets_504_after_the_proxy_timeout() {
-    let node = start_node_with_timeout(Duration::from_millis(300)).await;
+    let node = start_node_with(piko_server::proxy::Config {
+        timeout: Some(Duration::from_millis(300)),
+    })
+    .await;
     let mut listener = piko::Upstream::new(format!("http://{}", node.upstream))
         .listen("slow")
         .await
