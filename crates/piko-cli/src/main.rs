@@ -2,7 +2,9 @@
 #![allow(missing_docs, reason = "a binary; its documentation is its --help")]
 
 mod agent;
+mod config_file;
 mod duration;
+mod expand_env;
 mod logging;
 mod server;
 mod signal;

@@ -1,74 +1,129 @@
 //! `piko server`.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use piko_server::{Config, Server};
 
-use crate::{duration, logging, signal};
+use crate::{config_file, duration, logging, signal};
 
-/// Flags of `piko server` (Piko's names and defaults).
+/// Flags of `piko server`: Piko's names; a flag given overrides the config file, which overrides
+/// the default.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Address the proxy port listens on (`host:port`; an empty host is every interface).
-    #[arg(long = "proxy.bind-addr", default_value = ":8000")]
-    proxy_bind_addr: String,
-    /// How long to wait for an upstream's response headers (0 disables).
-    #[arg(long = "proxy.timeout", default_value = "30s", value_parser = duration::parse)]
-    proxy_timeout: Duration,
-    /// Address the upstream port listens on.
-    #[arg(long = "upstream.bind-addr", default_value = ":8001")]
-    upstream_bind_addr: String,
-    /// Address the admin port listens on.
-    #[arg(long = "admin.bind-addr", default_value = ":8002")]
-    admin_bind_addr: String,
-    /// Longest a graceful shutdown may take.
-    #[arg(long = "grace-period", default_value = "1m", value_parser = duration::parse)]
-    grace_period: Duration,
-    /// Minimum level logged: debug, info, warn or error.
-    #[arg(long = "log.level", default_value = "info")]
-    log_level: String,
+    /// YAML config file (Piko's format).
+    #[arg(long = "config.path")]
+    config_path: Option<PathBuf>,
+    /// Expand `$VAR`, `${VAR}` and `${VAR:default}` in the config file.
+    #[arg(long = "config.expand-env", num_args = 0..=1, default_missing_value = "true")]
+    config_expand_env: Option<bool>,
+    /// Address the proxy port listens on (`host:port`; an empty host is every interface)
+    /// [default: :8000].
+    #[arg(long = "proxy.bind-addr")]
+    proxy_bind_addr: Option<String>,
+    /// How long to wait for an upstream's response headers; 0 disables [default: 30s].
+    #[arg(long = "proxy.timeout", value_parser = duration::parse)]
+    proxy_timeout: Option<Duration>,
+    /// Address the upstream port listens on [default: :8001].
+    #[arg(long = "upstream.bind-addr")]
+    upstream_bind_addr: Option<String>,
+    /// Address the admin port listens on [default: :8002].
+    #[arg(long = "admin.bind-addr")]
+    admin_bind_addr: Option<String>,
+    /// Longest a graceful shutdown may take [default: 1m].
+    #[arg(long = "grace-period", value_parser = duration::parse)]
+    grace_period: Option<Duration>,
+    /// Minimum level logged: debug, info, warn or error [default: info].
+    #[arg(long = "log.level")]
+    log_level: Option<String>,
 }
 
 /// A 7-character node ID from Piko's alphabet.
 fn node_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz1234567890";
-    (0..7)
-        .map(|_| ALPHABET[rand_index(ALPHABET.len())] as char)
+    // The standard library's randomly seeded hasher is random enough for a name.
+    let random = RandomState::new();
+    (0..7u8)
+        .map(|i| ALPHABET[(random.hash_one(i) % ALPHABET.len() as u64) as usize] as char)
         .collect()
 }
 
-fn rand_index(len: usize) -> usize {
-    // The standard library's randomly seeded hasher is enough for a name.
-    use std::hash::{BuildHasher, RandomState};
-    (RandomState::new().hash_one(std::time::SystemTime::now()) % len as u64) as usize
-}
-
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    if args.grace_period.is_zero() {
+    let file: config_file::ServerFile = match &args.config_path {
+        Some(path) => config_file::load(path, args.config_expand_env.unwrap_or(false))?,
+        None => config_file::ServerFile::default(),
+    };
+    let ignored = file.check().context("config")?;
+    let defaults = Config::default();
+    let grace_period = args
+        .grace_period
+        .or(file.grace_period.map(|d| d.0))
+        .unwrap_or(defaults.grace_period);
+    if grace_period.is_zero() {
         anyhow::bail!("config: missing grace period");
     }
-    logging::init(&args.log_level).map_err(|err| anyhow::anyhow!("config: log: {err}"))?;
-    tracing::info!(subsystem = "server", node_id = %node_id(), version = crate::VERSION, "starting piko server");
-    raise_open_file_limit();
+    let proxy_timeout = args
+        .proxy_timeout
+        .or(file.proxy.timeout.map(|d| d.0))
+        .or(defaults.proxy.timeout)
+        .filter(|t| !t.is_zero());
     let config = Config {
-        proxy_bind_addr: args.proxy_bind_addr,
-        upstream_bind_addr: args.upstream_bind_addr,
-        admin_bind_addr: args.admin_bind_addr,
+        proxy_bind_addr: args
+            .proxy_bind_addr
+            .or(file.proxy.bind_addr)
+            .unwrap_or(defaults.proxy_bind_addr),
+        upstream_bind_addr: args
+            .upstream_bind_addr
+            .or(file.upstream.bind_addr)
+            .unwrap_or(defaults.upstream_bind_addr),
+        admin_bind_addr: args
+            .admin_bind_addr
+            .or(file.admin.bind_addr)
+            .unwrap_or(defaults.admin_bind_addr),
         proxy: piko_server::proxy::Config {
-            timeout: (!args.proxy_timeout.is_zero()).then_some(args.proxy_timeout),
+            timeout: proxy_timeout,
         },
-        grace_period: args.grace_period,
-        ..Config::default()
+        grace_period,
+        ..defaults
     };
+    for (name, addr) in [
+        ("proxy", &config.proxy_bind_addr),
+        ("upstream", &config.upstream_bind_addr),
+        ("admin", &config.admin_bind_addr),
+    ] {
+        if addr.is_empty() {
+            anyhow::bail!("config: {name}: missing bind addr");
+        }
+    }
+    let log_level = args
+        .log_level
+        .or(file.log.level)
+        .unwrap_or_else(|| "info".into());
+    logging::init(&log_level).map_err(|err| anyhow::anyhow!("config: log: {err}"))?;
+    tracing::info!(subsystem = "server", node_id = %node_id(), version = crate::VERSION, "starting piko server");
+    for key in ignored {
+        tracing::warn!(
+            subsystem = "server",
+            key,
+            "config key not supported yet; ignored"
+        );
+    }
+    raise_open_file_limit();
     let server = Server::bind(config).await.context("bind")?;
-    server
-        .run(async {
-            let signal = signal::shutdown().await;
-            tracing::info!(signal, "received shutdown signal");
-        })
-        .await;
+    server.run(shutdown_requested()).await;
     Ok(())
+}
+
+/// Resolves at the first SIGINT or SIGTERM; a second one exits at once, without draining.
+async fn shutdown_requested() {
+    let signal = signal::shutdown().await;
+    tracing::info!(signal, "received shutdown signal");
+    tokio::spawn(async {
+        let signal = signal::shutdown().await;
+        tracing::warn!(signal, "received second shutdown signal; exiting now");
+        std::process::exit(1);
+    });
 }
 
 /// Each upstream and each proxied connection holds a descriptor: take the hard limit.

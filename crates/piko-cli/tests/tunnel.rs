@@ -21,8 +21,13 @@ struct Process {
 
 impl Process {
     fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_piko"))
             .args(args)
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -379,5 +384,165 @@ async fn large_transfers_stay_small_and_agents_come_back() {
     assert_eq!(
         (status.as_str(), body.as_str()),
         ("200", "hello from /back")
+    );
+}
+
+/// A config file in a fresh temporary directory, removed when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str, text: &str) -> Self {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("piko-cli-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_start_serves_every_listener_of_its_file() {
+    let service = local_service().await;
+    let (mut server, _admin, upstream, proxy) = start_server(&[]).await;
+    let port = service.port();
+    let file = TempFile::new(
+        "agent.yaml",
+        &format!(
+            "connect:\n  url: ${{PIKO_TEST_URL}}\n  timeout: 10s\nlisteners:\n  - endpoint_id: one\n    addr: \"{port}\"\n    timeout: 10s\n  - endpoint_id: two\n    addr: 127.0.0.1:{port}\n    protocol: http\n    timeout: 10s\n"
+        ),
+    );
+    let url = format!("http://{upstream}");
+    let _agent = Process::start_with_env(
+        &[
+            "agent",
+            "start",
+            "--config.path",
+            file.path(),
+            "--config.expand-env",
+        ],
+        &[("PIKO_TEST_URL", &url)],
+    );
+    let mut endpoints = vec![
+        server.wait_log("upstream connected").await["endpoint-id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        server.wait_log("upstream connected").await["endpoint-id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    ];
+    endpoints.sort();
+    assert_eq!(endpoints, ["one", "two"]);
+    for endpoint in ["one", "two"] {
+        let header = format!("x-piko-endpoint: {endpoint}");
+        let (status, body) = curl(&["-H", &header, &format!("http://{proxy}/{endpoint}")]).await;
+        assert_eq!(
+            (status.as_str(), body),
+            ("200", format!("hello from /{endpoint}"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn flags_override_the_file_which_overrides_defaults() {
+    let piko = env!("CARGO_BIN_EXE_piko");
+    // The file's zero grace period is invalid...
+    let file = TempFile::new("server.yaml", "grace_period: 0s\nproxy:\n  timeout: 5s\n");
+    let output = Command::new(piko)
+        .args(["server", "--config.path", file.path()])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "config: missing grace period"
+    );
+    // ...and a flag overrides it: the server starts.
+    let mut server = Process::start(&[
+        "server",
+        "--config.path",
+        file.path(),
+        "--grace-period",
+        "1m",
+        "--proxy.bind-addr",
+        "127.0.0.1:0",
+        "--upstream.bind-addr",
+        "127.0.0.1:0",
+        "--admin.bind-addr",
+        "127.0.0.1:0",
+    ]);
+    server.wait_log("starting proxy server").await;
+    assert_eq!(server.terminate().await, 0);
+
+    // Security keys refuse to start rather than serve without them.
+    let file = TempFile::new(
+        "auth.yaml",
+        "upstream:\n  auth:\n    hmac_secret_key: s3cret\n",
+    );
+    let output = Command::new(piko)
+        .args(["server", "--config.path", file.path()])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "config: upstream.auth: not supported yet"
+    );
+
+    // A typo names the key and its line.
+    let file = TempFile::new("typo.yaml", "proxy:\n  bind_adr: \":8000\"\n");
+    let output = Command::new(piko)
+        .args(["server", "--config.path", file.path()])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        message.contains("line 2") && message.contains("bind_adr"),
+        "{message}"
+    );
+
+    // An agent file without listeners, or with a listener missing its timeout.
+    let file = TempFile::new("agent.yaml", "listeners: []\n");
+    let output = Command::new(piko)
+        .args(["agent", "start", "--config.path", file.path()])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "no listeners configured"
+    );
+    let file = TempFile::new(
+        "agent.yaml",
+        "listeners:\n  - endpoint_id: e\n    addr: \"3000\"\n",
+    );
+    let output = Command::new(piko)
+        .args(["agent", "start", "--config.path", file.path()])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "config: listener: e: missing timeout"
     );
 }

@@ -1,0 +1,509 @@
+//! Piko's YAML configuration files (spec Appendix B), read strictly: an unknown key is an error
+//! naming the key and its line, so a typo never silently falls back to a default.
+//!
+//! Every key of Piko v0.9.0 is accepted so existing files keep loading. Keys whose feature is not
+//! built yet are either refused (authentication, TLS and tenants: serving without them when the
+//! operator asked for them would be a silent security downgrade) or ignored with a warning.
+
+// Every key of Piko's schema is declared, so a typo is an error; fields are read as the features
+// behind them are built.
+#![allow(
+    dead_code,
+    reason = "keys accepted for compatibility before their feature exists"
+)]
+
+use std::{path::Path, time::Duration};
+
+use serde::{Deserialize, Deserializer};
+
+use crate::{duration, expand_env};
+
+/// A Go duration string in YAML. Piko's decoder rejects a bare integer (even `0`); so do we.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GoDuration(pub(crate) Duration);
+
+impl<'de> Deserialize<'de> for GoDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        duration::parse(&text)
+            .map(GoDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reads and parses a config file, expanding environment references first if asked.
+pub(crate) fn load<T: for<'de> Deserialize<'de>>(path: &Path, expand: bool) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| anyhow::anyhow!("read file: {}: {err}", path.display()))?;
+    let text = if expand {
+        expand_env::expand(&text, |name| std::env::var(name).ok())
+    } else {
+        text
+    };
+    serde_saphyr::from_str(&text)
+        .map_err(|err| anyhow::anyhow!("parse config: {}: {err}", path.display()))
+}
+
+// ---- shared sections -----------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Log {
+    pub(crate) level: Option<String>,
+    pub(crate) subsystems: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Auth {
+    hmac_secret_key: Option<String>,
+    rsa_public_key: Option<String>,
+    ecdsa_public_key: Option<String>,
+    audience: Option<String>,
+    issuer: Option<String>,
+    disable_disconnect_on_expiry: Option<bool>,
+    jwks: Jwks,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Jwks {
+    endpoint: Option<String>,
+    cache_ttl: Option<GoDuration>,
+    timeout: Option<GoDuration>,
+}
+
+fn set(value: Option<&String>) -> bool {
+    value.is_some_and(|v| !v.is_empty())
+}
+
+impl Auth {
+    /// Whether any key enables authentication.
+    fn enabled(&self) -> bool {
+        [
+            &self.hmac_secret_key,
+            &self.rsa_public_key,
+            &self.ecdsa_public_key,
+            &self.jwks.endpoint,
+        ]
+        .into_iter()
+        .any(|v| set(v.as_ref()))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Tls {
+    cert: Option<String>,
+    key: Option<String>,
+    client_cas: Option<String>,
+    client: TlsClient,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct TlsClient {
+    cert: Option<String>,
+    key: Option<String>,
+    root_cas: Option<String>,
+    insecure_skip_verify: Option<bool>,
+    server_name: Option<String>,
+}
+
+impl Tls {
+    fn enabled(&self) -> bool {
+        [
+            &self.cert,
+            &self.key,
+            &self.client_cas,
+            &self.client.cert,
+            &self.client.key,
+            &self.client.root_cas,
+        ]
+        .into_iter()
+        .any(|v| set(v.as_ref()))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AccessLog {
+    level: Option<String>,
+    request_headers: HeaderFilter,
+    response_headers: HeaderFilter,
+    disable: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct HeaderFilter {
+    allow_list: Option<Vec<String>>,
+    block_list: Option<Vec<String>>,
+}
+
+/// Refuses a security feature that is configured but not built yet.
+fn refuse(key: &str, configured: bool) -> anyhow::Result<()> {
+    if configured {
+        anyhow::bail!("{key}: not supported yet");
+    }
+    Ok(())
+}
+
+// ---- server ----------------------------------------------------------------------------------
+
+/// `piko server`'s file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ServerFile {
+    cluster: Cluster,
+    pub(crate) proxy: Proxy,
+    pub(crate) upstream: Upstream,
+    pub(crate) admin: Admin,
+    pub(crate) log: Log,
+    pub(crate) grace_period: Option<GoDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Cluster {
+    node_id: Option<String>,
+    node_id_prefix: Option<String>,
+    join: Option<Vec<String>>,
+    join_timeout: Option<GoDuration>,
+    abort_if_join_fails: Option<bool>,
+    gossip: Gossip,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Gossip {
+    bind_addr: Option<String>,
+    advertise_addr: Option<String>,
+    interval: Option<GoDuration>,
+    max_packet_size: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Proxy {
+    pub(crate) bind_addr: Option<String>,
+    advertise_addr: Option<String>,
+    pub(crate) timeout: Option<GoDuration>,
+    access_log: AccessLog,
+    http: ProxyHttp,
+    auth: Auth,
+    tls: Tls,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ProxyHttp {
+    read_timeout: Option<GoDuration>,
+    read_header_timeout: Option<GoDuration>,
+    write_timeout: Option<GoDuration>,
+    idle_timeout: Option<GoDuration>,
+    max_header_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Upstream {
+    pub(crate) bind_addr: Option<String>,
+    advertise_addr: Option<String>,
+    auth: Auth,
+    rebalance: Rebalance,
+    tls: Tls,
+    tenants: Option<Vec<Tenant>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Rebalance {
+    threshold: Option<f64>,
+    shed_rate: Option<f64>,
+    min_conns: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Tenant {
+    id: Option<String>,
+    auth: Auth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Admin {
+    pub(crate) bind_addr: Option<String>,
+    advertise_addr: Option<String>,
+    auth: Auth,
+    tls: Tls,
+}
+
+impl ServerFile {
+    /// Refuses what must not be ignored; warns about what is accepted but not built yet.
+    pub(crate) fn check(&self) -> anyhow::Result<Vec<&'static str>> {
+        refuse("proxy.auth", self.proxy.auth.enabled())?;
+        refuse("upstream.auth", self.upstream.auth.enabled())?;
+        refuse("admin.auth", self.admin.auth.enabled())?;
+        refuse("proxy.tls", self.proxy.tls.enabled())?;
+        refuse("upstream.tls", self.upstream.tls.enabled())?;
+        refuse("admin.tls", self.admin.tls.enabled())?;
+        refuse(
+            "upstream.tenants",
+            self.upstream
+                .tenants
+                .as_ref()
+                .is_some_and(|t| !t.is_empty()),
+        )?;
+        let mut ignored = Vec::new();
+        if self.cluster.join.as_ref().is_some_and(|j| !j.is_empty()) {
+            ignored.push("cluster.join");
+        }
+        if self.upstream.rebalance.threshold.is_some_and(|t| t > 0.0) {
+            ignored.push("upstream.rebalance");
+        }
+        if self.log.subsystems.as_ref().is_some_and(|s| !s.is_empty()) {
+            ignored.push("log.subsystems");
+        }
+        Ok(ignored)
+    }
+}
+
+// ---- agent -----------------------------------------------------------------------------------
+
+/// `piko agent`'s file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AgentFile {
+    pub(crate) connect: Connect,
+    pub(crate) listeners: Option<Vec<Listener>>,
+    server: AgentServer,
+    pub(crate) log: Log,
+    pub(crate) grace_period: Option<GoDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Connect {
+    pub(crate) url: Option<String>,
+    pub(crate) token: Option<String>,
+    tenant_id: Option<String>,
+    pub(crate) timeout: Option<GoDuration>,
+    proxy_url: Option<String>,
+    tls: ClientTls,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ClientTls {
+    cert: Option<String>,
+    key: Option<String>,
+    root_cas: Option<String>,
+    insecure_skip_verify: Option<bool>,
+}
+
+impl ClientTls {
+    fn enabled(&self) -> bool {
+        [&self.cert, &self.key, &self.root_cas]
+            .into_iter()
+            .any(|v| set(v.as_ref()))
+            || self.insecure_skip_verify == Some(true)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct AgentServer {
+    enabled: Option<bool>,
+    bind_addr: Option<String>,
+}
+
+/// One `listeners:` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Listener {
+    pub(crate) endpoint_id: Option<String>,
+    pub(crate) addr: Option<String>,
+    pub(crate) protocol: Option<String>,
+    pub(crate) timeout: Option<GoDuration>,
+    access_log: AccessLog,
+    pub(crate) http_client: HttpClient,
+    tls: ClientTls,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct HttpClient {
+    keep_alive_timeout: Option<GoDuration>,
+    pub(crate) idle_conn_timeout: Option<GoDuration>,
+    pub(crate) max_idle_conns: Option<i64>,
+    disable_compression: Option<bool>,
+}
+
+impl AgentFile {
+    /// Refuses what must not be ignored; warns about what is accepted but not built yet.
+    pub(crate) fn check(&self) -> anyhow::Result<Vec<&'static str>> {
+        refuse("connect.tls", self.connect.tls.enabled())?;
+        refuse("connect.tenant_id", set(self.connect.tenant_id.as_ref()))?;
+        for listener in self.listeners.iter().flatten() {
+            refuse("listeners.tls", listener.tls.enabled())?;
+        }
+        let mut ignored = Vec::new();
+        if set(self.connect.proxy_url.as_ref()) {
+            ignored.push("connect.proxy_url");
+        }
+        if self.server.enabled == Some(true) {
+            ignored.push("server.enabled");
+        }
+        if self.log.subsystems.as_ref().is_some_and(|s| !s.is_empty()) {
+            ignored.push("log.subsystems");
+        }
+        Ok(ignored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Appendix B.1 of the spec: every server key, with defaults.
+    const SERVER_ALL_KEYS: &str = r#"
+cluster:
+  node_id: ""
+  node_id_prefix: ""
+  join: []
+  join_timeout: 1m
+  abort_if_join_fails: true
+  gossip:
+    bind_addr: ":8003"
+    advertise_addr: ""
+    interval: 100ms
+    max_packet_size: 1400
+proxy:
+  bind_addr: ":8000"
+  advertise_addr: ""
+  timeout: 30s
+  access_log:
+    level: info
+    request_headers: {allow_list: [], block_list: []}
+    response_headers: {allow_list: [], block_list: []}
+    disable: false
+  http:
+    read_timeout: 10s
+    read_header_timeout: 10s
+    write_timeout: 10s
+    idle_timeout: 5m
+    max_header_bytes: 1048576
+  auth:
+    hmac_secret_key: ""
+    rsa_public_key: ""
+    ecdsa_public_key: ""
+    audience: ""
+    issuer: ""
+    disable_disconnect_on_expiry: false
+    jwks: {endpoint: "", cache_ttl: 0s, timeout: 0s}
+  tls:
+    cert: ""
+    key: ""
+    client_cas: ""
+    client:
+      cert: ""
+      key: ""
+      root_cas: ""
+      insecure_skip_verify: false
+      server_name: ""
+upstream:
+  bind_addr: ":8001"
+  advertise_addr: ""
+  auth: {}
+  rebalance:
+    threshold: 0
+    shed_rate: 0.005
+    min_conns: 50
+  tls: {}
+admin:
+  bind_addr: ":8002"
+  advertise_addr: ""
+  auth: {}
+  tls: {}
+log:
+  level: info
+  subsystems: []
+grace_period: 1m
+"#;
+
+    #[test]
+    fn piko_s_full_server_file_loads() {
+        let file: ServerFile = serde_saphyr::from_str(SERVER_ALL_KEYS).unwrap();
+        assert_eq!(file.proxy.bind_addr.as_deref(), Some(":8000"));
+        assert_eq!(file.proxy.timeout.unwrap().0, Duration::from_secs(30));
+        assert_eq!(file.grace_period.unwrap().0, Duration::from_secs(60));
+        assert!(file.check().unwrap().is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors_naming_them() {
+        let err = serde_saphyr::from_str::<ServerFile>("proxy:\n  bind_adr: \":1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bind_adr"), "{err}");
+        let err = serde_saphyr::from_str::<ServerFile>("usage:\n  disable: true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("usage"), "{err}");
+        let err = serde_saphyr::from_str::<ServerFile>("proxy:\n  timeout: 30\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("duration") || err.contains("string"), "{err}");
+    }
+
+    #[test]
+    fn security_keys_are_refused_until_built() {
+        let file: ServerFile =
+            serde_saphyr::from_str("proxy:\n  auth:\n    hmac_secret_key: k\n").unwrap();
+        assert_eq!(
+            file.check().unwrap_err().to_string(),
+            "proxy.auth: not supported yet"
+        );
+        let file: ServerFile =
+            serde_saphyr::from_str("upstream:\n  tls:\n    cert: /c.pem\n").unwrap();
+        assert_eq!(
+            file.check().unwrap_err().to_string(),
+            "upstream.tls: not supported yet"
+        );
+        let tenants =
+            "upstream:\n  tenants:\n    - id: t1\n      auth:\n        hmac_secret_key: s\n";
+        let file: ServerFile = serde_saphyr::from_str(tenants).unwrap();
+        assert_eq!(
+            file.check().unwrap_err().to_string(),
+            "upstream.tenants: not supported yet"
+        );
+    }
+
+    #[test]
+    fn piko_s_agent_file_loads() {
+        let text = r#"
+connect:
+  url: http://piko.example.com:8001
+  token: t0ken
+  timeout: 30s
+listeners:
+  - endpoint_id: my-api
+    addr: "3000"
+    protocol: http
+    timeout: 30s
+server:
+  enabled: false
+  bind_addr: ":5000"
+log:
+  level: info
+grace_period: 1m
+"#;
+        let file: AgentFile = serde_saphyr::from_str(text).unwrap();
+        let listeners = file.listeners.as_ref().unwrap();
+        assert_eq!(listeners[0].endpoint_id.as_deref(), Some("my-api"));
+        assert_eq!(listeners[0].timeout.unwrap().0, Duration::from_secs(30));
+        assert!(file.check().unwrap().is_empty());
+    }
+}
