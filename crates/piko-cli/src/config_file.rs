@@ -128,17 +128,17 @@ impl Tls {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct AccessLog {
-    level: Option<String>,
-    request_headers: HeaderFilter,
-    response_headers: HeaderFilter,
-    disable: Option<bool>,
+    pub(crate) level: Option<String>,
+    pub(crate) request_headers: HeaderFilter,
+    pub(crate) response_headers: HeaderFilter,
+    pub(crate) disable: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct HeaderFilter {
-    allow_list: Option<Vec<String>>,
-    block_list: Option<Vec<String>>,
+pub(crate) struct HeaderFilter {
+    pub(crate) allow_list: Option<Vec<String>>,
+    pub(crate) block_list: Option<Vec<String>>,
 }
 
 /// Refuses a security feature that is configured but not built yet.
@@ -189,7 +189,7 @@ pub(crate) struct Proxy {
     pub(crate) bind_addr: Option<String>,
     advertise_addr: Option<String>,
     pub(crate) timeout: Option<GoDuration>,
-    access_log: AccessLog,
+    pub(crate) access_log: AccessLog,
     http: ProxyHttp,
     auth: Auth,
     tls: Tls,

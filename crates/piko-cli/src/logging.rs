@@ -69,6 +69,11 @@ impl Fields {
         match (field.name(), value) {
             ("message", Value::String(text)) => self.message = text,
             ("subsystem", Value::String(text)) => self.subsystem = Some(text),
+            // The access log's record is a JSON object, nested as Piko nests it.
+            ("request", Value::String(text)) if text.starts_with('{') => {
+                let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                self.rest.insert("request".into(), value);
+            }
             (name, value) => {
                 self.rest.insert(name.replace('_', "-"), value);
             }

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use piko_server::{Config, Server};
+use piko_server::{Config, Server, access_log};
 
 use crate::{config_file, duration, logging, signal};
 
@@ -30,6 +30,36 @@ pub(crate) struct Args {
     /// Address the admin port listens on [default: :8002].
     #[arg(long = "admin.bind-addr")]
     admin_bind_addr: Option<String>,
+    /// Level of the access log's records (5xx responses are at least warn) [default: info].
+    #[arg(long = "proxy.access-log.level")]
+    access_log_level: Option<String>,
+    /// No access log.
+    #[arg(long = "proxy.access-log.disable", num_args = 0..=1, default_missing_value = "true")]
+    access_log_disable: Option<bool>,
+    /// Request headers to log (all others are not); comma-separated, repeatable.
+    #[arg(
+        long = "proxy.access-log.request-headers.allow-list",
+        value_delimiter = ','
+    )]
+    request_allow: Vec<String>,
+    /// Request headers not to log; comma-separated, repeatable.
+    #[arg(
+        long = "proxy.access-log.request-headers.block-list",
+        value_delimiter = ','
+    )]
+    request_block: Vec<String>,
+    /// Response headers to log (all others are not); comma-separated, repeatable.
+    #[arg(
+        long = "proxy.access-log.response-headers.allow-list",
+        value_delimiter = ','
+    )]
+    response_allow: Vec<String>,
+    /// Response headers not to log; comma-separated, repeatable.
+    #[arg(
+        long = "proxy.access-log.response-headers.block-list",
+        value_delimiter = ','
+    )]
+    response_block: Vec<String>,
     /// Longest a graceful shutdown may take [default: 1m].
     #[arg(long = "grace-period", value_parser = duration::parse)]
     grace_period: Option<Duration>,
@@ -68,6 +98,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .or(file.proxy.timeout.map(|d| d.0))
         .or(defaults.proxy.timeout)
         .filter(|t| !t.is_zero());
+    let access_log = access_log_config(
+        &file.proxy.access_log,
+        args.access_log_level,
+        args.access_log_disable,
+        [
+            args.request_allow,
+            args.request_block,
+            args.response_allow,
+            args.response_block,
+        ],
+    )?;
     let config = Config {
         proxy_bind_addr: args
             .proxy_bind_addr
@@ -83,6 +124,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or(defaults.admin_bind_addr),
         proxy: piko_server::proxy::Config {
             timeout: proxy_timeout,
+            access_log,
         },
         grace_period,
         ..defaults
@@ -113,6 +155,43 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let server = Server::bind(config).await.context("bind")?;
     server.run(shutdown_requested()).await;
     Ok(())
+}
+
+/// The access log: each setting from its flag if given, else the file, else Piko's default.
+fn access_log_config(
+    file: &config_file::AccessLog,
+    level: Option<String>,
+    disable: Option<bool>,
+    [request_allow, request_block, response_allow, response_block]: [Vec<String>; 4],
+) -> anyhow::Result<access_log::Config> {
+    let pick = |flag: Vec<String>, file: &Option<Vec<String>>| {
+        if flag.is_empty() {
+            file.clone().unwrap_or_default()
+        } else {
+            flag
+        }
+    };
+    let level = level
+        .or(file.level.clone())
+        .unwrap_or_else(|| "info".into());
+    let config = access_log::Config {
+        level: level
+            .parse()
+            .map_err(|err| anyhow::anyhow!("config: proxy: access log: {err}"))?,
+        disable: disable.or(file.disable).unwrap_or(false),
+        request_headers: access_log::HeaderFilter {
+            allow_list: pick(request_allow, &file.request_headers.allow_list),
+            block_list: pick(request_block, &file.request_headers.block_list),
+        },
+        response_headers: access_log::HeaderFilter {
+            allow_list: pick(response_allow, &file.response_headers.allow_list),
+            block_list: pick(response_block, &file.response_headers.block_list),
+        },
+    };
+    config
+        .validate()
+        .map_err(|err| anyhow::anyhow!("config: proxy: {err}"))?;
+    Ok(config)
 }
 
 /// Resolves at the first SIGINT or SIGTERM; a second one exits at once, without draining.

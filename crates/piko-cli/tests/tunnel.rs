@@ -213,12 +213,37 @@ async fn server_and_agent_processes_tunnel_curl_requests() {
     let (status, body) = curl(&[
         "-H",
         "x-piko-endpoint: my-endpoint",
+        "-H",
+        "authorization: Bearer s3cret",
         &format!("http://{proxy}/hello?x=1"),
     ])
     .await;
     assert_eq!(
         (status.as_str(), body.as_str()),
         ("200", "hello from /hello?x=1")
+    );
+    // The access log: Piko's record, written once the response was sent, credentials redacted.
+    let logged = server.wait_log("request").await;
+    assert_eq!(logged["subsystem"], "proxy.access");
+    assert_eq!(logged["level"], "info");
+    let record = &logged["request"];
+    assert_eq!(record["method"], "GET");
+    assert_eq!(record["path"], "/hello");
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["proto"], "HTTP/1.1");
+    assert_eq!(
+        record["request_headers"]["Authorization"],
+        serde_json::json!(["[redacted]"])
+    );
+    assert_eq!(
+        record["request_headers"]["X-Piko-Endpoint"],
+        serde_json::json!(["my-endpoint"])
+    );
+    assert!(
+        record["duration"]
+            .as_str()
+            .is_some_and(|d| d.ends_with('s')),
+        "{record}"
     );
     let (status, body) = curl(&[
         "--resolve",

@@ -33,6 +33,7 @@ use piko_protocol::{
 use tokio_util::task::TaskTracker;
 
 use crate::{
+    access_log::{self, RequestRecord},
     json_error::{gin_error, proxy_error},
     serve::{Body, BoxError},
     upstreams::Upstreams,
@@ -44,12 +45,15 @@ pub struct Config {
     /// How long to wait for an upstream's response headers; `None` waits forever. Not applied to
     /// `Upgrade: websocket` requests, whose upstream may take its time to answer (Piko's rule).
     pub timeout: Option<Duration>,
+    /// The access log.
+    pub access_log: access_log::Config,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             timeout: Some(Duration::from_secs(30)),
+            access_log: access_log::Config::default(),
         }
     }
 }
@@ -65,6 +69,19 @@ pub(crate) struct Handler {
 
 impl Handler {
     pub(crate) async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let record = RequestRecord::start(&self.config.access_log, &request);
+        let response = self.clone().proxy(request, peer).await;
+        match record {
+            Some(record) => record.finish(&self.config.access_log, response),
+            None => response,
+        }
+    }
+
+    async fn proxy(
         self: Arc<Self>,
         mut request: Request<Incoming>,
         peer: SocketAddr,

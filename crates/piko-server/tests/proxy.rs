@@ -427,6 +427,7 @@ async fn server_sent_events_arrive_as_they_are_sent() {
 async fn a_silent_upstream_gets_504_after_the_proxy_timeout() {
     let node = start_node_with(piko_server::proxy::Config {
         timeout: Some(Duration::from_millis(300)),
+        ..Default::default()
     })
     .await;
     let mut listener = piko::Upstream::new(format!("http://{}", node.upstream))

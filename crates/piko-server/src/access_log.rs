@@ -1,0 +1,379 @@
+//! The proxy port's access log (spec §3.11): one `request` record per proxied request, written
+//! when its response has been sent, in subsystem `proxy.access`.
+//!
+//! Unlike Piko, credentials are not logged by default: `Authorization`, `X-Piko-Authorization`,
+//! `Proxy-Authorization`, `Cookie` and `Set-Cookie` are replaced by `[redacted]` unless the allow
+//! list names them.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName};
+use hyper::body::{Frame, SizeHint};
+use serde_json::{Map, Value, json};
+
+use crate::serve::{Body, BoxError};
+
+/// Headers that carry credentials.
+const SECRET_HEADERS: [&str; 5] = [
+    "authorization",
+    "x-piko-authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
+
+/// Severity of access-log records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// `debug`
+    Debug,
+    /// `info` (the default)
+    #[default]
+    Info,
+    /// `warn`
+    Warn,
+    /// `error`
+    Error,
+}
+
+impl Level {
+    /// Whether the installed logger keeps records of this level.
+    fn enabled(self) -> bool {
+        match self {
+            Self::Debug => tracing::enabled!(tracing::Level::DEBUG),
+            Self::Info => tracing::enabled!(tracing::Level::INFO),
+            Self::Warn => tracing::enabled!(tracing::Level::WARN),
+            Self::Error => tracing::enabled!(tracing::Level::ERROR),
+        }
+    }
+}
+
+impl std::str::FromStr for Level {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Ok(match text {
+            "debug" => Self::Debug,
+            "info" => Self::Info,
+            "warn" => Self::Warn,
+            "error" => Self::Error,
+            other => return Err(format!("unsupported level: {other}")),
+        })
+    }
+}
+
+/// Which headers of one direction are logged: with an allow list only those, else all but the
+/// block list.
+#[derive(Clone, Debug, Default)]
+pub struct HeaderFilter {
+    /// Headers to log (case-insensitive); empty means all.
+    pub allow_list: Vec<String>,
+    /// Headers not to log (case-insensitive).
+    pub block_list: Vec<String>,
+}
+
+impl HeaderFilter {
+    fn validate(&self) -> Result<(), String> {
+        if !self.allow_list.is_empty() && !self.block_list.is_empty() {
+            return Err("cannot define both allow list and block list".into());
+        }
+        Ok(())
+    }
+
+    fn allowed(&self, name: &HeaderName) -> bool {
+        let listed = |list: &[String]| list.iter().any(|n| n.eq_ignore_ascii_case(name.as_str()));
+        if !self.allow_list.is_empty() {
+            return listed(&self.allow_list);
+        }
+        !listed(&self.block_list)
+    }
+
+    fn explicitly_allowed(&self, name: &HeaderName) -> bool {
+        self.allow_list
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name.as_str()))
+    }
+
+    /// Headers as Piko logs them: canonical names, arrays of values.
+    fn render(&self, headers: &HeaderMap) -> Value {
+        let mut out = Map::new();
+        for name in headers.keys() {
+            if !self.allowed(name) {
+                continue;
+            }
+            let secret = SECRET_HEADERS.contains(&name.as_str()) && !self.explicitly_allowed(name);
+            let values: Vec<Value> = headers
+                .get_all(name)
+                .iter()
+                .map(|v| {
+                    if secret {
+                        "[redacted]".into()
+                    } else {
+                        String::from_utf8_lossy(v.as_bytes()).into()
+                    }
+                })
+                .collect();
+            out.insert(canonical(name.as_str()), Value::Array(values));
+        }
+        Value::Object(out)
+    }
+}
+
+/// `x-forwarded-for` → `X-Forwarded-For`, as Go's `http.Header` keys read.
+fn canonical(name: &str) -> String {
+    name.split('-')
+        .map(|part| {
+            let mut chars = part.chars();
+            chars.next().map_or_else(String::new, |first| {
+                first.to_ascii_uppercase().to_string() + chars.as_str()
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// Access-log settings (`proxy.access_log`).
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// Level of records (raised to warn for 5xx responses).
+    pub level: Level,
+    /// No access log at all.
+    pub disable: bool,
+    /// Which request headers are logged.
+    pub request_headers: HeaderFilter,
+    /// Which response headers are logged.
+    pub response_headers: HeaderFilter,
+}
+
+impl Config {
+    /// # Errors
+    /// An allow list and a block list for the same direction.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.disable {
+            return Ok(());
+        }
+        self.request_headers
+            .validate()
+            .map_err(|e| format!("access log: request headers: {e}"))?;
+        self.response_headers
+            .validate()
+            .map_err(|e| format!("access log: response headers: {e}"))
+    }
+}
+
+/// What is known of a request when it arrives.
+#[derive(Debug)]
+pub(crate) struct RequestRecord {
+    proto: String,
+    method: String,
+    host: String,
+    path: String,
+    headers: Value,
+    started: Instant,
+}
+
+impl RequestRecord {
+    /// `None` when this request is not logged.
+    pub(crate) fn start<B>(config: &Config, request: &http::Request<B>) -> Option<Self> {
+        if config.disable || request.uri().path().starts_with("/_piko") {
+            return None;
+        }
+        // Nothing to build when the logger would drop the record (5xx records are raised to
+        // warn, so those may still be wanted).
+        if !config.level.enabled() && !Level::Warn.enabled() {
+            return None;
+        }
+        let host = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()))
+            .unwrap_or_default()
+            .to_owned();
+        let path = percent_encoding::percent_decode_str(request.uri().path())
+            .decode_utf8_lossy()
+            .into_owned();
+        Some(Self {
+            proto: format!("{:?}", request.version()),
+            method: request.method().to_string(),
+            host,
+            path,
+            headers: config.request_headers.render(request.headers()),
+            started: Instant::now(),
+        })
+    }
+
+    /// Wraps the response so the record is written once its body has been sent (or dropped).
+    pub(crate) fn finish(
+        self,
+        config: &Config,
+        response: http::Response<Body>,
+    ) -> http::Response<Body> {
+        let status = response.status().as_u16();
+        let headers = config.response_headers.render(response.headers());
+        let level = if status >= 500 && config.level < Level::Warn {
+            Level::Warn
+        } else {
+            config.level
+        };
+        response.map(|body| {
+            use http_body_util::BodyExt;
+            LoggedBody {
+                body,
+                pending: Some(Pending {
+                    record: self,
+                    status,
+                    headers,
+                    level,
+                }),
+            }
+            .boxed()
+        })
+    }
+}
+
+struct Pending {
+    record: RequestRecord,
+    status: u16,
+    headers: Value,
+    level: Level,
+}
+
+impl Pending {
+    fn write(self) {
+        if !self.level.enabled() {
+            return;
+        }
+        let RequestRecord {
+            proto,
+            method,
+            host,
+            path,
+            headers,
+            started,
+        } = self.record;
+        let request = json!({
+            "proto": proto,
+            "method": method,
+            "host": host,
+            "path": path,
+            "request_headers": headers,
+            "response_headers": self.headers,
+            "status": self.status,
+            "duration": go_duration(started.elapsed()),
+        })
+        .to_string();
+        match self.level {
+            Level::Debug => tracing::debug!(subsystem = "proxy.access", request, "request"),
+            Level::Info => tracing::info!(subsystem = "proxy.access", request, "request"),
+            Level::Warn => tracing::warn!(subsystem = "proxy.access", request, "request"),
+            Level::Error => tracing::error!(subsystem = "proxy.access", request, "request"),
+        }
+    }
+}
+
+/// A duration as Go prints it (`1.532ms`, `2.5s`).
+fn go_duration(duration: Duration) -> String {
+    let nanos = duration.as_nanos();
+    let trim = |value: f64, unit: &str| {
+        let text = format!("{value:.3}");
+        format!("{}{unit}", text.trim_end_matches('0').trim_end_matches('.'))
+    };
+    match nanos {
+        0 => "0s".into(),
+        n if n < 1_000 => format!("{n}ns"),
+        n if n < 1_000_000 => trim(n as f64 / 1e3, "µs"),
+        n if n < 1_000_000_000 => trim(n as f64 / 1e6, "ms"),
+        n => trim(n as f64 / 1e9, "s"),
+    }
+}
+
+/// A body that writes its request's record when it ends or is dropped.
+struct LoggedBody {
+    body: Body,
+    pending: Option<Pending>,
+}
+
+impl hyper::body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        if frame.is_none()
+            && let Some(pending) = self.pending.take()
+        {
+            pending.write();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        // Bodies hyper knows to be empty are never polled, and a client may go away mid-body:
+        // either way the request is over.
+        if let Some(pending) = self.pending.take() {
+            pending.write();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_filtered_canonicalised_and_secrets_redacted() {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "Bearer t".parse().unwrap());
+        headers.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
+        headers.append("accept", "a".parse().unwrap());
+        headers.append("accept", "b".parse().unwrap());
+        let all = HeaderFilter::default().render(&headers);
+        assert_eq!(all["Authorization"], json!(["[redacted]"]));
+        assert_eq!(all["X-Forwarded-For"], json!(["1.2.3.4"]));
+        assert_eq!(all["Accept"], json!(["a", "b"]));
+        let blocked = HeaderFilter {
+            block_list: vec!["Accept".into()],
+            ..Default::default()
+        }
+        .render(&headers);
+        assert!(blocked.get("Accept").is_none());
+        let allowed = HeaderFilter {
+            allow_list: vec!["authorization".into()],
+            ..Default::default()
+        }
+        .render(&headers);
+        assert_eq!(allowed, json!({"Authorization": ["Bearer t"]}));
+        let both = HeaderFilter {
+            allow_list: vec!["a".into()],
+            block_list: vec!["b".into()],
+        };
+        assert!(both.validate().is_err());
+    }
+
+    #[test]
+    fn durations_read_like_go() {
+        assert_eq!(go_duration(Duration::from_micros(1532)), "1.532ms");
+        assert_eq!(go_duration(Duration::from_millis(2500)), "2.5s");
+        assert_eq!(go_duration(Duration::from_nanos(800)), "800ns");
+        assert_eq!(go_duration(Duration::ZERO), "0s");
+    }
+}
