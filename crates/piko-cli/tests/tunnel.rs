@@ -571,3 +571,55 @@ async fn flags_override_the_file_which_overrides_defaults() {
         "config: listener: e: missing timeout"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_stopping_lets_requests_in_flight_finish() {
+    // A local service that holds its one response until the test releases it.
+    let service = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = service.local_addr().unwrap().port().to_string();
+    let (arrived, request_arrived) = tokio::sync::oneshot::channel::<()>();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut tcp, _) = service.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0u8; 1024];
+            let n = tcp.read(&mut chunk).await.unwrap();
+            head.extend_from_slice(&chunk[..n]);
+        }
+        arrived.send(()).unwrap();
+        released.await.unwrap();
+        tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nfinished")
+            .await
+            .unwrap();
+    });
+    let (mut server, _admin, upstream, proxy) = start_server(&[]).await;
+    let url = format!("http://{upstream}");
+    let mut agent = Process::start(&["agent", "http", "e", &port, "--connect.url", &url]);
+    server.wait_log("upstream connected").await;
+    let slow_url = format!("http://{proxy}/slow");
+    let slow = tokio::spawn(async move { curl(&["-H", "x-piko-endpoint: e", &slow_url]).await });
+    request_arrived.await.unwrap();
+
+    // SIGTERM with the request in flight: the agent drains rather than dropping it.
+    let pid = agent.child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap()
+            .success()
+    );
+    agent.wait_log("received shutdown signal").await;
+    release.send(()).unwrap();
+    let (status, body) = slow.await.unwrap();
+    assert_eq!((status.as_str(), body.as_str()), ("200", "finished"));
+    let exit = tokio::time::timeout(PATIENCE, agent.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    // And the server stopped routing to it.
+    server.wait_log("upstream disconnected").await;
+}
