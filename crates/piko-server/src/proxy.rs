@@ -94,21 +94,25 @@ impl Handler {
             tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, "no available upstreams");
             return proxy_error(StatusCode::BAD_GATEWAY, "no available upstreams");
         };
-        let stream = match session.open().await {
-            Ok(stream) => stream,
-            Err(err) => {
-                tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, error = %err, "proxy request");
-                return proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable");
-            }
-        };
         let upgrade_protocol = upgrade_protocol(request.headers());
-        let client_upgrade = upgrade_protocol
-            .is_some()
-            .then(|| hyper::upgrade::on(&mut request));
         let timeout = match upgrade_protocol.as_ref() {
             Some(protocol) if protocol == "websocket" => None,
             _ => self.config.timeout,
         };
+        // The timeout covers everything up to the response headers, including waiting for the
+        // stream itself (an agent that stopped acknowledging streams holds opens back).
+        let deadline = timeout.map(|limit| tokio::time::Instant::now() + limit);
+        let stream = match within(deadline, session.open()).await {
+            Some(Ok(stream)) => stream,
+            Some(Err(err)) => {
+                tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, error = %err, "proxy request");
+                return proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable");
+            }
+            None => return upstream_timeout(&endpoint),
+        };
+        let client_upgrade = upgrade_protocol
+            .is_some()
+            .then(|| hyper::upgrade::on(&mut request));
         prepare_request(&mut request, peer, upgrade_protocol.as_ref());
 
         let (mut sender, connection) = match hyper::client::conn::http1::Builder::new()
@@ -135,16 +139,8 @@ impl Handler {
         } else {
             inline = Some(Box::pin(connection));
         }
-        let exchange = drive_until(exchange, &mut inline);
-        let result = match timeout {
-            Some(limit) => match tokio::time::timeout(limit, exchange).await {
-                Ok(result) => result,
-                Err(_) => {
-                    tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, "proxy request timed out");
-                    return proxy_error(StatusCode::GATEWAY_TIMEOUT, "upstream timeout");
-                }
-            },
-            None => exchange.await,
+        let Some(result) = within(deadline, drive_until(exchange, &mut inline)).await else {
+            return upstream_timeout(&endpoint);
         };
         let mut response = match result {
             Ok(response) => response,
@@ -179,6 +175,19 @@ impl Handler {
             .boxed()
         })
     }
+}
+
+/// Awaits `future`, giving up at `deadline` if there is one.
+async fn within<F: Future>(deadline: Option<tokio::time::Instant>, future: F) -> Option<F::Output> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
+        None => Some(future.await),
+    }
+}
+
+fn upstream_timeout(endpoint: &str) -> Response<Body> {
+    tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, "proxy request timed out");
+    proxy_error(StatusCode::GATEWAY_TIMEOUT, "upstream timeout")
 }
 
 /// The client side of one exchange over a stream.
