@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, combinators::BoxBody};
 use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo},
@@ -34,6 +35,8 @@ pub struct HttpConfig {
     pub idle_conn_timeout: Duration,
     /// Idle connections kept per host.
     pub max_idle_conns: usize,
+    /// TLS towards an `https` target; `None` trusts the system's roots.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl HttpConfig {
@@ -44,13 +47,14 @@ impl HttpConfig {
             timeout: Duration::from_secs(10),
             idle_conn_timeout: Duration::from_secs(90),
             max_idle_conns: 100,
+            tls: None,
         }
     }
 }
 
 struct Proxy {
     config: HttpConfig,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
     tunnels: TaskTracker,
 }
 
@@ -67,6 +71,17 @@ pub async fn serve_http(
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(config.timeout));
     connector.set_nodelay(true);
+    // `https` URLs get TLS; HTTP/2 is offered to them by ALPN, as Go's transport does.
+    connector.enforce_http(false);
+    let builder = match &config.tls {
+        Some(tls) => HttpsConnectorBuilder::new().with_tls_config((**tls).clone()),
+        None => HttpsConnectorBuilder::new().with_platform_verifier(),
+    };
+    let connector = builder
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(connector);
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(config.idle_conn_timeout)
         .pool_max_idle_per_host(config.max_idle_conns)

@@ -5,9 +5,12 @@
 //! # Layout
 //! - [`Target`]: the local service address forms.
 //! - [`serve_http`]: an HTTP listener, proxying to its target through a keep-alive pool.
+//! - [`ClientTls`]: TLS towards `https` targets.
 
+mod client_tls;
 mod http_listener;
 mod target;
 
+pub use client_tls::{ClientTls, TlsError};
 pub use http_listener::{HttpConfig, serve_http};
 pub use target::{InvalidAddr, Target};

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use piko_agent::{HttpConfig, Target};
+use piko_agent::{ClientTls, HttpConfig, Target};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -85,8 +85,19 @@ fn listener_from_file(entry: &config_file::Listener) -> anyhow::Result<ListenerS
         .filter(|t| !t.is_zero())
         .ok_or_else(|| fail("missing timeout"))?;
     let target = Target::parse(addr).map_err(|err| fail(&err.to_string()))?;
+    let nonempty = |v: &Option<String>| v.clone().filter(|v| !v.is_empty()).map(PathBuf::from);
+    let tls = ClientTls {
+        root_cas: nonempty(&entry.tls.root_cas),
+        cert: nonempty(&entry.tls.cert),
+        key: nonempty(&entry.tls.key),
+        insecure_skip_verify: entry.tls.insecure_skip_verify.unwrap_or(false),
+    };
+    let tls = tls
+        .client_config()
+        .map_err(|err| fail(&format!("tls: {err}")))?;
     let mut http = HttpConfig {
         timeout,
+        tls,
         ..HttpConfig::new(target)
     };
     if let Some(idle) = entry
@@ -168,14 +179,6 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
     };
     if listeners.is_empty() {
         anyhow::bail!("no listeners configured");
-    }
-    for listener in &listeners {
-        if listener.http.target.is_https() {
-            anyhow::bail!(
-                "config: listener: {}: https targets: not supported yet",
-                listener.endpoint
-            );
-        }
     }
     let log_level = shared
         .log_level

@@ -296,11 +296,11 @@ pub(crate) struct Connect {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct ClientTls {
-    cert: Option<String>,
-    key: Option<String>,
-    root_cas: Option<String>,
-    insecure_skip_verify: Option<bool>,
+pub(crate) struct ClientTls {
+    pub(crate) cert: Option<String>,
+    pub(crate) key: Option<String>,
+    pub(crate) root_cas: Option<String>,
+    pub(crate) insecure_skip_verify: Option<bool>,
 }
 
 impl ClientTls {
@@ -329,7 +329,7 @@ pub(crate) struct Listener {
     pub(crate) timeout: Option<GoDuration>,
     access_log: AccessLog,
     pub(crate) http_client: HttpClient,
-    tls: ClientTls,
+    pub(crate) tls: ClientTls,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -346,9 +346,6 @@ impl AgentFile {
     pub(crate) fn check(&self) -> anyhow::Result<Vec<&'static str>> {
         refuse("connect.tls", self.connect.tls.enabled())?;
         refuse("connect.tenant_id", set(self.connect.tenant_id.as_ref()))?;
-        for listener in self.listeners.iter().flatten() {
-            refuse("listeners.tls", listener.tls.enabled())?;
-        }
         let mut ignored = Vec::new();
         if set(self.connect.proxy_url.as_ref()) {
             ignored.push("connect.proxy_url");

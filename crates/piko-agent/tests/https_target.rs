@@ -1,0 +1,157 @@
+//! An agent in front of an `https://` local service with its own CA: trusted through `root_cas`,
+//! refused without it (502), accepted with `insecure_skip_verify`.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use piko_agent::{ClientTls, HttpConfig, Target, serve_http};
+use piko_server::{Config, Server};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls_pki_types::{PrivateKeyDer, pem::PemObject};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tokio_util::sync::CancellationToken;
+
+/// A CA, and an HTTPS service for `localhost` with a certificate it issued. Returns the service
+/// address and the CA's PEM.
+async fn https_service() -> (SocketAddr, String) {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut chunk = [0u8; 1024];
+                    match tls.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = tls
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\nsecure",
+                    )
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (addr, ca.pem())
+}
+
+async fn status_through_agent(
+    tls: Option<Arc<rustls::ClientConfig>>,
+    service: SocketAddr,
+) -> (u16, Vec<u8>) {
+    let config = Config {
+        proxy_bind_addr: "127.0.0.1:0".into(),
+        upstream_bind_addr: "127.0.0.1:0".into(),
+        admin_bind_addr: "127.0.0.1:0".into(),
+        ..Config::default()
+    };
+    let server = Server::bind(config).await.unwrap();
+    let (proxy, upstream) = (server.proxy_addr(), server.upstream_addr());
+    let upstreams = server.upstreams();
+    tokio::spawn(server.run(std::future::pending()));
+    let listener = piko::Upstream::new(format!("http://{upstream}"))
+        .listen("secure")
+        .await
+        .unwrap();
+    let target = Target::parse(&format!("https://localhost:{}", service.port())).unwrap();
+    let http = HttpConfig {
+        tls,
+        ..HttpConfig::new(target)
+    };
+    tokio::spawn(serve_http(listener, http, CancellationToken::new()));
+    let mut changes = upstreams.subscribe();
+    changes
+        .wait_for(|_| upstreams.count("secure") == 1)
+        .await
+        .unwrap();
+
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: secure.example.com\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = String::from_utf8_lossy(&response[9..12]).parse().unwrap();
+    let body_start = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    (status, response[body_start..].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_targets_are_verified_against_the_configured_roots() {
+    let (service, ca_pem) = https_service().await;
+    let dir = std::env::temp_dir().join(format!("piko-agent-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca_pem).unwrap();
+
+    let trusted = ClientTls {
+        root_cas: Some(ca_path.clone()),
+        ..Default::default()
+    };
+    let (status, body) = status_through_agent(trusted.client_config().unwrap(), service).await;
+    assert_eq!(status, 200);
+    assert!(body.ends_with(b"secure"));
+
+    // The system's roots do not know this CA: the agent answers 502 rather than trusting it.
+    let (status, body) = status_through_agent(None, service).await;
+    assert_eq!(status, 502);
+    assert_eq!(body, b"{\"error\":\"upstream unreachable\"}\n");
+
+    let insecure = ClientTls {
+        insecure_skip_verify: true,
+        ..Default::default()
+    };
+    let (status, _) = status_through_agent(insecure.client_config().unwrap(), service).await;
+    assert_eq!(status, 200);
+
+    let missing = ClientTls {
+        root_cas: Some(dir.join("missing.pem")),
+        ..Default::default()
+    };
+    assert!(
+        missing
+            .client_config()
+            .unwrap_err()
+            .to_string()
+            .contains("missing.pem")
+    );
+    let half = ClientTls {
+        cert: Some(ca_path),
+        ..Default::default()
+    };
+    assert_eq!(half.client_config().unwrap_err().to_string(), "missing key");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
