@@ -1,27 +1,25 @@
 //! An HTTP listener: every connection the server opens carries HTTP/1.1, which is proxied to the
 //! local service through a keep-alive pool (spec §11.2).
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, combinators::BoxBody};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo},
 };
-use piko_protocol::{
+use piko_http::{
+    access_log::{self, RequestRecord},
+    body::{Body, full},
     error_response::error_response,
     hop_by_hop::{remove as remove_hop_by_hop, upgrade_protocol},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::target::Target;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Body = BoxBody<Bytes, BoxError>;
 
 /// Settings of one HTTP listener.
 #[derive(Clone, Debug)]
@@ -37,6 +35,8 @@ pub struct HttpConfig {
     pub max_idle_conns: usize,
     /// TLS towards an `https` target; `None` trusts the system's roots.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The listener's access log (subsystem `proxy.http.access`).
+    pub access_log: access_log::Config,
 }
 
 impl HttpConfig {
@@ -48,6 +48,10 @@ impl HttpConfig {
             idle_conn_timeout: Duration::from_secs(90),
             max_idle_conns: 100,
             tls: None,
+            access_log: access_log::Config {
+                subsystem: "proxy.http.access",
+                ..Default::default()
+            },
         }
     }
 }
@@ -103,10 +107,11 @@ pub async fn serve_http(
             },
         };
         let proxy = proxy.clone();
+        let server_addr = listener.server_addr();
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.forward(request).await) }
+                async move { Ok::<_, Infallible>(proxy.handle(request, server_addr).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -126,7 +131,24 @@ pub async fn serve_http(
 }
 
 impl Proxy {
-    async fn forward(&self, mut request: Request<Incoming>) -> Response<Body> {
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+        server_addr: Option<SocketAddr>,
+    ) -> Response<Body> {
+        let record = RequestRecord::start(&self.config.access_log, &request);
+        let response = self.forward(request, server_addr).await;
+        match record {
+            Some(record) => record.finish(&self.config.access_log, response),
+            None => response,
+        }
+    }
+
+    async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        server_addr: Option<SocketAddr>,
+    ) -> Response<Body> {
         let path = request
             .uri()
             .path_and_query()
@@ -141,6 +163,18 @@ impl Proxy {
         *request.uri_mut() = self.config.target.url_for(&path);
         let headers = request.headers_mut();
         remove_hop_by_hop(headers);
+        // The service sees `client, server`: the Piko server (or its load balancer) is the hop
+        // the agent received the request from.
+        if let Some(server) = server_addr {
+            let server = server.ip().to_string();
+            let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prior) if !prior.is_empty() => format!("{prior}, {server}"),
+                _ => server,
+            };
+            if let Ok(value) = HeaderValue::from_str(&forwarded) {
+                headers.insert("x-forwarded-for", value);
+            }
+        }
         if let Some(protocol) = upgrade
             .as_deref()
             .and_then(|p| HeaderValue::from_str(p).ok())
@@ -189,9 +223,5 @@ impl Proxy {
 }
 
 fn error(status: StatusCode, message: &str) -> Response<Body> {
-    error_response(status, message).map(|bytes| {
-        http_body_util::Full::new(bytes)
-            .map_err(|never| match never {})
-            .boxed()
-    })
+    error_response(status, message).map(full)
 }

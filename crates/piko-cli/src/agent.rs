@@ -7,7 +7,10 @@ use piko_agent::{ClientTls, HttpConfig, Target};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config_file, duration, logging, signal};
+use crate::{access_log_config, config_file, duration, logging, signal};
+
+/// Subsystem of the agent's access-log records.
+const AGENT_ACCESS_LOG: &str = "proxy.http.access";
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
@@ -53,6 +56,24 @@ pub(crate) struct HttpArgs {
     /// Per-request timeout, and the timeout to connect to the local service [default: 10s].
     #[arg(long = "timeout", value_parser = duration::parse)]
     request_timeout: Option<Duration>,
+    /// Level of the access log's records (5xx responses are at least warn) [default: info].
+    #[arg(long = "access-log.level")]
+    access_log_level: Option<String>,
+    /// No access log.
+    #[arg(long = "access-log.disable", num_args = 0..=1, default_missing_value = "true")]
+    access_log_disable: Option<bool>,
+    /// Request headers to log (all others are not); comma-separated, repeatable.
+    #[arg(long = "access-log.request-headers.allow-list", value_delimiter = ',')]
+    request_allow: Vec<String>,
+    /// Request headers not to log; comma-separated, repeatable.
+    #[arg(long = "access-log.request-headers.block-list", value_delimiter = ',')]
+    request_block: Vec<String>,
+    /// Response headers to log (all others are not); comma-separated, repeatable.
+    #[arg(long = "access-log.response-headers.allow-list", value_delimiter = ',')]
+    response_allow: Vec<String>,
+    /// Response headers not to log; comma-separated, repeatable.
+    #[arg(long = "access-log.response-headers.block-list", value_delimiter = ',')]
+    response_block: Vec<String>,
     #[command(flatten)]
     shared: Shared,
 }
@@ -95,9 +116,16 @@ fn listener_from_file(entry: &config_file::Listener) -> anyhow::Result<ListenerS
     let tls = tls
         .client_config()
         .map_err(|err| fail(&format!("tls: {err}")))?;
+    let access_log = access_log_config::build(
+        &entry.access_log,
+        access_log_config::Overrides::default(),
+        AGENT_ACCESS_LOG,
+        &format!("listener: {endpoint}"),
+    )?;
     let mut http = HttpConfig {
         timeout,
         tls,
+        access_log,
         ..HttpConfig::new(target)
     };
     if let Some(idle) = entry
@@ -123,8 +151,24 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
             endpoint,
             addr,
             request_timeout,
+            access_log_level,
+            access_log_disable,
+            request_allow,
+            request_block,
+            response_allow,
+            response_block,
             shared,
-        }) => (shared, Some((endpoint, addr, request_timeout))),
+        }) => {
+            let access_log = access_log_config::Overrides {
+                level: access_log_level,
+                disable: access_log_disable,
+                request_allow,
+                request_block,
+                response_allow,
+                response_block,
+            };
+            (shared, Some((endpoint, addr, request_timeout, access_log)))
+        }
     };
     let file: config_file::AgentFile = match &shared.config_path {
         Some(path) => config_file::load(path, shared.config_expand_env.unwrap_or(false))?,
@@ -158,14 +202,22 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
     }
     // `agent http` replaces the file's listeners with its own (validated, unlike Piko's).
     let listeners = match from_command {
-        Some((endpoint, addr, request_timeout)) => {
+        Some((endpoint, addr, request_timeout, access_log)) => {
             let target =
                 Target::parse(&addr).with_context(|| format!("config: listener: {endpoint}"))?;
             let timeout = request_timeout.unwrap_or(Duration::from_secs(10));
+            let context = format!("listener: {endpoint}");
+            let access_log = access_log_config::build(
+                &config_file::AccessLog::default(),
+                access_log,
+                AGENT_ACCESS_LOG,
+                &context,
+            )?;
             vec![ListenerSpec {
                 endpoint,
                 http: HttpConfig {
                     timeout,
+                    access_log,
                     ..HttpConfig::new(target)
                 },
             }]

@@ -327,7 +327,7 @@ pub(crate) struct Listener {
     pub(crate) addr: Option<String>,
     pub(crate) protocol: Option<String>,
     pub(crate) timeout: Option<GoDuration>,
-    access_log: AccessLog,
+    pub(crate) access_log: AccessLog,
     pub(crate) http_client: HttpClient,
     pub(crate) tls: ClientTls,
 }

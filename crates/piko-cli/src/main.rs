@@ -1,6 +1,7 @@
 //! `piko`: a tunnel server node and its agent, compatible with Piko v0.9.0's command line.
 #![allow(missing_docs, reason = "a binary; its documentation is its --help")]
 
+mod access_log_config;
 mod agent;
 mod config_file;
 mod duration;

@@ -3,9 +3,9 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use piko_server::{Config, Server, access_log};
+use piko_server::{Config, Server};
 
-use crate::{config_file, duration, logging, signal};
+use crate::{access_log_config, config_file, duration, logging, signal};
 
 /// Flags of `piko server`: Piko's names; a flag given overrides the config file, which overrides
 /// the default.
@@ -98,16 +98,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .or(file.proxy.timeout.map(|d| d.0))
         .or(defaults.proxy.timeout)
         .filter(|t| !t.is_zero());
-    let access_log = access_log_config(
+    let access_log = access_log_config::build(
         &file.proxy.access_log,
-        args.access_log_level,
-        args.access_log_disable,
-        [
-            args.request_allow,
-            args.request_block,
-            args.response_allow,
-            args.response_block,
-        ],
+        access_log_config::Overrides {
+            level: args.access_log_level,
+            disable: args.access_log_disable,
+            request_allow: args.request_allow,
+            request_block: args.request_block,
+            response_allow: args.response_allow,
+            response_block: args.response_block,
+        },
+        "proxy.access",
+        "proxy",
     )?;
     let config = Config {
         proxy_bind_addr: args
@@ -155,43 +157,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let server = Server::bind(config).await.context("bind")?;
     server.run(shutdown_requested()).await;
     Ok(())
-}
-
-/// The access log: each setting from its flag if given, else the file, else Piko's default.
-fn access_log_config(
-    file: &config_file::AccessLog,
-    level: Option<String>,
-    disable: Option<bool>,
-    [request_allow, request_block, response_allow, response_block]: [Vec<String>; 4],
-) -> anyhow::Result<access_log::Config> {
-    let pick = |flag: Vec<String>, file: &Option<Vec<String>>| {
-        if flag.is_empty() {
-            file.clone().unwrap_or_default()
-        } else {
-            flag
-        }
-    };
-    let level = level
-        .or(file.level.clone())
-        .unwrap_or_else(|| "info".into());
-    let config = access_log::Config {
-        level: level
-            .parse()
-            .map_err(|err| anyhow::anyhow!("config: proxy: access log: {err}"))?,
-        disable: disable.or(file.disable).unwrap_or(false),
-        request_headers: access_log::HeaderFilter {
-            allow_list: pick(request_allow, &file.request_headers.allow_list),
-            block_list: pick(request_block, &file.request_headers.block_list),
-        },
-        response_headers: access_log::HeaderFilter {
-            allow_list: pick(response_allow, &file.response_headers.allow_list),
-            block_list: pick(response_block, &file.response_headers.block_list),
-        },
-    };
-    config
-        .validate()
-        .map_err(|err| anyhow::anyhow!("config: proxy: {err}"))?;
-    Ok(config)
 }
 
 /// Resolves at the first SIGINT or SIGTERM; a second one exits at once, without draining.

@@ -113,7 +113,15 @@ async fn serve_connection(mut tcp: tokio::net::TcpStream) {
             .find_map(|l| l.strip_prefix("content-length:"))
             .map_or(0, |v| v.trim().parse().unwrap_or(0));
         if length == 0 {
-            let body = format!("hello from {path}");
+            let body = if path == "/xff" {
+                // What the service sees as the request's route.
+                let xff = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("x-forwarded-for:"));
+                xff.unwrap_or("none").trim().to_owned()
+            } else {
+                format!("hello from {path}")
+            };
             let response = format!(
                 "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
                 body.len()
@@ -221,6 +229,23 @@ async fn server_and_agent_processes_tunnel_curl_requests() {
     assert_eq!(
         (status.as_str(), body.as_str()),
         ("200", "hello from /hello?x=1")
+    );
+    // The agent logs the request too, in its own subsystem.
+    let agent_record = agent.wait_log("request").await;
+    assert_eq!(agent_record["subsystem"], "proxy.http.access");
+    assert_eq!(agent_record["request"]["path"], "/hello");
+    // The service sees the client, then the server it came through.
+    let (status, body) = curl(&[
+        "-H",
+        "x-piko-endpoint: my-endpoint",
+        "-H",
+        "x-forwarded-for: 203.0.113.7",
+        &format!("http://{proxy}/xff"),
+    ])
+    .await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("200", "203.0.113.7, 127.0.0.1, 127.0.0.1")
     );
     // The access log: Piko's record, written once the response was sent, credentials redacted.
     let logged = server.wait_log("request").await;

@@ -1,6 +1,6 @@
 //! `Listener`: the streams a server opens to this upstream, across reconnects.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use piko_mux::{Session, SessionEnd, Stream};
 use tokio::time::Instant;
@@ -22,6 +22,7 @@ pub struct Listener {
     upstream: Upstream,
     endpoint: String,
     session: Session,
+    server: SocketAddr,
     connected_at: Instant,
     backoff: Backoff,
     closed: bool,
@@ -32,16 +33,23 @@ impl Listener {
         upstream: Upstream,
         endpoint: String,
         session: Session,
+        server: SocketAddr,
         backoff: Backoff,
     ) -> Self {
         Self {
             upstream,
             endpoint,
             session,
+            server,
             connected_at: Instant::now(),
             backoff,
             closed: false,
         }
+    }
+
+    /// The address of the server (or load balancer) the current connection goes to.
+    pub fn server_addr(&self) -> Option<SocketAddr> {
+        Some(self.server)
     }
 
     /// The endpoint this listener serves.
@@ -94,10 +102,11 @@ impl Listener {
         if self.connected_at.elapsed() >= HEALTHY_AFTER {
             self.backoff.reset();
         }
-        let session = self
+        let (session, server) = self
             .upstream
             .connect_with_retry(&self.endpoint, &mut self.backoff)
             .await?;
+        self.server = server;
         self.connected_at = Instant::now();
         Ok(session)
     }

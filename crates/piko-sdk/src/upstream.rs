@@ -1,6 +1,6 @@
 //! `Upstream`: where to connect and how, and the connection handshake.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use http::{HeaderValue, header};
 use piko_mux::Session;
@@ -89,11 +89,12 @@ impl Upstream {
     /// A failure that retrying cannot fix, such as `401: invalid token`.
     pub async fn listen(&self, endpoint: &str) -> Result<Listener, Error> {
         let mut backoff = Backoff::new(self.min_backoff, self.max_backoff);
-        let session = self.connect_with_retry(endpoint, &mut backoff).await?;
+        let (session, server) = self.connect_with_retry(endpoint, &mut backoff).await?;
         Ok(Listener::new(
             self.clone(),
             endpoint.to_owned(),
             session,
+            server,
             backoff,
         ))
     }
@@ -102,13 +103,13 @@ impl Upstream {
         &self,
         endpoint: &str,
         backoff: &mut Backoff,
-    ) -> Result<Session, Error> {
+    ) -> Result<(Session, SocketAddr), Error> {
         loop {
             tracing::debug!(subsystem = "client", endpoint_id = endpoint, url = %self.url, "connecting");
             match self.connect(endpoint).await {
-                Ok(session) => {
+                Ok(connected) => {
                     tracing::debug!(subsystem = "client", endpoint_id = endpoint, "connected");
-                    return Ok(session);
+                    return Ok(connected);
                 }
                 Err(err) if err.is_retryable() => {
                     let wait = backoff.next_wait();
@@ -168,8 +169,12 @@ impl Upstream {
             .map_err(|err| ConnectError::Url(format!("{}: {err}", self.url)))
     }
 
-    /// One connection attempt: TCP, WebSocket handshake, multiplexer session.
-    pub(crate) async fn connect(&self, endpoint: &str) -> Result<Session, ConnectError> {
+    /// One connection attempt: TCP, WebSocket handshake, multiplexer session; with the server's
+    /// address.
+    pub(crate) async fn connect(
+        &self,
+        endpoint: &str,
+    ) -> Result<(Session, SocketAddr), ConnectError> {
         let url = self.ws_url(endpoint)?;
         let authority = url.authority().expect("ws_url has an authority");
         let port = authority.port_u16().unwrap_or(80);
@@ -180,6 +185,7 @@ impl Upstream {
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
         let _ = tcp.set_nodelay(true);
+        let server = tcp.peer_addr()?;
         let mut request = url
             .into_client_request()
             .map_err(|err| ConnectError::Url(err.to_string()))?;
@@ -207,10 +213,8 @@ impl Upstream {
                 .into());
             }
         };
-        Ok(Session::client_transport(
-            WsByteStream::new(ws),
-            self.mux.clone(),
-        ))
+        let session = Session::client_transport(WsByteStream::new(ws), self.mux.clone());
+        Ok((session, server))
     }
 }
 

@@ -1,21 +1,14 @@
 //! Piko's JSON error responses: `{"error":"..."}`.
 
-use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
 
 use crate::serve::Body;
 
-/// A body of any fixed bytes.
-pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
+pub(crate) use piko_http::body::full;
 
-/// Piko's proxy error response (see [`piko_protocol::error_response::error_response`]).
+/// Piko's proxy error response (see [`piko_http::error_response::error_response`]).
 pub(crate) fn proxy_error(status: StatusCode, message: &str) -> Response<Body> {
-    piko_protocol::error_response::error_response(status, message).map(full)
+    piko_http::error_response::error_response(status, message).map(full)
 }
 
 /// The error response shape of Piko's gin handlers (upstream port, endpoint checks):

@@ -17,12 +17,11 @@
 //! - `server`: [`Server`] binds the ports, runs them, and shuts down in order.
 //! - `upstream`: the upstream port's WebSocket handshake and session lifecycle.
 //! - [`upstreams`]: the routing table (endpoint → upstream sessions, round-robin).
-//! - `proxy`: request routing and relaying on the proxy port.
-//! - [`access_log`]: the proxy port's `request` records.
+//! - `proxy`: request routing and relaying on the proxy port (its access log is
+//!   [`piko_http::access_log`]).
 //! - `admin`: `/health` and `/ready`.
 //! - `serve`: the accept loop shared by the ports.
 
-pub mod access_log;
 mod admin;
 mod json_error;
 pub mod proxy;

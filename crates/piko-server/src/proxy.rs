@@ -26,14 +26,14 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use piko_protocol::{
+use piko_http::{
+    access_log::{self, RequestRecord},
     hop_by_hop::{remove as remove_hop_by_hop, upgrade_protocol},
-    wire::{ENDPOINT_HEADER, FORWARD_HEADER},
 };
+use piko_protocol::wire::{ENDPOINT_HEADER, FORWARD_HEADER};
 use tokio_util::task::TaskTracker;
 
 use crate::{
-    access_log::{self, RequestRecord},
     json_error::{gin_error, proxy_error},
     serve::{Body, BoxError},
     upstreams::Upstreams,

@@ -3,9 +3,7 @@
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, time::Duration};
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -14,10 +12,7 @@ use hyper_util::{
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-/// Error type of response bodies: whatever a relayed body fails with.
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The response body every port serves.
-pub(crate) type Body = BoxBody<Bytes, BoxError>;
+pub(crate) use piko_http::body::{Body, BoxError};
 
 /// How long a client may take to send request headers (slow-loris bound).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);

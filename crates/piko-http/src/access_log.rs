@@ -1,5 +1,5 @@
-//! The proxy port's access log (spec §3.11): one `request` record per proxied request, written
-//! when its response has been sent, in subsystem `proxy.access`.
+//! The access log (spec §3.11): one `request` record per proxied request, written when its
+//! response has been sent, in subsystem `proxy.access` (server) or `proxy.http.access` (agent).
 //!
 //! Unlike Piko, credentials are not logged by default: `Authorization`, `X-Piko-Authorization`,
 //! `Proxy-Authorization`, `Cookie` and `Set-Cookie` are replaced by `[redacted]` unless the allow
@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderName};
 use hyper::body::{Frame, SizeHint};
 use serde_json::{Map, Value, json};
 
-use crate::serve::{Body, BoxError};
+use crate::body::{Body, BoxError};
 
 /// Headers that carry credentials.
 const SECRET_HEADERS: [&str; 5] = [
@@ -137,9 +137,13 @@ fn canonical(name: &str) -> String {
         .join("-")
 }
 
-/// Access-log settings (`proxy.access_log`).
-#[derive(Clone, Debug, Default)]
+/// Access-log settings (`proxy.access_log` on the server, a listener's `access_log` on the
+/// agent).
+#[derive(Clone, Debug)]
 pub struct Config {
+    /// The log subsystem of records: `proxy.access` on the server, `proxy.http.access` on the
+    /// agent.
+    pub subsystem: &'static str,
     /// Level of records (raised to warn for 5xx responses).
     pub level: Level,
     /// No access log at all.
@@ -148,6 +152,18 @@ pub struct Config {
     pub request_headers: HeaderFilter,
     /// Which response headers are logged.
     pub response_headers: HeaderFilter,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            subsystem: "proxy.access",
+            level: Level::default(),
+            disable: false,
+            request_headers: HeaderFilter::default(),
+            response_headers: HeaderFilter::default(),
+        }
+    }
 }
 
 impl Config {
@@ -168,7 +184,7 @@ impl Config {
 
 /// What is known of a request when it arrives.
 #[derive(Debug)]
-pub(crate) struct RequestRecord {
+pub struct RequestRecord {
     proto: String,
     method: String,
     host: String,
@@ -178,8 +194,9 @@ pub(crate) struct RequestRecord {
 }
 
 impl RequestRecord {
-    /// `None` when this request is not logged.
-    pub(crate) fn start<B>(config: &Config, request: &http::Request<B>) -> Option<Self> {
+    /// Notes a request as it arrives; `None` when it will not be logged (disabled, `/_piko`
+    /// paths, or a level the logger drops).
+    pub fn start<B>(config: &Config, request: &http::Request<B>) -> Option<Self> {
         if config.disable || request.uri().path().starts_with("/_piko") {
             return None;
         }
@@ -209,11 +226,7 @@ impl RequestRecord {
     }
 
     /// Wraps the response so the record is written once its body has been sent (or dropped).
-    pub(crate) fn finish(
-        self,
-        config: &Config,
-        response: http::Response<Body>,
-    ) -> http::Response<Body> {
+    pub fn finish(self, config: &Config, response: http::Response<Body>) -> http::Response<Body> {
         let status = response.status().as_u16();
         let headers = config.response_headers.render(response.headers());
         let level = if status >= 500 && config.level < Level::Warn {
@@ -230,6 +243,7 @@ impl RequestRecord {
                     status,
                     headers,
                     level,
+                    subsystem: config.subsystem,
                 }),
             }
             .boxed()
@@ -242,6 +256,7 @@ struct Pending {
     status: u16,
     headers: Value,
     level: Level,
+    subsystem: &'static str,
 }
 
 impl Pending {
@@ -269,10 +284,10 @@ impl Pending {
         })
         .to_string();
         match self.level {
-            Level::Debug => tracing::debug!(subsystem = "proxy.access", request, "request"),
-            Level::Info => tracing::info!(subsystem = "proxy.access", request, "request"),
-            Level::Warn => tracing::warn!(subsystem = "proxy.access", request, "request"),
-            Level::Error => tracing::error!(subsystem = "proxy.access", request, "request"),
+            Level::Debug => tracing::debug!(subsystem = self.subsystem, request, "request"),
+            Level::Info => tracing::info!(subsystem = self.subsystem, request, "request"),
+            Level::Warn => tracing::warn!(subsystem = self.subsystem, request, "request"),
+            Level::Error => tracing::error!(subsystem = self.subsystem, request, "request"),
         }
     }
 }

@@ -1,0 +1,12 @@
+//! HTTP proxying pieces that the server's proxy port and the agent share, so both behave alike.
+//!
+//! # Layout
+//! - [`hop_by_hop`]: what a proxy strips from messages, and upgrade detection.
+//! - [`error_response`]: the JSON error responses of Piko's proxies.
+//! - [`access_log`]: `request` records written when a response has been sent.
+//! - [`body`]: the response body type.
+
+pub mod access_log;
+pub mod body;
+pub mod error_response;
+pub mod hop_by_hop;
