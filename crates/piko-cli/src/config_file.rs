@@ -190,19 +190,19 @@ pub(crate) struct Proxy {
     advertise_addr: Option<String>,
     pub(crate) timeout: Option<GoDuration>,
     pub(crate) access_log: AccessLog,
-    http: ProxyHttp,
+    pub(crate) http: ProxyHttp,
     auth: Auth,
     tls: Tls,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct ProxyHttp {
+pub(crate) struct ProxyHttp {
     read_timeout: Option<GoDuration>,
-    read_header_timeout: Option<GoDuration>,
+    pub(crate) read_header_timeout: Option<GoDuration>,
     write_timeout: Option<GoDuration>,
     idle_timeout: Option<GoDuration>,
-    max_header_bytes: Option<u64>,
+    pub(crate) max_header_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

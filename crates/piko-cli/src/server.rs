@@ -24,6 +24,12 @@ pub(crate) struct Args {
     /// How long to wait for an upstream's response headers; 0 disables [default: 30s].
     #[arg(long = "proxy.timeout", value_parser = duration::parse)]
     proxy_timeout: Option<Duration>,
+    /// How long a client may take to send a request's headers; 0 disables [default: 10s].
+    #[arg(long = "proxy.http.read-header-timeout", value_parser = duration::parse)]
+    read_header_timeout: Option<Duration>,
+    /// Largest request head accepted, in bytes (larger ones get 431) [default: 1048576].
+    #[arg(long = "proxy.http.max-header-bytes")]
+    max_header_bytes: Option<u64>,
     /// Address the upstream port listens on [default: :8001].
     #[arg(long = "upstream.bind-addr")]
     upstream_bind_addr: Option<String>,
@@ -127,6 +133,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         proxy: piko_server::proxy::Config {
             timeout: proxy_timeout,
             access_log,
+            read_header_timeout: args
+                .read_header_timeout
+                .or(file.proxy.http.read_header_timeout.map(|d| d.0))
+                .or(defaults.proxy.read_header_timeout)
+                .filter(|t| !t.is_zero()),
+            max_header_bytes: args
+                .max_header_bytes
+                .or(file.proxy.http.max_header_bytes)
+                .map_or(defaults.proxy.max_header_bytes, |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }),
         },
         grace_period,
         ..defaults

@@ -47,6 +47,10 @@ pub struct Config {
     pub timeout: Option<Duration>,
     /// The access log.
     pub access_log: access_log::Config,
+    /// How long a client may take to send a request's headers; `None` waits forever.
+    pub read_header_timeout: Option<Duration>,
+    /// Largest request head accepted (larger ones get 431).
+    pub max_header_bytes: usize,
 }
 
 impl Default for Config {
@@ -54,6 +58,8 @@ impl Default for Config {
         Self {
             timeout: Some(Duration::from_secs(30)),
             access_log: access_log::Config::default(),
+            read_header_timeout: Some(Duration::from_secs(10)),
+            max_header_bytes: 1 << 20,
         }
     }
 }

@@ -14,8 +14,25 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub(crate) use piko_http::body::{Body, BoxError};
 
-/// How long a client may take to send request headers (slow-loris bound).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bounds on what a client may do before its request is read.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// How long a client may take to send request headers (a slow-loris bound); `None` waits.
+    pub(crate) header_read_timeout: Option<Duration>,
+    /// Largest request head, in bytes (hyper's floor is 8 KiB).
+    pub(crate) max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    /// Go's `http.Server` defaults as Piko's upstream and admin ports run them, plus a header
+    /// timeout Go lacks there.
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Some(Duration::from_secs(10)),
+            max_header_bytes: 1 << 20,
+        }
+    }
+}
 
 /// Which HTTP versions a port speaks.
 #[derive(Clone, Copy, Debug)]
@@ -32,6 +49,7 @@ pub(crate) enum Protocols {
 pub(crate) async fn serve<F, Fut>(
     listener: TcpListener,
     protocols: Protocols,
+    limits: Limits,
     handler: F,
     stop: CancellationToken,
     tracker: TaskTracker,
@@ -64,7 +82,8 @@ pub(crate) async fn serve<F, Fut>(
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_header_bytes.max(8192));
             if matches!(protocols, Protocols::Http1) {
                 builder = builder.http1_only();
             }

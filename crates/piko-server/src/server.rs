@@ -16,7 +16,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     admin, proxy,
-    serve::{Protocols, serve},
+    serve::{Limits, Protocols, serve},
     upstream,
     upstreams::Upstreams,
 };
@@ -135,6 +135,7 @@ impl Server {
         let admin_server = serve(
             self.admin,
             Protocols::Http1,
+            Limits::default(),
             move |request, _| {
                 let admin = admin.clone();
                 async move { admin.handle(&request) }
@@ -154,6 +155,7 @@ impl Server {
         let upstream_server = tokio::spawn(serve(
             self.upstream,
             Protocols::Http1,
+            Limits::default(),
             move |request, peer| upstream.clone().handle(request, peer),
             upstream_stop.clone(),
             upstream_tasks.clone(),
@@ -168,6 +170,10 @@ impl Server {
         let proxy_server = tokio::spawn(serve(
             self.proxy,
             Protocols::Http1And2,
+            Limits {
+                header_read_timeout: self.config.proxy.read_header_timeout,
+                max_header_bytes: self.config.proxy.max_header_bytes,
+            },
             move |request, peer| proxy.clone().handle(request, peer),
             proxy_stop.clone(),
             proxy_tasks.clone(),

@@ -505,3 +505,31 @@ async fn shutdown_lets_requests_in_flight_finish() {
         .expect("shutdown hung")
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_slow_request_heads_are_refused() {
+    let node = start_node_with(piko_server::proxy::Config {
+        read_header_timeout: Some(Duration::from_millis(300)),
+        max_header_bytes: 16 * 1024,
+        ..Default::default()
+    })
+    .await;
+    let big = format!("x-big: {}\r\n", "a".repeat(64 * 1024));
+    let (status, _, _) = raw_request(node.proxy, &get("e.example.com", "/", &big)).await;
+    assert_eq!(status, 431);
+
+    // A client that never finishes its headers is cut off rather than holding a connection.
+    let mut slow = TcpStream::connect(node.proxy).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: e.example.com\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest))
+        .await
+        .expect("a stalled request head kept its connection")
+        .ok();
+
+    // Everyone else is still served.
+    let (status, _, _) = raw_request(node.proxy, &get("e.example.com", "/", "")).await;
+    assert_eq!(status, 502);
+}
