@@ -42,6 +42,9 @@ pub(crate) struct Shared {
     /// Minimum level logged: debug, info, warn or error [default: info].
     #[arg(long = "log.level")]
     log_level: Option<String>,
+    /// Log line format: Piko's JSON lines, or text for reading in a terminal.
+    #[arg(long = "log.format", value_enum, default_value = "json")]
+    log_format: logging::Format,
     /// Longest a graceful shutdown may take [default: 1m].
     #[arg(long = "grace-period", value_parser = duration::parse)]
     grace_period: Option<Duration>,
@@ -232,11 +235,12 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
     if listeners.is_empty() {
         anyhow::bail!("no listeners configured");
     }
+    let log_format = shared.log_format;
     let log_level = shared
         .log_level
         .or(file.log.level)
         .unwrap_or_else(|| "info".into());
-    logging::init(&log_level).map_err(|err| anyhow::anyhow!("config: log: {err}"))?;
+    logging::init(&log_level, log_format).map_err(|err| anyhow::anyhow!("config: log: {err}"))?;
     tracing::info!(version = crate::VERSION, "starting piko agent");
     for key in ignored {
         tracing::warn!(key, "config key not supported yet; ignored");

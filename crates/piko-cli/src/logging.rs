@@ -16,8 +16,17 @@ use tracing::{
 };
 use tracing_subscriber::{Layer, layer::Context, prelude::*};
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Format {
+    /// Piko's JSON lines.
+    Json,
+    /// `<ts> <LEVEL> <subsystem>: <msg> key=value ...`, for people reading a terminal.
+    Text,
+}
+
 /// Installs the logger for the process.
-pub(crate) fn init(level: &str) -> Result<(), String> {
+pub(crate) fn init(level: &str, format: Format) -> Result<(), String> {
     let level = match level {
         "debug" => Level::DEBUG,
         "info" => Level::INFO,
@@ -26,13 +35,14 @@ pub(crate) fn init(level: &str) -> Result<(), String> {
         other => return Err(format!("unsupported log level: {other}")),
     };
     tracing_subscriber::registry()
-        .with(JsonLines { level })
+        .with(Lines { level, format })
         .try_init()
         .map_err(|err| err.to_string())
 }
 
-struct JsonLines {
+struct Lines {
     level: Level,
+    format: Format,
 }
 
 #[derive(Default)]
@@ -81,7 +91,7 @@ impl Fields {
     }
 }
 
-impl<S: Subscriber> Layer<S> for JsonLines {
+impl<S: Subscriber> Layer<S> for Lines {
     fn enabled(&self, metadata: &tracing::Metadata<'_>, _: Context<'_, S>) -> bool {
         *metadata.level() <= self.level && metadata.target().starts_with("piko")
     }
@@ -95,16 +105,33 @@ impl<S: Subscriber> Layer<S> for JsonLines {
             Level::INFO => "info",
             Level::DEBUG | Level::TRACE => "debug",
         };
-        let mut line = Map::new();
-        line.insert("level".into(), level.into());
-        line.insert("ts".into(), timestamp(SystemTime::now()).into());
-        line.insert(
-            "subsystem".into(),
-            fields.subsystem.unwrap_or_else(|| "main".into()).into(),
-        );
-        line.insert("msg".into(), fields.message.into());
-        line.extend(fields.rest);
-        let mut text = Value::Object(line).to_string();
+        let ts = timestamp(SystemTime::now());
+        let subsystem = fields.subsystem.unwrap_or_else(|| "main".into());
+        let mut text = match self.format {
+            Format::Json => {
+                let mut line = Map::new();
+                line.insert("level".into(), level.into());
+                line.insert("ts".into(), ts.into());
+                line.insert("subsystem".into(), subsystem.into());
+                line.insert("msg".into(), fields.message.into());
+                line.extend(fields.rest);
+                Value::Object(line).to_string()
+            }
+            Format::Text => {
+                let mut line = format!(
+                    "{ts} {:<5} {subsystem}: {}",
+                    level.to_uppercase(),
+                    fields.message
+                );
+                for (key, value) in fields.rest {
+                    match value {
+                        Value::String(text) => line.push_str(&format!(" {key}={text}")),
+                        other => line.push_str(&format!(" {key}={other}")),
+                    }
+                }
+                line
+            }
+        };
         text.push('\n');
         // One write per line, so lines from several threads never interleave.
         let _ = std::io::stderr().lock().write_all(text.as_bytes());

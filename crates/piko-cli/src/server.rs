@@ -72,6 +72,9 @@ pub(crate) struct Args {
     /// Minimum level logged: debug, info, warn or error [default: info].
     #[arg(long = "log.level")]
     log_level: Option<String>,
+    /// Log line format: Piko's JSON lines, or text for reading in a terminal.
+    #[arg(long = "log.format", value_enum, default_value = "json")]
+    log_format: logging::Format,
 }
 
 /// A 7-character node ID from Piko's alphabet.
@@ -157,11 +160,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             anyhow::bail!("config: {name}: missing bind addr");
         }
     }
+    let log_format = args.log_format;
     let log_level = args
         .log_level
         .or(file.log.level)
         .unwrap_or_else(|| "info".into());
-    logging::init(&log_level).map_err(|err| anyhow::anyhow!("config: log: {err}"))?;
+    logging::init(&log_level, log_format).map_err(|err| anyhow::anyhow!("config: log: {err}"))?;
     tracing::info!(subsystem = "server", node_id = %node_id(), version = crate::VERSION, "starting piko server");
     for key in ignored {
         tracing::warn!(

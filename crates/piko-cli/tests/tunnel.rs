@@ -648,3 +648,37 @@ async fn an_agent_stopping_lets_requests_in_flight_finish() {
     // And the server stopped routing to it.
     server.wait_log("upstream disconnected").await;
 }
+
+#[tokio::test]
+async fn text_logs_for_terminals() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_piko"))
+        .args([
+            "server",
+            "--log.format",
+            "text",
+            "--proxy.bind-addr",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--upstream.bind-addr",
+            "127.0.0.1:0",
+            "--admin.bind-addr",
+            "127.0.0.1:0",
+        ])
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let (ts, rest) = first.split_once(' ').unwrap();
+    assert!(ts.ends_with('Z') && ts.contains('T'), "{first}");
+    assert!(
+        rest.starts_with("INFO  server: starting piko server node-id="),
+        "{first}"
+    );
+}
