@@ -124,6 +124,7 @@ impl Server {
         let ready = Arc::new(AtomicBool::new(false));
         let (admin_stop, admin_tasks) = (CancellationToken::new(), TaskTracker::new());
         let (upstream_stop, upstream_tasks) = (CancellationToken::new(), TaskTracker::new());
+        let upstream_hard_stop = CancellationToken::new();
         let (proxy_stop, proxy_tasks) = (CancellationToken::new(), TaskTracker::new());
         let sessions = TaskTracker::new();
         let exchanges = TaskTracker::new();
@@ -150,6 +151,7 @@ impl Server {
             upstreams: self.upstreams.clone(),
             sessions: sessions.clone(),
             shutdown: upstream_stop.clone(),
+            hard_stop: upstream_hard_stop.clone(),
         });
         tracing::info!(subsystem = "upstream", addr = %self.upstream.local_addr().expect("bound"), "starting upstream server");
         let upstream_server = tokio::spawn(serve(
@@ -210,9 +212,13 @@ impl Server {
                 subsystem = "server",
                 "grace period expired; closing what is left"
             );
+            upstream_hard_stop.cancel();
             for session in self.upstreams.drain() {
                 session.close();
             }
+            // Sessions close at once now; their tasks only log and exit.
+            sessions.close();
+            let _ = tokio::time::timeout(Duration::from_secs(1), sessions.wait()).await;
         }
         admin_stop.cancel();
         let _ = admin_server.await;

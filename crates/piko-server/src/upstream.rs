@@ -47,6 +47,8 @@ pub(crate) struct Handler {
     pub(crate) sessions: TaskTracker,
     /// Cancelled when the node shuts down: every session is drained.
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled when the grace period is over: sessions still draining are closed.
+    pub(crate) hard_stop: CancellationToken,
 }
 
 impl Handler {
@@ -170,7 +172,10 @@ impl Handler {
         }
         self.upstreams.remove(endpoint, id);
         if self.shutdown.is_cancelled() {
-            drain(&session).await;
+            tokio::select! {
+                () = drain(&session) => {}
+                () = self.hard_stop.cancelled() => {}
+            }
         }
         session.close();
         let reason = session.closed().await;

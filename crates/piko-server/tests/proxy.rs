@@ -533,3 +533,58 @@ async fn oversized_and_slow_request_heads_are_refused() {
     let (status, _, _) = raw_request(node.proxy, &get("e.example.com", "/", "")).await;
     assert_eq!(status, 502);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_up_after_the_grace_period() {
+    let config = Config {
+        proxy_bind_addr: "127.0.0.1:0".into(),
+        upstream_bind_addr: "127.0.0.1:0".into(),
+        admin_bind_addr: "127.0.0.1:0".into(),
+        proxy: piko_server::proxy::Config {
+            timeout: None,
+            ..Default::default()
+        },
+        grace_period: Duration::from_millis(500),
+        ..Config::default()
+    };
+    let server = Server::bind(config).await.unwrap();
+    let (proxy, upstream) = (server.proxy_addr(), server.upstream_addr());
+    let upstreams = server.upstreams();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    let mut listener = piko::Upstream::new(format!("http://{upstream}"))
+        .listen("stuck")
+        .await
+        .unwrap();
+    let (got_request, request_arrived) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut stream = listener.accept().await.unwrap();
+        let mut request = vec![0u8; 1024];
+        let _ = stream.read(&mut request).await.unwrap();
+        got_request.send(()).unwrap();
+        // Never answers, and keeps the stream open.
+        let _ = listener.accept().await;
+        drop(stream);
+    });
+    let mut changes = upstreams.subscribe();
+    changes
+        .wait_for(|_| upstreams.count("stuck") == 1)
+        .await
+        .unwrap();
+    let request =
+        tokio::spawn(async move { raw_request(proxy, &get("stuck.example.com", "/", "")).await });
+    request_arrived.await.unwrap();
+    let started = tokio::time::Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("shutdown ignored its grace period")
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "gave up before the grace period"
+    );
+    request.abort();
+}
