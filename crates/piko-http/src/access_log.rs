@@ -185,12 +185,20 @@ impl Config {
 /// What is known of a request when it arrives.
 #[derive(Debug)]
 pub struct RequestRecord {
-    proto: String,
-    method: String,
-    host: String,
-    path: String,
-    headers: Value,
+    method: http::Method,
+    version: http::Version,
+    uri: http::Uri,
+    host: Option<http::HeaderValue>,
+    headers: RequestHeaders,
     started: Instant,
+}
+
+/// Request headers, rendered at once when the record will surely be written, else kept raw in
+/// case the response turns out to be a 5xx (whose record is raised to warn).
+#[derive(Debug)]
+enum RequestHeaders {
+    Rendered(Value),
+    Raw(HeaderMap),
 }
 
 impl RequestRecord {
@@ -200,51 +208,58 @@ impl RequestRecord {
         if config.disable || request.uri().path().starts_with("/_piko") {
             return None;
         }
-        // Nothing to build when the logger would drop the record (5xx records are raised to
-        // warn, so those may still be wanted).
-        if !config.level.enabled() && !Level::Warn.enabled() {
+        let headers = if config.level.enabled() {
+            RequestHeaders::Rendered(config.request_headers.render(request.headers()))
+        } else if Level::Warn.enabled() {
+            RequestHeaders::Raw(request.headers().clone())
+        } else {
             return None;
-        }
-        let host = request
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| request.uri().authority().map(|a| a.as_str()))
-            .unwrap_or_default()
-            .to_owned();
-        let path = percent_encoding::percent_decode_str(request.uri().path())
-            .decode_utf8_lossy()
-            .into_owned();
+        };
         Some(Self {
-            proto: format!("{:?}", request.version()),
-            method: request.method().to_string(),
-            host,
-            path,
-            headers: config.request_headers.render(request.headers()),
+            method: request.method().clone(),
+            version: request.version(),
+            uri: request.uri().clone(),
+            host: request.headers().get(http::header::HOST).cloned(),
+            headers,
             started: Instant::now(),
         })
     }
 
     /// Wraps the response so the record is written once its body has been sent (or dropped).
-    pub fn finish(self, config: &Config, response: http::Response<Body>) -> http::Response<Body> {
+    /// Responses whose record the logger would drop are returned as they are.
+    pub fn finish(
+        mut self,
+        config: &Config,
+        response: http::Response<Body>,
+    ) -> http::Response<Body> {
         let status = response.status().as_u16();
-        let headers = config.response_headers.render(response.headers());
         let level = if status >= 500 && config.level < Level::Warn {
             Level::Warn
         } else {
             config.level
         };
+        if !level.enabled() {
+            return response;
+        }
+        let headers = config.response_headers.render(response.headers());
+        let request_headers =
+            match std::mem::replace(&mut self.headers, RequestHeaders::Rendered(Value::Null)) {
+                RequestHeaders::Rendered(value) => value,
+                RequestHeaders::Raw(raw) => config.request_headers.render(&raw),
+            };
+        let pending = Pending {
+            record: self,
+            request_headers,
+            status,
+            headers,
+            level,
+            subsystem: config.subsystem,
+        };
         response.map(|body| {
             use http_body_util::BodyExt;
             LoggedBody {
                 body,
-                pending: Some(Pending {
-                    record: self,
-                    status,
-                    headers,
-                    level,
-                    subsystem: config.subsystem,
-                }),
+                pending: Some(pending),
             }
             .boxed()
         })
@@ -253,6 +268,7 @@ impl RequestRecord {
 
 struct Pending {
     record: RequestRecord,
+    request_headers: Value,
     status: u16,
     headers: Value,
     level: Level,
@@ -261,23 +277,26 @@ struct Pending {
 
 impl Pending {
     fn write(self) {
-        if !self.level.enabled() {
-            return;
-        }
         let RequestRecord {
-            proto,
             method,
+            version,
+            uri,
             host,
-            path,
-            headers,
             started,
+            ..
         } = self.record;
+        let host = host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| uri.authority().map(|a| a.as_str()))
+            .unwrap_or_default();
+        let path = percent_encoding::percent_decode_str(uri.path()).decode_utf8_lossy();
         let request = json!({
-            "proto": proto,
-            "method": method,
+            "proto": format!("{version:?}"),
+            "method": method.as_str(),
             "host": host,
             "path": path,
-            "request_headers": headers,
+            "request_headers": self.request_headers,
             "response_headers": self.headers,
             "status": self.status,
             "duration": go_duration(started.elapsed()),
