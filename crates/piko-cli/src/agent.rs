@@ -276,6 +276,8 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
 
     // Run until a signal, or until every listener has stopped (each failure is logged; the
     // agent fails only when none is left).
+    // Created once: a signal arriving between loop turns is not lost.
+    let mut shutdown = std::pin::pin!(signal::shutdown());
     let mut failed = false;
     loop {
         tokio::select! {
@@ -291,7 +293,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
                     failed = true;
                 }
             },
-            signal = signal::shutdown() => {
+            signal = &mut shutdown => {
                 tracing::info!(signal, "received shutdown signal");
                 stop.cancel();
                 if tokio::time::timeout(grace_period, async { while serving.join_next().await.is_some() {} }).await.is_err() {

@@ -266,6 +266,16 @@ impl ServerFile {
         if self.log.subsystems.as_ref().is_some_and(|s| !s.is_empty()) {
             ignored.push("log.subsystems");
         }
+        let http = &self.proxy.http;
+        for (key, set) in [
+            ("proxy.http.read_timeout", http.read_timeout.is_some()),
+            ("proxy.http.write_timeout", http.write_timeout.is_some()),
+            ("proxy.http.idle_timeout", http.idle_timeout.is_some()),
+        ] {
+            if set {
+                ignored.push(key);
+            }
+        }
         Ok(ignored)
     }
 }
@@ -356,6 +366,14 @@ impl AgentFile {
         if self.log.subsystems.as_ref().is_some_and(|s| !s.is_empty()) {
             ignored.push("log.subsystems");
         }
+        for listener in self.listeners.iter().flatten() {
+            if listener.http_client.keep_alive_timeout.is_some() {
+                ignored.push("listeners.http_client.keep_alive_timeout");
+            }
+            if listener.http_client.disable_compression.is_some() {
+                ignored.push("listeners.http_client.disable_compression");
+            }
+        }
         Ok(ignored)
     }
 }
@@ -436,7 +454,15 @@ grace_period: 1m
         assert_eq!(file.proxy.bind_addr.as_deref(), Some(":8000"));
         assert_eq!(file.proxy.timeout.unwrap().0, Duration::from_secs(30));
         assert_eq!(file.grace_period.unwrap().0, Duration::from_secs(60));
-        assert!(file.check().unwrap().is_empty());
+        // Accepted, and reported as not applied yet.
+        assert_eq!(
+            file.check().unwrap(),
+            [
+                "proxy.http.read_timeout",
+                "proxy.http.write_timeout",
+                "proxy.http.idle_timeout"
+            ]
+        );
     }
 
     #[test]

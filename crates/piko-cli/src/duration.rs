@@ -35,6 +35,10 @@ pub(crate) fn parse(text: &str) -> Result<Duration, String> {
         total += number * seconds;
         rest = &rest[unit_len..];
     }
+    // Go's durations are i64 nanoseconds: about 292 years at most.
+    if total > i64::MAX as f64 / 1e9 {
+        return Err(invalid());
+    }
     Duration::try_from_secs_f64(total).map_err(|_| invalid())
 }
 
@@ -51,7 +55,16 @@ mod tests {
         assert_eq!(parse("1.5h").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse("2h45m").unwrap(), Duration::from_secs(9900));
         assert_eq!(parse("10us").unwrap(), Duration::from_micros(10));
-        for bad in ["", "10", "s", "1x", "-1s", "1s-", "1..2s"] {
+        for bad in [
+            "",
+            "10",
+            "s",
+            "1x",
+            "-1s",
+            "1s-",
+            "1..2s",
+            "3000000000000000h",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
     }

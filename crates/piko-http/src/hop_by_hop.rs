@@ -18,7 +18,9 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Removes the headers that belong to one connection, not to the message: the fixed list plus
-/// every header `Connection` names. `TE: trailers` survives, as Go's reverse proxy keeps it.
+/// every header `Connection` names. `TE: trailers` survives, as Go's reverse proxy keeps it, and
+/// so does `Trailer` (RFC 9110 does not make it hop-by-hop, and hyper only sends the trailers
+/// it declares).
 pub fn remove(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -43,7 +45,6 @@ pub fn remove(headers: &mut HeaderMap) {
         header::PROXY_AUTHENTICATE,
         header::PROXY_AUTHORIZATION,
         header::TE,
-        header::TRAILER,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
     ] {

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use piko_mux::{Session, SessionEnd, Stream};
-use tokio::time::Instant;
+use tokio::{sync::mpsc, time::Instant};
 
 use crate::{backoff::Backoff, error::Error, upstream::Upstream};
 
@@ -22,6 +22,9 @@ pub struct Listener {
     upstream: Upstream,
     endpoint: String,
     session: Session,
+    /// Streams from sessions that are going away (see [`Listener::accept`]).
+    draining_streams: mpsc::UnboundedReceiver<Stream>,
+    draining_tx: mpsc::UnboundedSender<Stream>,
     server: SocketAddr,
     connected_at: Instant,
     backoff: Backoff,
@@ -36,10 +39,13 @@ impl Listener {
         server: SocketAddr,
         backoff: Backoff,
     ) -> Self {
+        let (draining_tx, draining_streams) = mpsc::unbounded_channel();
         Self {
             upstream,
             endpoint,
             session,
+            draining_streams,
+            draining_tx,
             server,
             connected_at: Instant::now(),
             backoff,
@@ -70,6 +76,10 @@ impl Listener {
                 return Err(Error::Closed);
             }
             tokio::select! {
+                // Streams of a session that is going away first, then of the current one, before
+                // acting on a GoAway: a stream that came with it is still served.
+                biased;
+                Some(stream) = self.draining_streams.recv() => return Ok(stream),
                 accepted = self.session.accept() => match accepted {
                     Ok(stream) => return Ok(stream),
                     Err(_) if self.closed => return Err(Error::Closed),
@@ -80,13 +90,18 @@ impl Listener {
                 },
                 _ = self.session.remote_go_away() => {
                     // The server is draining: connect again (through the load balancer, to
-                    // another node) before leaving this session, which keeps serving the streams
-                    // it has until the server closes it.
+                    // another node) before leaving this session. The old one keeps delivering
+                    // the streams the server still opens on it until the server closes it.
                     tracing::debug!(subsystem = "client", endpoint_id = %self.endpoint, "server going away; reconnecting");
                     let new = self.connect_again().await?;
                     let old = std::mem::replace(&mut self.session, new);
+                    let deliver = self.draining_tx.clone();
                     tokio::spawn(async move {
-                        let _ = old.closed().await;
+                        while let Ok(stream) = old.accept().await {
+                            if deliver.send(stream).is_err() {
+                                return;
+                            }
+                        }
                     });
                 }
             }
@@ -94,6 +109,11 @@ impl Listener {
     }
 
     async fn reconnect(&mut self) -> Result<(), Error> {
+        // A session that dies young (a peer that accepts and then drops us) must not turn into
+        // a tight reconnect loop: wait as after a failed attempt.
+        if self.connected_at.elapsed() < HEALTHY_AFTER {
+            tokio::time::sleep(self.backoff.next_wait()).await;
+        }
         self.session = self.connect_again().await?;
         Ok(())
     }

@@ -180,7 +180,14 @@ impl Upstream {
         let port = authority.port_u16().unwrap_or(80);
         let tcp = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
-            TcpStream::connect((authority.host(), port)),
+            // `[::1]` in a URL is `::1` to the resolver.
+            TcpStream::connect((
+                authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']'),
+                port,
+            )),
         )
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;

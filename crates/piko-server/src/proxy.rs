@@ -30,8 +30,8 @@ use piko_http::{
     access_log::{self, RequestRecord},
     hop_by_hop::{remove as remove_hop_by_hop, upgrade_protocol},
 };
-use piko_protocol::wire::{ENDPOINT_HEADER, FORWARD_HEADER};
-use tokio_util::task::TaskTracker;
+use piko_protocol::wire::{ENDPOINT_HEADER, FORWARD_HEADER, TCP_PATH};
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::{
     json_error::{gin_error, proxy_error},
@@ -92,13 +92,14 @@ impl Handler {
         mut request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
+        if request.method() == http::Method::GET && request.uri().path().starts_with(TCP_PATH) {
+            // TCP tunnels (`piko forward`, the SDK's Dialer) are not built yet; relaying their
+            // WebSocket to an HTTP upstream would only confuse it.
+            return proxy_error(StatusCode::NOT_IMPLEMENTED, "tcp tunnels not supported yet");
+        }
         let Some(endpoint) = endpoint_id(&request) else {
             tracing::warn!(subsystem = "proxy", "request missing endpoint id");
             return gin_error(StatusCode::BAD_REQUEST, "missing endpoint id");
-        };
-        let Some(session) = self.upstreams.select(&endpoint) else {
-            tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, "no available upstreams");
-            return proxy_error(StatusCode::BAD_GATEWAY, "no available upstreams");
         };
         let upgrade_protocol = upgrade_protocol(request.headers());
         let timeout = match upgrade_protocol.as_ref() {
@@ -108,13 +109,9 @@ impl Handler {
         // The timeout covers everything up to the response headers, including waiting for the
         // stream itself (an agent that stopped acknowledging streams holds opens back).
         let deadline = timeout.map(|limit| tokio::time::Instant::now() + limit);
-        let stream = match within(deadline, session.open()).await {
-            Some(Ok(stream)) => stream,
-            Some(Err(err)) => {
-                tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, error = %err, "proxy request");
-                return proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable");
-            }
-            None => return upstream_timeout(&endpoint),
+        let stream = match self.open_stream(&endpoint, deadline).await {
+            Ok(stream) => stream,
+            Err(response) => return response,
         };
         let client_upgrade = upgrade_protocol
             .is_some()
@@ -136,12 +133,15 @@ impl Handler {
         // connection's own task: no task and no cross-task wake-ups per request.
         let mut inline = None;
         let exchange = sender.send_request(request);
+        // Until the upgrade's response head arrives, the exchange belongs to this request: a
+        // timeout or a client that goes away abandons it (the task is aborted, the stream reset).
+        let mut upgrade_exchange = None;
         if client_upgrade.is_some() {
-            self.exchanges.spawn(async move {
+            upgrade_exchange = Some(AbortOnDropHandle::new(self.exchanges.spawn(async move {
                 if let Err(err) = connection.with_upgrades().await {
                     tracing::debug!(subsystem = "proxy.http", error = %err, "upstream exchange ended");
                 }
-            });
+            })));
         } else {
             inline = Some(Box::pin(connection));
         }
@@ -155,6 +155,10 @@ impl Handler {
                 return proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable");
             }
         };
+        // From here the exchange lives on its own (a body to relay, or an upgraded pipe).
+        if let Some(exchange) = upgrade_exchange {
+            drop(exchange.detach());
+        }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -180,6 +184,37 @@ impl Handler {
             }
             .boxed()
         })
+    }
+}
+
+impl Handler {
+    /// A stream to an upstream of `endpoint`. An upstream that is going away (its GoAway not yet
+    /// processed here) refuses the open before the request reached it, so the next one is tried.
+    async fn open_stream(
+        &self,
+        endpoint: &str,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<piko_mux::Stream, Response<Body>> {
+        let attempts = self.upstreams.count(endpoint).max(1);
+        for _ in 0..attempts {
+            let Some(session) = self.upstreams.select(endpoint) else {
+                break;
+            };
+            match within(deadline, session.open()).await {
+                Some(Ok(stream)) => return Ok(stream),
+                Some(Err(piko_mux::Error::RemoteGoAway)) => continue,
+                Some(Err(err)) => {
+                    tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, error = %err, "proxy request");
+                    return Err(proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable"));
+                }
+                None => return Err(upstream_timeout(endpoint)),
+            }
+        }
+        tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, "no available upstreams");
+        Err(proxy_error(
+            StatusCode::BAD_GATEWAY,
+            "no available upstreams",
+        ))
     }
 }
 

@@ -124,6 +124,7 @@ impl Server {
         let ready = Arc::new(AtomicBool::new(false));
         let (admin_stop, admin_tasks) = (CancellationToken::new(), TaskTracker::new());
         let (upstream_stop, upstream_tasks) = (CancellationToken::new(), TaskTracker::new());
+        let upstream_drain = CancellationToken::new();
         let upstream_hard_stop = CancellationToken::new();
         let (proxy_stop, proxy_tasks) = (CancellationToken::new(), TaskTracker::new());
         let sessions = TaskTracker::new();
@@ -151,6 +152,7 @@ impl Server {
             upstreams: self.upstreams.clone(),
             sessions: sessions.clone(),
             shutdown: upstream_stop.clone(),
+            drain: upstream_drain.clone(),
             hard_stop: upstream_hard_stop.clone(),
         });
         tracing::info!(subsystem = "upstream", addr = %self.upstream.local_addr().expect("bound"), "starting upstream server");
@@ -196,8 +198,9 @@ impl Server {
             exchanges.close();
             exchanges.wait().await;
             tracing::info!(subsystem = "server", "shutdown proxy server");
-            // Sessions drain themselves once `upstream_stop` is cancelled: GoAway, streams
-            // finish, close.
+            // Only now that no request can still pick an upstream: each session gets GoAway,
+            // finishes its streams and closes.
+            upstream_drain.cancel();
             upstream_tasks.close();
             upstream_tasks.wait().await;
             sessions.close();

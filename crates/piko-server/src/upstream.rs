@@ -47,6 +47,10 @@ pub(crate) struct Handler {
     pub(crate) sessions: TaskTracker,
     /// Cancelled when the node shuts down: every session is drained.
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled once the proxy has drained: every session gets GoAway and is closed when its
+    /// streams are done. (Until then sessions stay routable, so requests already accepted by the
+    /// proxy port still find their upstream.)
+    pub(crate) drain: CancellationToken,
     /// Cancelled when the grace period is over: sessions still draining are closed.
     pub(crate) hard_stop: CancellationToken,
 }
@@ -163,15 +167,15 @@ impl Handler {
                 self.upstreams.remove(endpoint, id);
                 tokio::select! {
                     _ = session.closed() => {}
-                    _ = self.shutdown.cancelled() => {}
+                    _ = self.drain.cancelled() => {}
                 }
             }
             _ = session.closed() => {}
             _ = refuse_streams => {}
-            _ = self.shutdown.cancelled() => {}
+            _ = self.drain.cancelled() => {}
         }
         self.upstreams.remove(endpoint, id);
-        if self.shutdown.is_cancelled() {
+        if self.drain.is_cancelled() {
             tokio::select! {
                 () = drain(&session) => {}
                 () = self.hard_stop.cancelled() => {}

@@ -227,6 +227,12 @@ async fn errors_are_piko_s() {
     assert_eq!(status, 400);
     assert_eq!(body, b"{\"error\":\"missing endpoint id\"}");
 
+    // TCP tunnels are not built yet: their route says so instead of reaching an HTTP upstream.
+    let (status, _, body) =
+        raw_request(node.proxy, &get("localhost", "/_piko/v1/tcp/db", "")).await;
+    assert_eq!(status, 501);
+    assert_eq!(body, b"{\"error\":\"tcp tunnels not supported yet\"}\n");
+
     // The upstream port's handshake checks (gorilla's statuses) and unknown routes.
     let upgrade = |extra: &str| {
         format!("GET /piko/v1/upstream/e HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{extra}\r\n")
