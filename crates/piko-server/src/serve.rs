@@ -14,6 +14,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub(crate) use piko_http::body::{Body, BoxError};
 
+/// Interval of HTTP/2 keep-alive pings, and how long a reply may take.
+const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(30);
+
 /// Bounds on what a client may do before its request is read.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
@@ -74,6 +77,20 @@ pub(crate) async fn serve<F, Fut>(
         let handler = handler.clone();
         let stop = stop.clone();
         tracker.spawn(async move {
+            // A client must start its request within the header timeout. (hyper's own header
+            // timer only starts once it has detected the protocol, so a connection that never
+            // sends a byte would otherwise be held forever.)
+            if let Some(limit) = limits.header_read_timeout {
+                let mut first = [0u8; 1];
+                tokio::select! {
+                    peeked = tokio::time::timeout(limit, tcp.peek(&mut first)) => {
+                        if !matches!(peeked, Ok(Ok(n)) if n > 0) {
+                            return;
+                        }
+                    }
+                    () = stop.cancelled() => return,
+                }
+            }
             let service = hyper::service::service_fn(move |request| {
                 let handler = handler.clone();
                 async move { Ok::<_, Infallible>(handler(request, peer).await) }
@@ -84,6 +101,12 @@ pub(crate) async fn serve<F, Fut>(
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
                 .max_buf_size(limits.max_header_bytes.max(8192));
+            // HTTP/2 clients are pinged, so a dead one does not hold its connection forever.
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(HTTP2_KEEP_ALIVE))
+                .keep_alive_timeout(HTTP2_KEEP_ALIVE);
             if matches!(protocols, Protocols::Http1) {
                 builder = builder.http1_only();
             }

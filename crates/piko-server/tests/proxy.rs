@@ -535,6 +535,14 @@ async fn oversized_and_slow_request_heads_are_refused() {
         .expect("a stalled request head kept its connection")
         .ok();
 
+    // Nor can one that connects and never sends a byte.
+    let mut silent = TcpStream::connect(node.proxy).await.unwrap();
+    let mut nothing = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut nothing))
+        .await
+        .expect("a silent connection was kept")
+        .ok();
+
     // Everyone else is still served.
     let (status, _, _) = raw_request(node.proxy, &get("e.example.com", "/", "")).await;
     assert_eq!(status, 502);
