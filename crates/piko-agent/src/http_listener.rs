@@ -59,6 +59,7 @@ impl HttpConfig {
 struct Proxy {
     config: HttpConfig,
     client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    upgrade_client: Client<HttpsConnector<HttpConnector>, Incoming>,
     tunnels: TaskTracker,
 }
 
@@ -77,22 +78,35 @@ pub async fn serve_http(
     connector.set_nodelay(true);
     // `https` URLs get TLS; HTTP/2 is offered to them by ALPN, as Go's transport does.
     connector.enforce_http(false);
-    let builder = match &config.tls {
+    let tls_builder = || match &config.tls {
         Some(tls) => HttpsConnectorBuilder::new().with_tls_config((**tls).clone()),
         None => HttpsConnectorBuilder::new().with_platform_verifier(),
     };
-    let connector = builder
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(connector);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(config.idle_conn_timeout)
-        .pool_max_idle_per_host(config.max_idle_conns)
-        .build(connector);
+    let pooled = |connector: HttpsConnector<HttpConnector>| {
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.idle_conn_timeout)
+            .pool_max_idle_per_host(config.max_idle_conns)
+            .build(connector)
+    };
+    let client = pooled(
+        tls_builder()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(connector.clone()),
+    );
+    // Upgrades exist only in HTTP/1.1: an https target that would negotiate HTTP/2 by ALPN is
+    // asked for HTTP/1.1 for them, as Go's transport does.
+    let upgrade_client = pooled(
+        tls_builder()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector),
+    );
     let proxy = Arc::new(Proxy {
         config,
         client,
+        upgrade_client,
         tunnels: TaskTracker::new(),
     });
     let connections = TaskTracker::new();
@@ -182,7 +196,12 @@ impl Proxy {
             headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
             headers.insert(header::UPGRADE, protocol);
         }
-        let sent = self.client.request(request);
+        let client = if upgrade.is_some() {
+            &self.upgrade_client
+        } else {
+            &self.client
+        };
+        let sent = client.request(request);
         let result = match timeout {
             Some(limit) => match tokio::time::timeout(limit, sent).await {
                 Ok(result) => result,

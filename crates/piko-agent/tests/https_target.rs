@@ -16,6 +16,12 @@ use tokio_util::sync::CancellationToken;
 /// A CA, and an HTTPS service for `localhost` with a certificate it issued. Returns the service
 /// address and the CA's PEM.
 async fn https_service() -> (SocketAddr, String) {
+    https_service_with(false).await
+}
+
+/// With `h2`, the service also offers HTTP/2 by ALPN (and refuses connections that take it), and
+/// answers upgrade requests with 101 then echoes bytes.
+async fn https_service_with(h2: bool) -> (SocketAddr, String) {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
@@ -24,7 +30,7 @@ async fn https_service() -> (SocketAddr, String) {
         .unwrap()
         .signed_by(&leaf_key, &ca)
         .unwrap();
-    let server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
+    let mut server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
@@ -35,6 +41,9 @@ async fn https_service() -> (SocketAddr, String) {
         PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap(),
     )
     .unwrap();
+    if h2 {
+        server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    }
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -52,6 +61,22 @@ async fn https_service() -> (SocketAddr, String) {
                         Ok(0) | Err(_) => return,
                         Ok(n) => head.extend_from_slice(&chunk[..n]),
                     }
+                }
+                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    // This service only speaks HTTP/1.1 behind its h2 offer.
+                    return;
+                }
+                if String::from_utf8_lossy(&head)
+                    .to_ascii_lowercase()
+                    .contains("upgrade: websocket")
+                {
+                    let switched = b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n";
+                    if tls.write_all(switched).await.is_err() {
+                        return;
+                    }
+                    let (mut rd, mut wr) = tokio::io::split(tls);
+                    let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                    return;
                 }
                 let _ = tls
                     .write_all(
@@ -153,5 +178,82 @@ async fn https_targets_are_verified_against_the_configured_roots() {
         ..Default::default()
     };
     assert_eq!(half.client_config().unwrap_err().to_string(), "missing key");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_to_https_targets_use_http1_even_when_h2_is_offered() {
+    let (service, ca_pem) = https_service_with(true).await;
+    let dir = std::env::temp_dir().join(format!("piko-agent-tls-h2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca_pem).unwrap();
+    let tls = ClientTls {
+        root_cas: Some(ca_path),
+        ..Default::default()
+    }
+    .client_config()
+    .unwrap();
+
+    let config = Config {
+        proxy_bind_addr: "127.0.0.1:0".into(),
+        upstream_bind_addr: "127.0.0.1:0".into(),
+        admin_bind_addr: "127.0.0.1:0".into(),
+        ..Config::default()
+    };
+    let server = Server::bind(config).await.unwrap();
+    let (proxy, upstream) = (server.proxy_addr(), server.upstream_addr());
+    let upstreams = server.upstreams();
+    tokio::spawn(server.run(std::future::pending()));
+    let listener = piko::Upstream::new(format!("http://{upstream}"))
+        .listen("ws")
+        .await
+        .unwrap();
+    let target = Target::parse(&format!("https://localhost:{}", service.port())).unwrap();
+    tokio::spawn(serve_http(
+        listener,
+        HttpConfig {
+            tls,
+            ..HttpConfig::new(target)
+        },
+        CancellationToken::new(),
+    ));
+    let mut changes = upstreams.subscribe();
+    changes
+        .wait_for(|_| upstreams.count("ws") == 1)
+        .await
+        .unwrap();
+
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    tcp.write_all(b"GET /chat HTTP/1.1\r\nhost: ws.example.com\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0u8; 256];
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before the upgrade: {}",
+                String::from_utf8_lossy(&head)
+            );
+            head.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tcp.write_all(b"through the pipe").await.unwrap();
+    let mut echoed = [0u8; 16];
+    tokio::time::timeout(Duration::from_secs(20), tcp.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed, b"through the pipe");
     std::fs::remove_dir_all(&dir).unwrap();
 }
