@@ -90,10 +90,12 @@ async fn https_service_with(h2: bool) -> (SocketAddr, String) {
     (addr, ca.pem())
 }
 
-async fn status_through_agent(
+/// A server and an agent serving `endpoint` from `service` over https; the proxy's address.
+async fn tunnel(
+    endpoint: &str,
     tls: Option<Arc<rustls::ClientConfig>>,
     service: SocketAddr,
-) -> (u16, Vec<u8>) {
+) -> SocketAddr {
     let config = Config {
         proxy_bind_addr: "127.0.0.1:0".into(),
         upstream_bind_addr: "127.0.0.1:0".into(),
@@ -105,21 +107,31 @@ async fn status_through_agent(
     let upstreams = server.upstreams();
     tokio::spawn(server.run(std::future::pending()));
     let listener = piko::Upstream::new(format!("http://{upstream}"))
-        .listen("secure")
+        .listen(endpoint)
         .await
         .unwrap();
     let target = Target::parse(&format!("https://localhost:{}", service.port())).unwrap();
-    let http = HttpConfig {
-        tls,
-        ..HttpConfig::new(target)
-    };
-    tokio::spawn(serve_http(listener, http, CancellationToken::new()));
+    tokio::spawn(serve_http(
+        listener,
+        HttpConfig {
+            tls,
+            ..HttpConfig::new(target)
+        },
+        CancellationToken::new(),
+    ));
     let mut changes = upstreams.subscribe();
     changes
-        .wait_for(|_| upstreams.count("secure") == 1)
+        .wait_for(|_| upstreams.count(endpoint) == 1)
         .await
         .unwrap();
+    proxy
+}
 
+async fn status_through_agent(
+    tls: Option<Arc<rustls::ClientConfig>>,
+    service: SocketAddr,
+) -> (u16, Vec<u8>) {
+    let proxy = tunnel("secure", tls, service).await;
     let mut tcp = TcpStream::connect(proxy).await.unwrap();
     tcp.write_all(b"GET / HTTP/1.1\r\nhost: secure.example.com\r\nconnection: close\r\n\r\n")
         .await
@@ -195,34 +207,7 @@ async fn upgrades_to_https_targets_use_http1_even_when_h2_is_offered() {
     .client_config()
     .unwrap();
 
-    let config = Config {
-        proxy_bind_addr: "127.0.0.1:0".into(),
-        upstream_bind_addr: "127.0.0.1:0".into(),
-        admin_bind_addr: "127.0.0.1:0".into(),
-        ..Config::default()
-    };
-    let server = Server::bind(config).await.unwrap();
-    let (proxy, upstream) = (server.proxy_addr(), server.upstream_addr());
-    let upstreams = server.upstreams();
-    tokio::spawn(server.run(std::future::pending()));
-    let listener = piko::Upstream::new(format!("http://{upstream}"))
-        .listen("ws")
-        .await
-        .unwrap();
-    let target = Target::parse(&format!("https://localhost:{}", service.port())).unwrap();
-    tokio::spawn(serve_http(
-        listener,
-        HttpConfig {
-            tls,
-            ..HttpConfig::new(target)
-        },
-        CancellationToken::new(),
-    ));
-    let mut changes = upstreams.subscribe();
-    changes
-        .wait_for(|_| upstreams.count("ws") == 1)
-        .await
-        .unwrap();
+    let proxy = tunnel("ws", tls, service).await;
 
     let mut tcp = TcpStream::connect(proxy).await.unwrap();
     tcp.write_all(b"GET /chat HTTP/1.1\r\nhost: ws.example.com\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n")
