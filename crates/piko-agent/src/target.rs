@@ -47,11 +47,6 @@ impl Target {
         })
     }
 
-    /// Whether the target is `https`.
-    pub fn is_https(&self) -> bool {
-        self.uri.scheme_str() == Some("https")
-    }
-
     /// The URL a request for `path_and_query` goes to: the target's path joined with the
     /// request's (one slash between), the target's query and then the request's.
     pub fn url_for(&self, path_and_query: &str) -> Uri {
@@ -91,7 +86,6 @@ mod tests {
             "http://10.0.0.5:8080/a"
         );
         let https = Target::parse("https://svc.internal:8443/api").unwrap();
-        assert!(https.is_https());
         assert_eq!(
             https.url_for("/users?id=1"),
             "https://svc.internal:8443/api/users?id=1"

@@ -241,11 +241,6 @@ impl FrameDecoder {
         Self::default()
     }
 
-    /// Payload bytes still expected for the current Data frame (0 at a frame boundary).
-    pub fn payload_remaining(&self) -> usize {
-        self.data.map_or(0, |(_, remaining)| remaining as usize)
-    }
-
     /// Decodes from the front of `input`: returns how many bytes it used and the part it
     /// completed, if any. Call again with the rest until it returns `(None, 0)`.
     ///

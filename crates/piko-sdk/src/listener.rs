@@ -145,12 +145,6 @@ impl Listener {
         self.session.close();
     }
 
-    /// Waits until every accepted connection has finished (after [`Listener::close`]), or the
-    /// session ended.
-    pub async fn drained(&self) {
-        self.session.streams_closed().await;
-    }
-
     /// Why the current session ended, if it has.
     pub fn end_reason(&self) -> Option<SessionEnd> {
         self.session.end_reason()

@@ -185,9 +185,7 @@ impl Handler {
             .boxed()
         })
     }
-}
 
-impl Handler {
     /// A stream to an upstream of `endpoint`. An upstream that is going away (its GoAway not yet
     /// processed here) refuses the open before the request reached it, so the next one is tried.
     async fn open_stream(
