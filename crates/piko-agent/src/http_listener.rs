@@ -141,6 +141,9 @@ pub async fn serve_http(
     connections.wait().await;
     proxy.tunnels.close();
     proxy.tunnels.wait().await;
+    // The responses are written to the session, not yet to the socket: flush before returning,
+    // since the caller may exit the process next.
+    listener.finish().await;
     result
 }
 

@@ -38,6 +38,9 @@ const MAX_CONTROL_BACKLOG: usize = 64 * 1024;
 struct Status {
     remote_go_away: bool,
     end: Option<SessionEnd>,
+    /// The writer task has finished: everything queued before the end was written (or the
+    /// transport failed).
+    flushed: bool,
 }
 
 /// State shared by the session handle, its streams and its tasks.
@@ -64,10 +67,7 @@ impl Shared {
             let before = state.num_streams();
             let result = f(&mut state, &mut fx);
             let became_idle = before > 0 && state.num_streams() == 0;
-            let status = fx.status.then(|| Status {
-                remote_go_away: state.remote_go_away,
-                end: state.end.clone(),
-            });
+            let status = fx.status.then(|| (state.remote_go_away, state.end.clone()));
             (result, status, became_idle)
         };
         fx.wake_all();
@@ -86,8 +86,11 @@ impl Shared {
         if fx.open {
             self.open.notify_waiters();
         }
-        if let Some(status) = status {
-            self.status.send_replace(status);
+        if let Some((remote_go_away, end)) = status {
+            self.status.send_modify(|status| {
+                status.remote_go_away = remote_go_away;
+                status.end = end;
+            });
         }
         result
     }
@@ -165,7 +168,11 @@ impl Session {
         });
         let transport = Arc::new(SharedTransport(Mutex::new(Box::pin(transport))));
         tokio::spawn(read_loop(shared.clone(), transport.clone()));
-        tokio::spawn(write_loop(shared.clone(), transport));
+        let writer = shared.clone();
+        tokio::spawn(async move {
+            write_loop(writer.clone(), transport).await;
+            writer.status.send_modify(|status| status.flushed = true);
+        });
         tokio::spawn(timer_loop(shared.clone()));
         Self {
             handle: Arc::new(Handle { shared }),
@@ -226,6 +233,15 @@ impl Session {
     /// shut down, every stream fails.
     pub fn close(&self) {
         self.shared().terminate(SessionEnd::LocalClose);
+    }
+
+    /// [`Session::close`], then waits until the output queued before it has been written (bounded
+    /// by the write timeout) and the transport shut down: a process about to exit calls this so
+    /// the last bytes its streams wrote are not lost.
+    pub async fn close_and_flush(&self) {
+        self.close();
+        let mut status = self.shared().status.subscribe();
+        let _ = status.wait_for(|s| s.flushed).await;
     }
 
     /// Waits until the session ends and says why. Returns at once if it already ended.

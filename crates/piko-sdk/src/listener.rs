@@ -145,6 +145,15 @@ impl Listener {
         self.session.close();
     }
 
+    /// Ends the listener for good, after [`Listener::close`] and once the accepted connections are
+    /// done: closes the connection to the server after every byte they wrote has been sent.
+    /// A process that exits right after must call this, or the end of the last responses may be
+    /// lost with it.
+    pub async fn finish(&mut self) {
+        self.closed = true;
+        self.session.close_and_flush().await;
+    }
+
     /// Why the current session ended, if it has.
     pub fn end_reason(&self) -> Option<SessionEnd> {
         self.session.end_reason()
