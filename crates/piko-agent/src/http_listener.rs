@@ -33,6 +33,8 @@ pub struct HttpConfig {
     pub idle_conn_timeout: Duration,
     /// Idle connections kept per host.
     pub max_idle_conns: usize,
+    /// TCP keep-alive period of connections to the local service.
+    pub keep_alive_timeout: Duration,
     /// TLS towards an `https` target; `None` trusts the system's roots.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// The listener's access log (subsystem `proxy.http.access`).
@@ -40,13 +42,15 @@ pub struct HttpConfig {
 }
 
 impl HttpConfig {
-    /// Defaults of `piko agent http`: 10 s timeout, 90 s idle, 100 idle connections.
+    /// Defaults of `piko agent http`: 10 s timeout, 90 s idle, 100 idle connections, 30 s TCP
+    /// keep-alive.
     pub fn new(target: Target) -> Self {
         Self {
             target,
             timeout: Duration::from_secs(10),
             idle_conn_timeout: Duration::from_secs(90),
             max_idle_conns: 100,
+            keep_alive_timeout: Duration::from_secs(30),
             tls: None,
             access_log: access_log::Config {
                 subsystem: "proxy.http.access",
@@ -76,6 +80,7 @@ pub async fn serve_http(
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(config.timeout));
     connector.set_nodelay(true);
+    connector.set_keepalive(Some(config.keep_alive_timeout));
     // `https` URLs get TLS; HTTP/2 is offered to them by ALPN, as Go's transport does.
     connector.enforce_http(false);
     let tls_builder = || match &config.tls {

@@ -42,6 +42,10 @@ pub(crate) struct Shared {
     /// Minimum level logged: debug, info, warn or error [default: info].
     #[arg(long = "log.level")]
     log_level: Option<String>,
+    /// Subsystems logged at every level whatever `--log.level` says (exact names, such as
+    /// `proxy.http`); comma-separated, repeatable.
+    #[arg(long = "log.subsystems", value_delimiter = ',')]
+    log_subsystems: Vec<String>,
     /// Log line format: Piko's JSON lines, or text for reading in a terminal.
     #[arg(long = "log.format", value_enum, default_value = "json")]
     log_format: logging::Format,
@@ -138,6 +142,14 @@ fn listener_from_file(entry: &config_file::Listener) -> anyhow::Result<ListenerS
         .filter(|d| !d.is_zero())
     {
         http.idle_conn_timeout = idle;
+    }
+    if let Some(period) = entry
+        .http_client
+        .keep_alive_timeout
+        .map(|d| d.0)
+        .filter(|d| !d.is_zero())
+    {
+        http.keep_alive_timeout = period;
     }
     match entry.http_client.max_idle_conns {
         Some(-1) => http.max_idle_conns = usize::MAX,
@@ -240,7 +252,9 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
         .log_level
         .or(file.log.level)
         .unwrap_or_else(|| "info".into());
-    logging::init(&log_level, log_format).map_err(|err| anyhow::anyhow!("config: log: {err}"))?;
+    let log_subsystems = logging::subsystems(shared.log_subsystems, file.log.subsystems.clone());
+    logging::init(&log_level, log_subsystems, log_format)
+        .map_err(|err| anyhow::anyhow!("config: log: {err}"))?;
     tracing::info!(version = crate::VERSION, "starting piko agent");
     for key in ignored {
         tracing::warn!(key, "config key not supported yet; ignored");

@@ -25,8 +25,9 @@ pub(crate) enum Format {
     Text,
 }
 
-/// Installs the logger for the process.
-pub(crate) fn init(level: &str, format: Format) -> Result<(), String> {
+/// Installs the logger for the process. Events of the `subsystems` named (exact names, as
+/// Piko matches them) are written at every level, whatever `level` says.
+pub(crate) fn init(level: &str, subsystems: Vec<String>, format: Format) -> Result<(), String> {
     let level = match level {
         "debug" => Level::DEBUG,
         "info" => Level::INFO,
@@ -35,14 +36,41 @@ pub(crate) fn init(level: &str, format: Format) -> Result<(), String> {
         other => return Err(format!("unsupported log level: {other}")),
     };
     tracing_subscriber::registry()
-        .with(Lines { level, format })
+        .with(Lines {
+            level,
+            subsystems,
+            format,
+        })
         .try_init()
         .map_err(|err| err.to_string())
 }
 
+/// `--log.subsystems` when given (a list flag cannot be told apart from its empty default
+/// otherwise), else the file's `log.subsystems`.
+pub(crate) fn subsystems(flag: Vec<String>, file: Option<Vec<String>>) -> Vec<String> {
+    if flag.is_empty() {
+        file.unwrap_or_default()
+    } else {
+        flag
+    }
+}
+
 struct Lines {
     level: Level,
+    subsystems: Vec<String>,
     format: Format,
+}
+
+impl Lines {
+    /// The level below which nothing is built at all: `debug` when some subsystem wants every
+    /// level (the subsystem is a field, known only once the event is recorded).
+    fn floor(&self) -> Level {
+        if self.subsystems.is_empty() {
+            self.level
+        } else {
+            Level::DEBUG
+        }
+    }
 }
 
 #[derive(Default)]
@@ -93,7 +121,7 @@ impl Fields {
 
 impl<S: Subscriber> Layer<S> for Lines {
     fn enabled(&self, metadata: &tracing::Metadata<'_>, _: Context<'_, S>) -> bool {
-        *metadata.level() <= self.level && metadata.target().starts_with("piko")
+        *metadata.level() <= self.floor() && metadata.target().starts_with("piko")
     }
 
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
@@ -105,8 +133,11 @@ impl<S: Subscriber> Layer<S> for Lines {
             Level::INFO => "info",
             Level::DEBUG | Level::TRACE => "debug",
         };
-        let ts = timestamp(SystemTime::now());
         let subsystem = fields.subsystem.unwrap_or_else(|| "main".into());
+        if *event.metadata().level() > self.level && !self.subsystems.contains(&subsystem) {
+            return;
+        }
+        let ts = timestamp(SystemTime::now());
         let mut text = match self.format {
             Format::Json => {
                 let mut line = Map::new();

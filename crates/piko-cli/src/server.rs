@@ -27,6 +27,18 @@ pub(crate) struct Args {
     /// How long a client may take to send a request's headers; 0 disables [default: 10s].
     #[arg(long = "proxy.http.read-header-timeout", value_parser = duration::parse)]
     read_header_timeout: Option<Duration>,
+    /// How long a client may pause while sending a request body (an idle limit, not a deadline
+    /// as in Piko); 0 disables [default: 10s].
+    #[arg(long = "proxy.http.read-timeout", value_parser = duration::parse)]
+    read_timeout: Option<Duration>,
+    /// How long a client may refuse response bytes (an idle limit, not a deadline as in Piko:
+    /// long downloads and event streams pass); 0 disables [default: 10s].
+    #[arg(long = "proxy.http.write-timeout", value_parser = duration::parse)]
+    write_timeout: Option<Duration>,
+    /// How long a keep-alive connection may wait for its next request; 0 disables
+    /// [default: 5m].
+    #[arg(long = "proxy.http.idle-timeout", value_parser = duration::parse)]
+    idle_timeout: Option<Duration>,
     /// Largest request head accepted, in bytes (larger ones get 431) [default: 1048576].
     #[arg(long = "proxy.http.max-header-bytes")]
     max_header_bytes: Option<u64>,
@@ -72,9 +84,24 @@ pub(crate) struct Args {
     /// Minimum level logged: debug, info, warn or error [default: info].
     #[arg(long = "log.level")]
     log_level: Option<String>,
+    /// Subsystems logged at every level whatever `--log.level` says (exact names, such as
+    /// `proxy.http`); comma-separated, repeatable.
+    #[arg(long = "log.subsystems", value_delimiter = ',')]
+    log_subsystems: Vec<String>,
     /// Log line format: Piko's JSON lines, or text for reading in a terminal.
     #[arg(long = "log.format", value_enum, default_value = "json")]
     log_format: logging::Format,
+}
+
+/// A flag, else the file's value, else the default; zero means none (Piko's "0 disables").
+fn pick(
+    flag: Option<Duration>,
+    file: Option<config_file::GoDuration>,
+    default: Option<Duration>,
+) -> Option<Duration> {
+    flag.or(file.map(|d| d.0))
+        .or(default)
+        .filter(|t| !t.is_zero())
 }
 
 /// A 7-character node ID from Piko's alphabet.
@@ -102,11 +129,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     if grace_period.is_zero() {
         anyhow::bail!("config: missing grace period");
     }
-    let proxy_timeout = args
-        .proxy_timeout
-        .or(file.proxy.timeout.map(|d| d.0))
-        .or(defaults.proxy.timeout)
-        .filter(|t| !t.is_zero());
+    let proxy_timeout = pick(
+        args.proxy_timeout,
+        file.proxy.timeout,
+        defaults.proxy.timeout,
+    );
     let access_log = access_log_config::build(
         &file.proxy.access_log,
         access_log_config::Overrides {
@@ -136,11 +163,26 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         proxy: piko_server::proxy::Config {
             timeout: proxy_timeout,
             access_log,
-            read_header_timeout: args
-                .read_header_timeout
-                .or(file.proxy.http.read_header_timeout.map(|d| d.0))
-                .or(defaults.proxy.read_header_timeout)
-                .filter(|t| !t.is_zero()),
+            read_header_timeout: pick(
+                args.read_header_timeout,
+                file.proxy.http.read_header_timeout,
+                defaults.proxy.read_header_timeout,
+            ),
+            read_timeout: pick(
+                args.read_timeout,
+                file.proxy.http.read_timeout,
+                defaults.proxy.read_timeout,
+            ),
+            write_timeout: pick(
+                args.write_timeout,
+                file.proxy.http.write_timeout,
+                defaults.proxy.write_timeout,
+            ),
+            idle_timeout: pick(
+                args.idle_timeout,
+                file.proxy.http.idle_timeout,
+                defaults.proxy.idle_timeout,
+            ),
             max_header_bytes: args
                 .max_header_bytes
                 .or(file.proxy.http.max_header_bytes)
@@ -165,7 +207,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .log_level
         .or(file.log.level)
         .unwrap_or_else(|| "info".into());
-    logging::init(&log_level, log_format).map_err(|err| anyhow::anyhow!("config: log: {err}"))?;
+    let log_subsystems = logging::subsystems(args.log_subsystems, file.log.subsystems.clone());
+    logging::init(&log_level, log_subsystems, log_format)
+        .map_err(|err| anyhow::anyhow!("config: log: {err}"))?;
     tracing::info!(subsystem = "server", node_id = %node_id(), version = crate::VERSION, "starting piko server");
     for key in ignored {
         tracing::warn!(

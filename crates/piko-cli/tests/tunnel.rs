@@ -682,3 +682,43 @@ async fn text_logs_for_terminals() {
         "{first}"
     );
 }
+
+#[tokio::test]
+async fn log_subsystems_are_logged_at_every_level() {
+    let mut server = Process::start(&[
+        "server",
+        "--proxy.bind-addr",
+        "127.0.0.1:0",
+        "--upstream.bind-addr",
+        "127.0.0.1:0",
+        "--admin.bind-addr",
+        "127.0.0.1:0",
+        "--log.level",
+        "warn",
+        "--log.subsystems",
+        "proxy",
+        "--proxy.http.read-timeout",
+        "1m",
+        "--proxy.http.write-timeout",
+        "0",
+        "--proxy.http.idle-timeout=90s",
+    ]);
+    let allowed = |line: &Value| {
+        line["level"] == "warn" || line["level"] == "error" || line["subsystem"] == "proxy"
+    };
+    // The admin and upstream ports' info lines come first, and are left out.
+    loop {
+        let line = tokio::time::timeout(PATIENCE, server.logs.recv())
+            .await
+            .expect("no proxy log line")
+            .expect("server exited");
+        assert!(allowed(&line), "{line}");
+        if line["msg"] == "starting proxy server" {
+            break;
+        }
+    }
+    assert_eq!(server.terminate().await, 0);
+    while let Some(line) = server.logs.recv().await {
+        assert!(allowed(&line), "{line}");
+    }
+}

@@ -20,11 +20,14 @@
 //! - `proxy`: request routing and relaying on the proxy port (its access log is
 //!   [`piko_http::access_log`]).
 //! - `admin`: `/health` and `/ready`.
-//! - `serve`: the accept loop shared by the ports.
+//! - `serve`: the accept loop shared by the ports; `connection_deadlines` and
+//!   `request_body_idle`: the header read, idle and no-progress limits of client connections.
 
 mod admin;
+mod connection_deadlines;
 mod json_error;
 pub mod proxy;
+mod request_body_idle;
 mod serve;
 mod server;
 pub mod upstream;

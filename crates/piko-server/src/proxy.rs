@@ -9,7 +9,8 @@
 //! - Upgrades (WebSockets and others) are relayed: after the upstream's `101` both connections
 //!   become one byte pipe.
 //! - `timeout` bounds the wait for the response headers only: a long download or a slow stream
-//!   of events is not cut (Piko cuts any response not finished within 10 s: spec §15.2).
+//!   of events is not cut (Piko cuts any response not finished within 10 s: spec §15.2). The
+//!   read and write timeouts bound a client's silence, not the exchange's length.
 
 use std::{
     future::Future,
@@ -25,17 +26,20 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::{rt::TokioIo, server::conn::auto::upgrade::downcast as downcast_upgrade};
 use piko_http::{
     access_log::{self, RequestRecord},
     hop_by_hop::{remove as remove_hop_by_hop, upgrade_protocol},
 };
 use piko_protocol::wire::{ENDPOINT_HEADER, FORWARD_HEADER, TCP_PATH};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::{
+    connection_deadlines::WatchedIo,
     json_error::{gin_error, proxy_error},
-    serve::{Body, BoxError},
+    request_body_idle::{IdleLimitedBody, caused_by_idle_body},
+    serve::{Body, BoxError, set_write_stall_limit},
     upstreams::Upstreams,
 };
 
@@ -47,8 +51,19 @@ pub struct Config {
     pub timeout: Option<Duration>,
     /// The access log.
     pub access_log: access_log::Config,
-    /// How long a client may take to send a request's headers; `None` waits forever.
+    /// How long a client may take to send a request's headers, from their first byte (from
+    /// accept for a connection's first request); `None` waits forever.
     pub read_header_timeout: Option<Duration>,
+    /// How long a client may leave a request body unfinished without sending a byte (the
+    /// request fails with 408, or is cut if its response has started); `None` waits forever.
+    /// An idle limit, not a deadline: uploads of any length pass while they progress.
+    pub read_timeout: Option<Duration>,
+    /// How long a client may accept no response bytes before its connection is cut; `None`
+    /// waits forever. An idle limit, not a deadline: downloads and event streams of any length
+    /// pass while they progress.
+    pub write_timeout: Option<Duration>,
+    /// How long a connection may wait for its next request before it is closed; `None` keeps it.
+    pub idle_timeout: Option<Duration>,
     /// Largest request head accepted (larger ones get 431).
     pub max_header_bytes: usize,
 }
@@ -59,6 +74,9 @@ impl Default for Config {
             timeout: Some(Duration::from_secs(30)),
             access_log: access_log::Config::default(),
             read_header_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(Duration::from_secs(10)),
+            write_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: Some(Duration::from_secs(300)),
             max_header_bytes: 1 << 20,
         }
     }
@@ -117,6 +135,7 @@ impl Handler {
             .is_some()
             .then(|| hyper::upgrade::on(&mut request));
         prepare_request(&mut request, peer, upgrade_protocol.as_ref());
+        let request = request.map(|body| IdleLimitedBody::new(body, self.config.read_timeout));
 
         let (mut sender, connection) = match hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -150,6 +169,10 @@ impl Handler {
         };
         let mut response = match result {
             Ok(response) => response,
+            Err(err) if caused_by_idle_body(&err) => {
+                tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, "request body read timed out");
+                return request_timeout();
+            }
             Err(err) => {
                 tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, error = %err, "proxy request");
                 return proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable");
@@ -167,9 +190,25 @@ impl Handler {
                     else {
                         return;
                     };
-                    let mut client = TokioIo::new(client);
                     let mut upstream = TokioIo::new(upstream);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    match downcast_upgrade::<TokioIo<WatchedIo<TcpStream>>>(client) {
+                        Ok(parts) => {
+                            // A tunnel may be quiet, or its client slow to read, for as long as
+                            // it likes (Go clears a hijacked connection's deadlines too).
+                            let mut client = parts.io.into_inner().into_inner();
+                            set_write_stall_limit(&client, None);
+                            if !parts.read_buf.is_empty()
+                                && upstream.write_all(&parts.read_buf).await.is_err()
+                            {
+                                return;
+                            }
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                        }
+                        Err(client) => {
+                            let mut client = TokioIo::new(client);
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                        }
+                    }
                 });
             }
         } else {
@@ -224,6 +263,15 @@ async fn within<F: Future>(deadline: Option<tokio::time::Instant>, future: F) ->
     }
 }
 
+/// The client left its request body unfinished; the connection cannot be reused.
+fn request_timeout() -> Response<Body> {
+    let mut response = proxy_error(StatusCode::REQUEST_TIMEOUT, "request timeout");
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 fn upstream_timeout(endpoint: &str) -> Response<Body> {
     tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, "proxy request timed out");
     proxy_error(StatusCode::GATEWAY_TIMEOUT, "upstream timeout")
@@ -231,7 +279,7 @@ fn upstream_timeout(endpoint: &str) -> Response<Body> {
 
 /// The client side of one exchange over a stream.
 type UpstreamConnection =
-    Pin<Box<hyper::client::conn::http1::Connection<TokioIo<piko_mux::Stream>, Incoming>>>;
+    Pin<Box<hyper::client::conn::http1::Connection<TokioIo<piko_mux::Stream>, IdleLimitedBody>>>;
 
 /// Awaits `future` while also driving `connection` (which moves the request and response bytes).
 async fn drive_until<F: Future>(

@@ -3,7 +3,7 @@
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, time::Duration};
 
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -12,26 +12,35 @@ use hyper_util::{
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use crate::connection_deadlines::{Activity, Deadlines, Expired, TrackedBody, WatchedIo, watch};
+
 pub(crate) use piko_http::body::{Body, BoxError};
 
 /// Interval of HTTP/2 keep-alive pings, and how long a reply may take.
 const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
-/// Bounds on what a client may do before its request is read.
+/// How long an idle connection's graceful close may take.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Bounds on what a client may do.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
-    /// How long a client may take to send request headers (a slow-loris bound); `None` waits.
-    pub(crate) header_read_timeout: Option<Duration>,
+    /// Header read, idle and write-stall limits of each connection.
+    pub(crate) deadlines: Deadlines,
     /// Largest request head, in bytes (hyper's floor is 8 KiB).
     pub(crate) max_header_bytes: usize,
 }
 
 impl Default for Limits {
-    /// Go's `http.Server` defaults as Piko's upstream and admin ports run them, plus a header
-    /// timeout Go lacks there.
+    /// The upstream and admin ports: Go's `http.Server` as Piko runs them has no limits there;
+    /// ours keep a dead or slow client from holding a connection forever.
     fn default() -> Self {
         Self {
-            header_read_timeout: Some(Duration::from_secs(10)),
+            deadlines: Deadlines {
+                header_read: Some(Duration::from_secs(10)),
+                idle: Some(Duration::from_secs(300)),
+                write_stall: Some(Duration::from_secs(10)),
+            },
             max_header_bytes: 1 << 20,
         }
     }
@@ -74,32 +83,31 @@ pub(crate) async fn serve<F, Fut>(
             },
         };
         let _ = tcp.set_nodelay(true);
+        if let Some(limit) = limits.deadlines.write_stall {
+            set_write_stall_limit(&tcp, Some(limit));
+        }
         let handler = handler.clone();
         let stop = stop.clone();
         tracker.spawn(async move {
-            // A client must start its request within the header timeout. (hyper's own header
-            // timer only starts once it has detected the protocol, so a connection that never
-            // sends a byte would otherwise be held forever.)
-            if let Some(limit) = limits.header_read_timeout {
-                let mut first = [0u8; 1];
-                tokio::select! {
-                    peeked = tokio::time::timeout(limit, tcp.peek(&mut first)) => {
-                        if !matches!(peeked, Ok(Ok(n)) if n > 0) {
-                            return;
-                        }
+            let activity = Activity::new();
+            let service = {
+                let activity = activity.clone();
+                hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let in_flight = activity.request_started(request.version() == Version::HTTP_2);
+                    let response = handler(request, peer);
+                    async move {
+                        let response = response.await;
+                        Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, in_flight)))
                     }
-                    () = stop.cancelled() => return,
-                }
-            }
-            let service = hyper::service::service_fn(move |request| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler(request, peer).await) }
-            });
+                })
+            };
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
+                // Ours, in `connection_deadlines`: hyper's would also time idle keep-alive
+                // connections with the header limit.
+                .header_read_timeout(None)
                 .max_buf_size(limits.max_header_bytes.max(8192));
             // HTTP/2 clients are pinged, so a dead one does not hold its connection forever.
             builder
@@ -110,19 +118,45 @@ pub(crate) async fn serve<F, Fut>(
             if matches!(protocols, Protocols::Http1) {
                 builder = builder.http1_only();
             }
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+            let io = TokioIo::new(WatchedIo::new(tcp, activity.clone()));
+            let connection = builder.serve_connection_with_upgrades(io, service);
             tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(err) = result {
-                        tracing::debug!(error = %err, %peer, "connection ended with an error");
+            let mut stopping = false;
+            loop {
+                tokio::select! {
+                    watched = watch(connection.as_mut(), &activity, &limits.deadlines) => {
+                        match watched {
+                            Ok(Ok(())) => {}
+                            Ok(Err(err)) => {
+                                tracing::debug!(error = %err, %peer, "connection ended with an error");
+                            }
+                            Err(Expired::Idle) => {
+                                // Closes an HTTP/1.1 connection at once; an HTTP/2 client gets
+                                // GOAWAY first.
+                                connection.as_mut().graceful_shutdown();
+                                let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, connection.as_mut()).await;
+                            }
+                            Err(expired) => {
+                                tracing::debug!(?expired, %peer, "connection cut");
+                            }
+                        }
+                        return;
                     }
-                }
-                _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+                    () = stop.cancelled(), if !stopping => {
+                        // In-flight requests finish, still under the deadlines.
+                        stopping = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
                 }
             }
         });
+    }
+}
+
+/// Bounds how long bytes sent on `tcp` may stay unacknowledged (or unsent for a zero window)
+/// before the kernel resets the connection; `None` lifts the bound.
+pub(crate) fn set_write_stall_limit(tcp: &tokio::net::TcpStream, limit: Option<Duration>) {
+    if let Err(err) = socket2::SockRef::from(tcp).set_tcp_user_timeout(limit) {
+        tracing::debug!(error = %err, "TCP_USER_TIMEOUT not set");
     }
 }

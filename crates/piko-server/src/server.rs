@@ -15,7 +15,9 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    admin, proxy,
+    admin,
+    connection_deadlines::Deadlines,
+    proxy,
     serve::{Limits, Protocols, serve},
     upstream,
     upstreams::Upstreams,
@@ -175,7 +177,11 @@ impl Server {
             self.proxy,
             Protocols::Http1And2,
             Limits {
-                header_read_timeout: self.config.proxy.read_header_timeout,
+                deadlines: Deadlines {
+                    header_read: self.config.proxy.read_header_timeout,
+                    idle: self.config.proxy.idle_timeout,
+                    write_stall: self.config.proxy.write_timeout,
+                },
                 max_header_bytes: self.config.proxy.max_header_bytes,
             },
             move |request, peer| proxy.clone().handle(request, peer),

@@ -11,7 +11,7 @@ use std::{net::SocketAddr, sync::Arc};
 use base64::Engine;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::{rt::TokioIo, server::conn::auto::upgrade::downcast as downcast_upgrade};
 use piko_mux::Session;
 use piko_protocol::{
     WsByteStream, websocket_config,
@@ -25,8 +25,9 @@ use tokio_tungstenite::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    connection_deadlines::WatchedIo,
     json_error::{full, gin_error, not_found},
-    serve::Body,
+    serve::{Body, set_write_stall_limit},
     upstreams::Upstreams,
 };
 
@@ -99,10 +100,12 @@ impl Handler {
             // Closes of an upstream connection are abortive (zero linger, no close frame): a
             // v0.9.0 Go agent treats a clean close as its own shutdown and exits, but reconnects
             // after a reset (spec §5.7.2).
-            match upgraded.downcast::<TokioIo<TcpStream>>() {
+            match downcast_upgrade::<TokioIo<WatchedIo<TcpStream>>>(upgraded) {
                 Ok(parts) => {
-                    let tcp = parts.io.into_inner();
+                    let tcp = parts.io.into_inner().into_inner();
                     let _ = tcp.set_zero_linger();
+                    // The session's keep-alive pings judge its health from here on.
+                    set_write_stall_limit(&tcp, None);
                     let ws = WebSocketStream::from_partially_read(
                         tcp,
                         parts.read_buf.to_vec(),

@@ -602,3 +602,287 @@ async fn shutdown_gives_up_after_the_grace_period() {
     );
     request.abort();
 }
+
+/// Reads one response with a `content-length` off a keep-alive connection.
+async fn read_one_response(tcp: &mut TcpStream) -> (u16, Vec<u8>) {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Duration::from_secs(10);
+    let head_end = loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let n = tokio::time::timeout(deadline, tcp.read(&mut chunk))
+            .await
+            .expect("response head never came")
+            .unwrap();
+        assert!(n > 0, "connection closed before a response");
+        buffer.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .expect("no content-length")
+        .trim()
+        .parse()
+        .unwrap();
+    while buffer.len() < head_end + length {
+        let n = tokio::time::timeout(deadline, tcp.read(&mut chunk))
+            .await
+            .expect("response body never came")
+            .unwrap();
+        assert!(n > 0, "connection closed mid-body");
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+    (head[9..12].parse().unwrap(), buffer[head_end..].to_vec())
+}
+
+/// Reads until the server closes the connection (or resets it), within a bound.
+async fn await_close(tcp: &mut TcpStream, what: &str) {
+    let mut sink = vec![0u8; 64 * 1024];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match tcp.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: the connection was never closed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_last_until_the_idle_timeout() {
+    let idle = Duration::from_millis(1500);
+    let node = start_node_with(piko_server::proxy::Config {
+        read_header_timeout: Some(Duration::from_millis(200)),
+        idle_timeout: Some(idle),
+        ..Default::default()
+    })
+    .await;
+    let upstream = piko::Upstream::new(format!("http://{}", node.upstream));
+    tokio::spawn(serve_listener(upstream.listen("e").await.unwrap(), "a"));
+    wait_upstreams(&node, "e", 1).await;
+
+    let keep_alive = b"GET /one HTTP/1.1\r\nhost: e.example.com\r\n\r\n";
+    let mut tcp = TcpStream::connect(node.proxy).await.unwrap();
+    tcp.write_all(keep_alive).await.unwrap();
+    assert_eq!(read_one_response(&mut tcp).await.0, 200);
+    // Idle for longer than the header timeout, which only starts with a request's first byte.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    tcp.write_all(keep_alive).await.unwrap();
+    let (status, body) = read_one_response(&mut tcp).await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).starts_with("a GET /one"));
+
+    let idle_from = tokio::time::Instant::now();
+    await_close(&mut tcp, "idle keep-alive connection").await;
+    assert!(
+        idle_from.elapsed() >= idle - Duration::from_millis(100),
+        "closed after {:?}, before the idle timeout",
+        idle_from.elapsed()
+    );
+}
+
+/// An upstream that answers `/forever` with an endless chunked body, `/tunnel` with an upgrade
+/// and then 16 MiB, and anything else with 8 MiB; reports when a write to the proxy failed (its
+/// stream was reset).
+async fn serve_large_bodies(
+    mut listener: piko::Listener,
+    write_failed: tokio::sync::mpsc::UnboundedSender<()>,
+) {
+    while let Ok(mut stream) = listener.accept().await {
+        let write_failed = write_failed.clone();
+        tokio::spawn(async move {
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut chunk).await.unwrap();
+                request.extend_from_slice(&chunk[..n]);
+            }
+            let block = vec![b'x'; 64 * 1024];
+            let written = if request.starts_with(b"GET /tunnel") {
+                async {
+                    stream
+                        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: bytes\r\n\r\n")
+                        .await?;
+                    for _ in 0..256 {
+                        stream.write_all(&block).await?;
+                    }
+                    stream.shutdown().await
+                }
+                .await
+            } else if request.starts_with(b"GET /forever") {
+                async {
+                    stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                        .await?;
+                    loop {
+                        stream.write_all(b"10000\r\n").await?;
+                        stream.write_all(&block).await?;
+                        stream.write_all(b"\r\n").await?;
+                    }
+                }
+                .await
+            } else {
+                async {
+                    stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8388608\r\n\r\n")
+                        .await?;
+                    for _ in 0..128 {
+                        stream.write_all(&block).await?;
+                    }
+                    stream.shutdown().await
+                }
+                .await
+            };
+            if written.is_err() {
+                let _ = write_failed.send(());
+            }
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_and_a_slow_one_is_not() {
+    let write_timeout = Duration::from_millis(300);
+    let node = start_node_with(piko_server::proxy::Config {
+        write_timeout: Some(write_timeout),
+        ..Default::default()
+    })
+    .await;
+    let upstream = piko::Upstream::new(format!("http://{}", node.upstream));
+    let (write_failed, mut write_failures) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(serve_large_bodies(
+        upstream.listen("big").await.unwrap(),
+        write_failed,
+    ));
+    wait_upstreams(&node, "big", 1).await;
+
+    // Reads 8 MiB at 4 MiB/s: far slower than the proxy writes, so its writes block again and
+    // again, but never for the write timeout, and the download lasts several times that timeout.
+    let mut slow = TcpStream::connect(node.proxy).await.unwrap();
+    slow.write_all(&get("big.example.com", "/sized", ""))
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut received = 0usize;
+    let mut chunk = vec![0u8; 32 * 1024];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut chunk))
+            .await
+            .expect("slow download stalled")
+            .expect("slow download was cut");
+        if n == 0 {
+            break;
+        }
+        received += n;
+        tokio::time::sleep(Duration::from_micros(n as u64 / 4)).await;
+    }
+    assert!(received > 8 << 20, "got {received} bytes");
+    assert!(started.elapsed() > 3 * write_timeout);
+
+    // A client that stops reading an endless response is cut, and the upstream's stream with it.
+    let mut stalled = TcpStream::connect(node.proxy).await.unwrap();
+    stalled
+        .write_all(&get("big.example.com", "/forever", ""))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), write_failures.recv())
+        .await
+        .expect("the upstream kept writing to a client that stopped reading")
+        .unwrap();
+    await_close(&mut stalled, "stalled client").await;
+
+    // An upgraded tunnel is not: its client may pause for as long as it likes.
+    let mut tunnel = TcpStream::connect(node.proxy).await.unwrap();
+    tunnel
+        .write_all(&get(
+            "big.example.com",
+            "/tunnel",
+            "upgrade: bytes\r\nconnection: upgrade\r\n",
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(5 * write_timeout).await;
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tunnel.read_to_end(&mut received))
+        .await
+        .expect("tunnel never ended")
+        .expect("tunnel was cut");
+    let split = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(received.len() - split, 16 << 20);
+    assert!(write_failures.try_recv().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_must_keep_coming() {
+    let node = start_node_with(piko_server::proxy::Config {
+        read_timeout: Some(Duration::from_millis(300)),
+        ..Default::default()
+    })
+    .await;
+    let upstream = piko::Upstream::new(format!("http://{}", node.upstream));
+    tokio::spawn(serve_listener(upstream.listen("e").await.unwrap(), "a"));
+    wait_upstreams(&node, "e", 1).await;
+    let head = |length: usize| {
+        format!(
+            "POST / HTTP/1.1\r\nhost: e.example.com\r\ncontent-length: {length}\r\nconnection: close\r\n\r\n"
+        )
+    };
+
+    // A steady upload that lasts several read timeouts goes through.
+    let mut steady = TcpStream::connect(node.proxy).await.unwrap();
+    steady.write_all(head(200).as_bytes()).await.unwrap();
+    for _ in 0..20 {
+        steady.write_all(b"0123456789").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), steady.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with(&"0123456789".repeat(20)), "{response}");
+
+    // One that stops half way gets 408.
+    let mut stalled = head(100).into_bytes();
+    stalled.extend_from_slice(b"0123456789");
+    let (status, head, body) = raw_request(node.proxy, &stalled).await;
+    assert_eq!(status, 408, "{head}");
+    assert_eq!(body, b"{\"error\":\"request timeout\"}\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_end_with_a_reset_on_shutdown() {
+    use futures_util::StreamExt;
+    let mut node = start_node().await;
+    let tcp = TcpStream::connect(node.upstream).await.unwrap();
+    let url = format!("ws://{}/piko/v1/upstream/e", node.upstream);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    wait_upstreams(&node, "e", 1).await;
+    node.stop.take().unwrap().send(()).unwrap();
+    // GoAway arrives as a binary message; then the connection is reset (a v0.9.0 Go agent exits
+    // after a clean close, but reconnects after a reset).
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(message)) => assert!(message.is_binary(), "{message:?}"),
+                Some(Err(err)) => return Some(err),
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the upstream connection was never closed");
+    match ended {
+        Some(tokio_tungstenite::tungstenite::Error::Io(err)) => {
+            assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+        }
+        other => panic!("closed without a reset: {other:?}"),
+    }
+}
