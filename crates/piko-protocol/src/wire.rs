@@ -22,3 +22,9 @@ pub const AUTHORIZATION_HEADER: &str = "x-piko-authorization";
 /// Longest endpoint ID accepted. Piko accepts any length; an ID is a routing key that ends up in
 /// logs, metrics and gossip, so a bound keeps a client from making every one of them huge.
 pub const MAX_ENDPOINT_ID_LEN: usize = 256;
+
+/// Asks, on a TCP tunnel's WebSocket handshake, for half-close: each side ends its direction with
+/// an empty binary message and keeps reading the other (Piko closes both at the first end). The
+/// server confirms by echoing it in its `101`; a Piko server ignores it, and both sides then
+/// close both directions at the first end, as Piko does.
+pub const HALF_CLOSE_HEADER: &str = "x-piko-half-close";

@@ -8,6 +8,10 @@
 //! - A text message is an error. A close frame, or the connection ending without one (Go peers
 //!   just close the socket), is a normal end of stream.
 //! - Pings are answered by tungstenite on the next read or write.
+//! - With half-close (a TCP tunnel whose both ends are ours, negotiated with
+//!   [`HALF_CLOSE_HEADER`](crate::wire::HALF_CLOSE_HEADER)), an empty binary message is the end of
+//!   one direction: shutting the writer down sends one, and reading one is end of stream while the
+//!   other direction goes on. Piko's peers skip empty messages, so they never see the difference.
 //!
 //! As a [`piko_mux::Transport`] it also avoids two copies: the multiplexer parses each message's
 //! payload in place, and its output buffers become messages without being copied into ours.
@@ -67,6 +71,9 @@ pub struct WsByteStream<S> {
     /// Unread remainder of the current message.
     chunk: Bytes,
     eof: bool,
+    half_close: bool,
+    /// The half-close marker has been sent.
+    write_closed: bool,
     /// Reused for outgoing messages: tungstenite copies a message into its own buffer and drops
     /// it, so the allocation comes back to us instead of being freed and faulted in again.
     scratch: BytesMut,
@@ -79,7 +86,19 @@ impl<S> WsByteStream<S> {
             ws,
             chunk: Bytes::new(),
             eof: false,
+            half_close: false,
+            write_closed: false,
             scratch: BytesMut::new(),
+        }
+    }
+
+    /// Wraps a connection whose peer signals the end of each direction with an empty message.
+    /// Shutting this stream down then sends that message and leaves the connection open for the
+    /// other direction.
+    pub fn with_half_close(ws: WebSocketStream<S>) -> Self {
+        Self {
+            half_close: true,
+            ..Self::new(ws)
         }
     }
 
@@ -145,6 +164,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsByteStream<S> {
         loop {
             match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
                 Some(Ok(Message::Binary(data))) => {
+                    if data.is_empty() && self.half_close {
+                        self.eof = true;
+                    }
                     self.chunk = data;
                     return Poll::Ready(Ok(()));
                 }
@@ -227,7 +249,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsByteStream<S> {
         Pin::new(&mut self.ws).poll_flush(cx).map_err(to_io)
     }
 
+    /// With half-close, sends the end-of-direction message and flushes; otherwise closes the
+    /// WebSocket connection with a close frame.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.half_close {
+            if !self.write_closed {
+                ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(to_io)?;
+                Pin::new(&mut self.ws)
+                    .start_send(Message::Binary(Bytes::new()))
+                    .map_err(to_io)?;
+                self.write_closed = true;
+            }
+            return Pin::new(&mut self.ws).poll_flush(cx).map_err(to_io);
+        }
         match ready!(Pin::new(&mut self.ws).poll_close(cx)) {
             Ok(()) => Poll::Ready(Ok(())),
             Err(err) if is_end_of_stream(&err) => Poll::Ready(Ok(())),

@@ -6,16 +6,23 @@
 //! (`AsyncRead + AsyncWrite`) per request or TCP connection that clients send to that endpoint.
 //! The listener reconnects by itself, with backoff, whenever it is cut off.
 //!
+//! [`Dialer::dial`] goes the other way: a TCP-like connection to an endpoint through the server's
+//! proxy port, reaching whatever listens on that endpoint.
+//!
 //! # Layout
 //! - [`Upstream`]: server URL, credentials, backoff; the connection handshake.
 //! - [`Listener`]: accepted connections across reconnects; graceful close.
+//! - [`Dialer`], [`TcpTunnel`]: connections to an endpoint through the proxy port.
 //! - [`Error`], [`ConnectError`]: what can go wrong, and what is worth retrying.
 
 mod backoff;
+mod dialer;
 mod error;
 mod listener;
 mod upstream;
+mod websocket_connect;
 
+pub use dialer::{Dialer, TcpTunnel};
 pub use error::{ConnectError, Error};
 pub use listener::Listener;
 pub use piko_mux::Stream;

@@ -2,19 +2,18 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use http::{HeaderValue, header};
+use http::HeaderName;
 use piko_mux::Session;
 use piko_protocol::{
     WsByteStream, websocket_config,
     wire::{TENANT_HEADER, UPSTREAM_PATH},
 };
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
 use crate::{
     backoff::Backoff,
     error::{ConnectError, Error},
     listener::Listener,
+    websocket_connect::{HandshakeHeaders, connect, ws_url},
 };
 
 /// A Piko server's upstream port, and the credentials to register endpoints on it.
@@ -137,145 +136,31 @@ impl Upstream {
         }
     }
 
-    /// The WebSocket URL of `endpoint`: `http` becomes `ws`, a path prefix is kept.
-    fn ws_url(&self, endpoint: &str) -> Result<http::Uri, ConnectError> {
-        let uri: http::Uri = self
-            .url
-            .parse()
-            .map_err(|err| ConnectError::Url(format!("{}: {err}", self.url)))?;
-        let scheme = match uri.scheme_str() {
-            Some("http" | "ws") => "ws",
-            Some("https" | "wss") => {
-                return Err(ConnectError::Url(format!(
-                    "{}: TLS is not supported yet",
-                    self.url
-                )));
-            }
-            _ => {
-                return Err(ConnectError::Url(format!(
-                    "{}: scheme must be http or https",
-                    self.url
-                )));
-            }
-        };
-        let authority = uri
-            .authority()
-            .ok_or_else(|| ConnectError::Url(format!("{}: missing host", self.url)))?;
-        let prefix = uri.path().trim_end_matches('/');
-        let endpoint =
-            percent_encoding::utf8_percent_encode(endpoint, percent_encoding::NON_ALPHANUMERIC);
-        format!("{scheme}://{authority}{prefix}{UPSTREAM_PATH}{endpoint}")
-            .parse()
-            .map_err(|err| ConnectError::Url(format!("{}: {err}", self.url)))
-    }
-
     /// One connection attempt: TCP, WebSocket handshake, multiplexer session; with the server's
     /// address.
     pub(crate) async fn connect(
         &self,
         endpoint: &str,
     ) -> Result<(Session, SocketAddr), ConnectError> {
-        let url = self.ws_url(endpoint)?;
-        let authority = url.authority().expect("ws_url has an authority");
-        let port = authority.port_u16().unwrap_or(80);
-        let tcp = tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            // `[::1]` in a URL is `::1` to the resolver.
-            TcpStream::connect((
-                authority
-                    .host()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']'),
-                port,
-            )),
-        )
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-        let _ = tcp.set_nodelay(true);
-        let server = tcp.peer_addr()?;
-        let mut request = url
-            .into_client_request()
-            .map_err(|err| ConnectError::Url(err.to_string()))?;
-        let headers = request.headers_mut();
-        if let Some(token) = &self.token {
-            let value = HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| ConnectError::Url("token is not a valid header value".into()))?;
-            headers.insert(header::AUTHORIZATION, value);
-        }
-        if let Some(tenant) = &self.tenant {
-            let value = HeaderValue::from_str(tenant)
-                .map_err(|_| ConnectError::Url("tenant is not a valid header value".into()))?;
-            headers.insert(TENANT_HEADER, value);
-        }
-        let ws_config = websocket_config(self.mux.receive_window);
-        let handshake = tokio_tungstenite::client_async_with_config(request, tcp, Some(ws_config));
-        let (ws, _) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-            Ok(Ok(done)) => done,
-            Ok(Err(err)) => return Err(handshake_error(err)),
-            Err(_) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "handshake timed out",
-                )
-                .into());
-            }
+        let url = ws_url(&self.url, UPSTREAM_PATH, endpoint)?;
+        let headers = HandshakeHeaders {
+            token: self.token.clone(),
+            extra: self
+                .tenant
+                .iter()
+                .map(|tenant| (HeaderName::from_static(TENANT_HEADER), tenant.clone()))
+                .collect(),
         };
+        let config = websocket_config(self.mux.receive_window);
+        let (ws, _, server) = connect(url, &headers, config).await?;
         let session = Session::client_transport(WsByteStream::new(ws), self.mux.clone());
         Ok((session, server))
-    }
-}
-
-/// Piko's Go client waits this long for the WebSocket handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A handshake failure as Piko's Go client reports it: the JSON `error` of a non-101 answer
-/// when there is one, else the status text.
-fn handshake_error(err: tungstenite::Error) -> ConnectError {
-    match err {
-        tungstenite::Error::Http(response) => {
-            let status = response.status();
-            let json = response
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("application/json"));
-            let message = json
-                .then(|| response.body().as_deref())
-                .flatten()
-                .and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok())
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-                .unwrap_or_else(|| "websocket: bad handshake".to_owned());
-            ConnectError::Status {
-                status: status.as_u16(),
-                message,
-            }
-        }
-        tungstenite::Error::Io(err) => ConnectError::Transport(err),
-        other => ConnectError::Transport(std::io::Error::other(other)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ws_url_keeps_the_prefix_and_encodes_the_endpoint() {
-        let upstream = Upstream::new("http://piko.example.com:8001/base/");
-        assert_eq!(
-            upstream.ws_url("a b").unwrap().to_string(),
-            "ws://piko.example.com:8001/base/piko/v1/upstream/a%20b"
-        );
-        assert_eq!(
-            Upstream::new("http://localhost:8001")
-                .ws_url("e")
-                .unwrap()
-                .to_string(),
-            "ws://localhost:8001/piko/v1/upstream/e"
-        );
-        assert!(Upstream::new("ftp://x").ws_url("e").is_err());
-        assert!(Upstream::new("not a url").ws_url("e").is_err());
-    }
 
     #[test]
     fn retryable_statuses_are_piko_s() {

@@ -19,6 +19,8 @@
 //! - [`upstreams`]: the routing table (endpoint → upstream sessions, round-robin).
 //! - `proxy`: request routing and relaying on the proxy port (its access log is
 //!   [`piko_http::access_log`]).
+//! - `tcp_route`: the proxy port's TCP-over-WebSocket route.
+//! - `websocket_upgrade`: the server side of WebSocket handshakes, gorilla's way.
 //! - `admin`: `/health` and `/ready`.
 //! - `serve`: the accept loop shared by the ports; `connection_deadlines` and
 //!   `request_body_idle`: the header read, idle and no-progress limits of client connections.
@@ -30,8 +32,10 @@ pub mod proxy;
 mod request_body_idle;
 mod serve;
 mod server;
+mod tcp_route;
 pub mod upstream;
 pub mod upstreams;
+mod websocket_upgrade;
 
 pub use server::{Config, Server};
 pub use upstreams::Upstreams;

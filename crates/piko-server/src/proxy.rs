@@ -31,7 +31,7 @@ use piko_http::{
     access_log::{self, RequestRecord},
     hop_by_hop::{remove as remove_hop_by_hop, upgrade_protocol},
 };
-use piko_protocol::wire::{ENDPOINT_HEADER, FORWARD_HEADER, TCP_PATH};
+use piko_protocol::wire::{ENDPOINT_HEADER, FORWARD_HEADER};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
@@ -40,6 +40,7 @@ use crate::{
     json_error::{gin_error, proxy_error},
     request_body_idle::{IdleLimitedBody, caused_by_idle_body},
     serve::{Body, BoxError, set_write_stall_limit},
+    tcp_route::{self, Route},
     upstreams::Upstreams,
 };
 
@@ -110,10 +111,10 @@ impl Handler {
         mut request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
-        if request.method() == http::Method::GET && request.uri().path().starts_with(TCP_PATH) {
-            // TCP tunnels (`piko forward`, the SDK's Dialer) are not built yet; relaying their
-            // WebSocket to an HTTP upstream would only confuse it.
-            return proxy_error(StatusCode::NOT_IMPLEMENTED, "tcp tunnels not supported yet");
+        match tcp_route::route(request.method(), request.uri().path()) {
+            Route::Tunnel(endpoint) => return tcp_route::tunnel(&self, request, &endpoint).await,
+            Route::Redirect(location) => return tcp_route::redirect(&location),
+            Route::Http => {}
         }
         let Some(endpoint) = endpoint_id(&request) else {
             tracing::warn!(subsystem = "proxy", "request missing endpoint id");
@@ -227,7 +228,7 @@ impl Handler {
 
     /// A stream to an upstream of `endpoint`. An upstream that is going away (its GoAway not yet
     /// processed here) refuses the open before the request reached it, so the next one is tried.
-    async fn open_stream(
+    pub(crate) async fn open_stream(
         &self,
         endpoint: &str,
         deadline: Option<tokio::time::Instant>,

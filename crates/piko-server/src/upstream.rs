@@ -8,27 +8,22 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use base64::Engine;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::{rt::TokioIo, server::conn::auto::upgrade::downcast as downcast_upgrade};
+use hyper_util::rt::TokioIo;
 use piko_mux::Session;
 use piko_protocol::{
     WsByteStream, websocket_config,
     wire::{MAX_ENDPOINT_ID_LEN, TENANT_HEADER, UPSTREAM_PATH},
 };
-use tokio::net::TcpStream;
-use tokio_tungstenite::{
-    WebSocketStream,
-    tungstenite::{handshake::derive_accept_key, protocol::Role},
-};
+use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::Role};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    connection_deadlines::WatchedIo,
-    json_error::{full, gin_error, not_found},
-    serve::{Body, set_write_stall_limit},
+    json_error::{gin_error, not_found},
+    serve::Body,
     upstreams::Upstreams,
+    websocket_upgrade,
 };
 
 /// Settings of the upstream port.
@@ -62,7 +57,7 @@ impl Handler {
         request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
-        let Some(endpoint) = endpoint_from_path(request.uri().path()) else {
+        let Some(endpoint) = endpoint_from_path(request.uri().path(), UPSTREAM_PATH) else {
             return not_found();
         };
         if request.method() != Method::GET {
@@ -75,9 +70,9 @@ impl Handler {
             // Retryable for Go clients: they reconnect, through the balancer, to another node.
             return gin_error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
         }
-        let accept_key = match check_upgrade(request.headers()) {
+        let accept_key = match websocket_upgrade::check(request.headers()) {
             Ok(key) => key,
-            Err(status) => return upgrade_error(status),
+            Err(status) => return websocket_upgrade::rejection(status),
         };
         let tenant = request
             .headers()
@@ -100,15 +95,12 @@ impl Handler {
             // Closes of an upstream connection are abortive (zero linger, no close frame): a
             // v0.9.0 Go agent treats a clean close as its own shutdown and exits, but reconnects
             // after a reset (spec §5.7.2).
-            match downcast_upgrade::<TokioIo<WatchedIo<TcpStream>>>(upgraded) {
-                Ok(parts) => {
-                    let tcp = parts.io.into_inner().into_inner();
+            match websocket_upgrade::into_tcp(upgraded) {
+                Ok((tcp, read_buf)) => {
                     let _ = tcp.set_zero_linger();
-                    // The session's keep-alive pings judge its health from here on.
-                    set_write_stall_limit(&tcp, None);
                     let ws = WebSocketStream::from_partially_read(
                         tcp,
-                        parts.read_buf.to_vec(),
+                        read_buf.to_vec(),
                         Role::Server,
                         Some(ws_config),
                     )
@@ -127,16 +119,7 @@ impl Handler {
             }
         });
 
-        let mut response = Response::new(full(""));
-        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let headers = response.headers_mut();
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        headers.insert(
-            header::SEC_WEBSOCKET_ACCEPT,
-            HeaderValue::from_str(&accept_key).expect("base64 is a valid header value"),
-        );
-        response
+        websocket_upgrade::switching_protocols(&accept_key)
     }
 
     async fn start<S>(&self, ws: WebSocketStream<S>, endpoint: &str, client_ip: &str, tenant: &str)
@@ -204,9 +187,9 @@ async fn drain(session: &Session) {
     session.streams_closed().await;
 }
 
-/// The endpoint ID of an upstream path: exactly one non-empty, percent-decoded segment.
-fn endpoint_from_path(path: &str) -> Option<String> {
-    let segment = path.strip_prefix(UPSTREAM_PATH)?;
+/// The endpoint ID of a path under `prefix`: exactly one non-empty, percent-decoded segment.
+pub(crate) fn endpoint_from_path(path: &str, prefix: &str) -> Option<String> {
+    let segment = path.strip_prefix(prefix)?;
     if segment.is_empty() || segment.contains('/') {
         return None;
     }
@@ -214,67 +197,6 @@ fn endpoint_from_path(path: &str) -> Option<String> {
         .decode_utf8()
         .ok()?;
     Some(decoded.into_owned())
-}
-
-/// Whether a comma-separated header contains `token`, case-insensitively (RFC 7230 token lists).
-fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|value| {
-            value
-                .split(',')
-                .any(|item| item.trim().eq_ignore_ascii_case(token))
-        })
-}
-
-/// gorilla/websocket's upgrade checks, in its order; the `Sec-WebSocket-Accept` value on success.
-fn check_upgrade(headers: &HeaderMap) -> Result<String, StatusCode> {
-    if !has_token(headers, header::CONNECTION, "upgrade") {
-        return Err(StatusCode::BAD_REQUEST);
-    }
-    if !has_token(headers, header::UPGRADE, "websocket") {
-        return Err(StatusCode::BAD_REQUEST);
-    }
-    if !has_token(headers, header::SEC_WEBSOCKET_VERSION, "13") {
-        return Err(StatusCode::BAD_REQUEST);
-    }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let origin_host = origin
-            .to_str()
-            .ok()
-            .and_then(|o| o.parse::<http::Uri>().ok())
-            .and_then(|uri| uri.authority().map(|a| a.as_str().to_owned()));
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        match (origin_host, host) {
-            (Some(origin), Some(host)) if origin.eq_ignore_ascii_case(host) => {}
-            _ => return Err(StatusCode::FORBIDDEN),
-        }
-    }
-    let key = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .ok_or(StatusCode::BAD_REQUEST)?;
-    match base64::engine::general_purpose::STANDARD.decode(key.as_bytes()) {
-        Ok(decoded) if decoded.len() == 16 => Ok(derive_accept_key(key.as_bytes())),
-        _ => Err(StatusCode::BAD_REQUEST),
-    }
-}
-
-/// gorilla's rejection: the status text as a plain-text body, and the version it speaks.
-fn upgrade_error(status: StatusCode) -> Response<Body> {
-    let mut response = Response::new(full(status.canonical_reason().unwrap_or_default()));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(
-        header::SEC_WEBSOCKET_VERSION,
-        HeaderValue::from_static("13"),
-    );
-    response
 }
 
 /// The client IP Piko logs: `X-Forwarded-For`'s first entry, else `X-Real-IP`, else the peer.
@@ -296,6 +218,8 @@ fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> String {
 
 #[cfg(test)]
 mod tests {
+    use http::{HeaderValue, header};
+
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -309,75 +233,25 @@ mod tests {
         map
     }
 
-    const GOOD: &[(&str, &str)] = &[
-        ("host", "piko:8001"),
-        ("connection", "keep-alive, Upgrade"),
-        ("upgrade", "websocket"),
-        ("sec-websocket-version", "13"),
-        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-    ];
-
-    fn without(name: &str) -> Vec<(&'static str, &'static str)> {
-        GOOD.iter().copied().filter(|(n, _)| *n != name).collect()
-    }
-
-    #[test]
-    fn accepts_a_valid_upgrade() {
-        // RFC 6455's example key and accept value.
-        assert_eq!(
-            check_upgrade(&headers(GOOD)).unwrap(),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
-    }
-
-    #[test]
-    fn rejects_as_gorilla_does() {
-        assert_eq!(
-            check_upgrade(&headers(&without("connection"))),
-            Err(StatusCode::BAD_REQUEST)
-        );
-        assert_eq!(
-            check_upgrade(&headers(&without("upgrade"))),
-            Err(StatusCode::BAD_REQUEST)
-        );
-        assert_eq!(
-            check_upgrade(&headers(&without("sec-websocket-version"))),
-            Err(StatusCode::BAD_REQUEST)
-        );
-        assert_eq!(
-            check_upgrade(&headers(&without("sec-websocket-key"))),
-            Err(StatusCode::BAD_REQUEST)
-        );
-        let mut short_key = without("sec-websocket-key");
-        short_key.push(("sec-websocket-key", "c2hvcnQ="));
-        assert_eq!(
-            check_upgrade(&headers(&short_key)),
-            Err(StatusCode::BAD_REQUEST)
-        );
-        let mut foreign = GOOD.to_vec();
-        foreign.push(("origin", "https://evil.example.com"));
-        assert_eq!(
-            check_upgrade(&headers(&foreign)),
-            Err(StatusCode::FORBIDDEN)
-        );
-        let mut same = GOOD.to_vec();
-        same.push(("origin", "http://PIKO:8001"));
-        assert!(check_upgrade(&headers(&same)).is_ok());
-    }
-
     #[test]
     fn endpoint_is_one_decoded_segment() {
         assert_eq!(
-            endpoint_from_path("/piko/v1/upstream/my-endpoint").as_deref(),
+            endpoint_from_path("/piko/v1/upstream/my-endpoint", UPSTREAM_PATH).as_deref(),
             Some("my-endpoint")
         );
         assert_eq!(
-            endpoint_from_path("/piko/v1/upstream/a%20b").as_deref(),
+            endpoint_from_path("/piko/v1/upstream/a%20b", UPSTREAM_PATH).as_deref(),
             Some("a b")
         );
-        assert_eq!(endpoint_from_path("/piko/v1/upstream/"), None);
-        assert_eq!(endpoint_from_path("/piko/v1/upstream/a/b"), None);
-        assert_eq!(endpoint_from_path("/other"), None);
+        assert_eq!(
+            endpoint_from_path("/piko/v1/upstream/", UPSTREAM_PATH),
+            None
+        );
+        assert_eq!(
+            endpoint_from_path("/piko/v1/upstream/a/b", UPSTREAM_PATH),
+            None
+        );
+        assert_eq!(endpoint_from_path("/other", UPSTREAM_PATH), None);
     }
 
     #[test]

@@ -1,72 +1,21 @@
 //! A server node on real sockets, with SDK listeners as upstreams and raw HTTP/1.1 clients.
 
+mod common;
+
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
+
+use common::{start_node, start_node_with, wait_upstreams};
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use piko_server::{Config, Server, Upstreams};
+use piko_server::{Config, Server};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
-
-struct Node {
-    proxy: SocketAddr,
-    upstream: SocketAddr,
-    admin: SocketAddr,
-    upstreams: std::sync::Arc<Upstreams>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-async fn start_node() -> Node {
-    start_node_with(piko_server::proxy::Config::default()).await
-}
-
-async fn start_node_with(proxy: piko_server::proxy::Config) -> Node {
-    let config = Config {
-        proxy_bind_addr: "127.0.0.1:0".into(),
-        upstream_bind_addr: "127.0.0.1:0".into(),
-        admin_bind_addr: "127.0.0.1:0".into(),
-        proxy,
-        grace_period: Duration::from_secs(10),
-        ..Config::default()
-    };
-    let server = Server::bind(config).await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (proxy, upstream, admin) = (
-        server.proxy_addr(),
-        server.upstream_addr(),
-        server.admin_addr(),
-    );
-    let upstreams = server.upstreams();
-    let task = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
-    Node {
-        proxy,
-        upstream,
-        admin,
-        upstreams,
-        stop: Some(stop),
-        task,
-    }
-}
-
-/// Waits (bounded) until the node has `count` upstreams for `endpoint`.
-async fn wait_upstreams(node: &Node, endpoint: &str, count: usize) {
-    let mut changes = node.upstreams.subscribe();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        changes.wait_for(|_| node.upstreams.count(endpoint) == count),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{endpoint} never had {count} upstreams"))
-    .unwrap();
-}
 
 /// An upstream HTTP service on an SDK listener: answers every request with its own name, the
 /// request line, the headers it got and the request body.
@@ -227,11 +176,11 @@ async fn errors_are_piko_s() {
     assert_eq!(status, 400);
     assert_eq!(body, b"{\"error\":\"missing endpoint id\"}");
 
-    // TCP tunnels are not built yet: their route says so instead of reaching an HTTP upstream.
+    // The TCP route opens its stream before the upgrade: no upstream is a JSON 502.
     let (status, _, body) =
         raw_request(node.proxy, &get("localhost", "/_piko/v1/tcp/db", "")).await;
-    assert_eq!(status, 501);
-    assert_eq!(body, b"{\"error\":\"tcp tunnels not supported yet\"}\n");
+    assert_eq!(status, 502);
+    assert_eq!(body, b"{\"error\":\"no available upstreams\"}\n");
 
     // The upstream port's handshake checks (gorilla's statuses) and unknown routes.
     let upgrade = |extra: &str| {

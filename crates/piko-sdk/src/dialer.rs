@@ -1,0 +1,142 @@
+//! `Dialer`: a TCP-like connection to an endpoint, through a Piko server's proxy port.
+
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use http::HeaderName;
+use piko_protocol::{
+    WsByteStream, websocket_config,
+    wire::{HALF_CLOSE_HEADER, TCP_PATH},
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+
+use crate::{
+    error::ConnectError,
+    websocket_connect::{HandshakeHeaders, connect, ws_url},
+};
+
+/// Largest message a tunnel accepts from the server.
+const MAX_MESSAGE: u32 = 256 * 1024;
+
+/// Connects to endpoints through a Piko server's proxy port (`/_piko/v1/tcp/{endpoint}`), the
+/// way `piko forward` does: each connection reaches a new connection on an upstream of the
+/// endpoint (`piko agent tcp`, or a [`Listener`](crate::Listener)).
+///
+/// ```no_run
+/// # async fn example() -> Result<(), piko::ConnectError> {
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+///
+/// let dialer = piko::Dialer::new("http://localhost:8000");
+/// let mut conn = dialer.dial("my-redis").await?;
+/// conn.write_all(b"PING\r\n").await?;
+/// let mut reply = [0u8; 7];
+/// conn.read_exact(&mut reply).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Dialer {
+    url: String,
+    token: Option<String>,
+}
+
+impl Dialer {
+    /// The server's proxy-port URL (`http://host:port`, optionally with a path prefix).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            token: None,
+        }
+    }
+
+    /// Sends `Authorization: Bearer <token>` when dialing.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Opens a connection to `endpoint`. One attempt, bounded by a 60 s handshake timeout (bound
+    /// it further with `tokio::time::timeout`).
+    ///
+    /// # Errors
+    /// `502: no available upstreams` when the endpoint has no upstream, `401: ...` when the
+    /// token is refused, or the transport's error.
+    pub async fn dial(&self, endpoint: &str) -> Result<TcpTunnel, ConnectError> {
+        let url = ws_url(&self.url, TCP_PATH, endpoint)?;
+        let headers = HandshakeHeaders {
+            token: self.token.clone(),
+            extra: vec![(HeaderName::from_static(HALF_CLOSE_HEADER), "1".into())],
+        };
+        let (ws, response, server) = connect(url, &headers, websocket_config(MAX_MESSAGE)).await?;
+        // A Piko server does not know half-close: then, as with Piko, the first direction to end
+        // ends both.
+        let stream = if response.headers().contains_key(HALF_CLOSE_HEADER) {
+            WsByteStream::with_half_close(ws)
+        } else {
+            WsByteStream::new(ws)
+        };
+        Ok(TcpTunnel { stream, server })
+    }
+}
+
+/// A connection to an endpoint opened by [`Dialer::dial`]. Message boundaries mean nothing: it is
+/// a byte stream. Shutting it down ends this direction only (the reply can still be read) when
+/// the server supports half-close, as piko servers do.
+#[derive(Debug)]
+pub struct TcpTunnel {
+    stream: WsByteStream<TcpStream>,
+    server: SocketAddr,
+}
+
+impl TcpTunnel {
+    /// The server's address.
+    pub fn server_addr(&self) -> SocketAddr {
+        self.server
+    }
+}
+
+impl AsyncRead for TcpTunnel {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TcpTunnel {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}

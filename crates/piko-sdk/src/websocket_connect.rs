@@ -1,0 +1,154 @@
+//! Opening a WebSocket to a Piko server: URL, TCP, handshake, and errors reported the way Piko's
+//! Go client reports them. Shared by [`Upstream`](crate::Upstream) (upstream port) and
+//! [`Dialer`](crate::Dialer) (proxy port).
+
+use std::{net::SocketAddr, time::Duration};
+
+use http::{HeaderName, HeaderValue, header};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{self, client::IntoClientRequest, handshake::client::Response},
+};
+
+use crate::error::ConnectError;
+
+/// Piko's Go client waits this long for the WebSocket handshake.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The WebSocket URL of `endpoint` under `route` on the server at `base`: `http` becomes `ws`,
+/// a path prefix of `base` is kept, the endpoint is percent-encoded.
+pub(crate) fn ws_url(base: &str, route: &str, endpoint: &str) -> Result<http::Uri, ConnectError> {
+    let uri: http::Uri = base
+        .parse()
+        .map_err(|err| ConnectError::Url(format!("{base}: {err}")))?;
+    let scheme = match uri.scheme_str() {
+        Some("http" | "ws") => "ws",
+        Some("https" | "wss") => {
+            return Err(ConnectError::Url(format!(
+                "{base}: TLS is not supported yet"
+            )));
+        }
+        _ => {
+            return Err(ConnectError::Url(format!(
+                "{base}: scheme must be http or https"
+            )));
+        }
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| ConnectError::Url(format!("{base}: missing host")))?;
+    let prefix = uri.path().trim_end_matches('/');
+    let endpoint =
+        percent_encoding::utf8_percent_encode(endpoint, percent_encoding::NON_ALPHANUMERIC);
+    format!("{scheme}://{authority}{prefix}{route}{endpoint}")
+        .parse()
+        .map_err(|err| ConnectError::Url(format!("{base}: {err}")))
+}
+
+/// Headers of a handshake: the bearer token and any others.
+#[derive(Debug, Default)]
+pub(crate) struct HandshakeHeaders {
+    pub(crate) token: Option<String>,
+    pub(crate) extra: Vec<(HeaderName, String)>,
+}
+
+/// One attempt: TCP, then the WebSocket handshake, each bounded by [`HANDSHAKE_TIMEOUT`]. Returns
+/// the connection, the server's `101` and its address.
+pub(crate) async fn connect(
+    url: http::Uri,
+    headers: &HandshakeHeaders,
+    config: tungstenite::protocol::WebSocketConfig,
+) -> Result<(WebSocketStream<TcpStream>, Response, SocketAddr), ConnectError> {
+    let authority = url.authority().expect("ws_url has an authority");
+    let port = authority.port_u16().unwrap_or(80);
+    let tcp = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        // `[::1]` in a URL is `::1` to the resolver.
+        TcpStream::connect((
+            authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']'),
+            port,
+        )),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = tcp.set_nodelay(true);
+    let server = tcp.peer_addr()?;
+    let mut request = url
+        .into_client_request()
+        .map_err(|err| ConnectError::Url(err.to_string()))?;
+    let request_headers = request.headers_mut();
+    if let Some(token) = &headers.token {
+        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| ConnectError::Url("token is not a valid header value".into()))?;
+        request_headers.insert(header::AUTHORIZATION, value);
+    }
+    for (name, value) in &headers.extra {
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| ConnectError::Url(format!("{name} is not a valid header value")))?;
+        request_headers.insert(name.clone(), value);
+    }
+    let handshake = tokio_tungstenite::client_async_with_config(request, tcp, Some(config));
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok((ws, response))) => Ok((ws, response, server)),
+        Ok(Err(err)) => Err(handshake_error(err)),
+        Err(_) => {
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out").into())
+        }
+    }
+}
+
+/// A handshake failure as Piko's Go client reports it: the JSON `error` of a non-101 answer
+/// when there is one, else the status text.
+fn handshake_error(err: tungstenite::Error) -> ConnectError {
+    match err {
+        tungstenite::Error::Http(response) => {
+            let status = response.status();
+            let json = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/json"));
+            let message = json
+                .then(|| response.body().as_deref())
+                .flatten()
+                .and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok())
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| "websocket: bad handshake".to_owned());
+            ConnectError::Status {
+                status: status.as_u16(),
+                message,
+            }
+        }
+        tungstenite::Error::Io(err) => ConnectError::Transport(err),
+        other => ConnectError::Transport(std::io::Error::other(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use piko_protocol::wire::{TCP_PATH, UPSTREAM_PATH};
+
+    use super::*;
+
+    #[test]
+    fn ws_url_keeps_the_prefix_and_encodes_the_endpoint() {
+        assert_eq!(
+            ws_url("http://piko.example.com:8001/base/", UPSTREAM_PATH, "a b")
+                .unwrap()
+                .to_string(),
+            "ws://piko.example.com:8001/base/piko/v1/upstream/a%20b"
+        );
+        assert_eq!(
+            ws_url("http://localhost:8000", TCP_PATH, "e")
+                .unwrap()
+                .to_string(),
+            "ws://localhost:8000/_piko/v1/tcp/e"
+        );
+        assert!(ws_url("ftp://x", UPSTREAM_PATH, "e").is_err());
+        assert!(ws_url("not a url", UPSTREAM_PATH, "e").is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! The proxy port's TCP route (spec §4.1): `GET /_piko/v1/tcp/{endpoint}` becomes a WebSocket
+//! whose bytes are relayed to a new stream on an upstream of the endpoint. `piko forward` and the
+//! SDK's `Dialer` use it, since raw TCP has nowhere to name an endpoint.
+//!
+//! - The stream is opened before the upgrade, so a client learns that the endpoint has no
+//!   upstream from a `502` with Piko's JSON error rather than from a closed tunnel.
+//! - A client that asks for half-close (ours do, with
+//!   [`HALF_CLOSE_HEADER`](piko_protocol::wire::HALF_CLOSE_HEADER)) gets each direction ended on
+//!   its own: a client's FIN reaches the service as a FIN and the reply still comes back. Go
+//!   clients get Piko's behaviour: the first direction to end closes both.
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use piko_protocol::{
+    WsByteStream, websocket_config,
+    wire::{HALF_CLOSE_HEADER, MAX_ENDPOINT_ID_LEN, TCP_PATH},
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::Role};
+
+use crate::{
+    json_error::{full, gin_error},
+    proxy::Handler,
+    serve::Body,
+    upstream::endpoint_from_path,
+    websocket_upgrade,
+};
+
+/// Largest message accepted from a tunnel's client: our clients write up to 256 KiB per
+/// message, Go's up to 32 KiB.
+const MAX_MESSAGE: u32 = 256 * 1024;
+
+/// What the proxy port does with a request, as far as the TCP route is concerned.
+pub(crate) enum Route {
+    /// A tunnel to this endpoint.
+    Tunnel(String),
+    /// The route with a trailing slash: redirected without it, as Piko's router does.
+    Redirect(String),
+    /// Not the TCP route: an HTTP request to proxy.
+    Http,
+}
+
+/// Routes only `GET` with exactly one segment after the prefix; every other request, other
+/// methods included, is proxied as HTTP (spec §3.1).
+pub(crate) fn route(method: &Method, path: &str) -> Route {
+    if method != Method::GET || !path.starts_with(TCP_PATH) {
+        return Route::Http;
+    }
+    if let Some(endpoint) = endpoint_from_path(path, TCP_PATH) {
+        return Route::Tunnel(endpoint);
+    }
+    match path.strip_suffix('/') {
+        Some(trimmed) if endpoint_from_path(trimmed, TCP_PATH).is_some() => {
+            Route::Redirect(trimmed.to_owned())
+        }
+        _ => Route::Http,
+    }
+}
+
+pub(crate) fn redirect(location: &str) -> Response<Body> {
+    let mut response = Response::new(full(format!(
+        "<a href=\"{location}\">Moved Permanently</a>.\n\n"
+    )));
+    *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if let Ok(location) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// Opens a stream to an upstream of `endpoint`, upgrades the client and relays between them.
+pub(crate) async fn tunnel(
+    handler: &Handler,
+    request: Request<Incoming>,
+    endpoint: &str,
+) -> Response<Body> {
+    if endpoint.len() > MAX_ENDPOINT_ID_LEN {
+        return gin_error(StatusCode::BAD_REQUEST, "endpoint id too long");
+    }
+    let deadline = handler
+        .config
+        .timeout
+        .map(|limit| tokio::time::Instant::now() + limit);
+    let stream = match handler.open_stream(endpoint, deadline).await {
+        Ok(stream) => stream,
+        Err(response) => return response,
+    };
+    // A refused handshake drops the stream, which resets it: the upstream sees nothing.
+    let accept_key = match websocket_upgrade::check(request.headers()) {
+        Ok(key) => key,
+        Err(status) => return websocket_upgrade::rejection(status),
+    };
+    let half_close = request.headers().contains_key(HALF_CLOSE_HEADER);
+    let upgrade = hyper::upgrade::on(request);
+    handler.exchanges.spawn(async move {
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let config = Some(websocket_config(MAX_MESSAGE));
+        match websocket_upgrade::into_tcp(upgraded) {
+            Ok((tcp, read_buf)) => {
+                let ws = WebSocketStream::from_partially_read(
+                    tcp,
+                    read_buf.to_vec(),
+                    Role::Server,
+                    config,
+                )
+                .await;
+                relay(ws, stream, half_close).await;
+            }
+            Err(upgraded) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, config)
+                        .await;
+                relay(ws, stream, half_close).await;
+            }
+        }
+    });
+    let mut response = websocket_upgrade::switching_protocols(&accept_key);
+    if half_close {
+        response
+            .headers_mut()
+            .insert(HALF_CLOSE_HEADER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// Copies bytes both ways until the tunnel is over. The client's socket is then closed without a
+/// close frame, as Piko's peers do (spec §4.2).
+async fn relay<S>(ws: WebSocketStream<S>, mut stream: piko_mux::Stream, half_close: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if half_close {
+        let mut ws = WsByteStream::with_half_close(ws);
+        let _ = tokio::io::copy_bidirectional(&mut ws, &mut stream).await;
+        return;
+    }
+    let (mut client_read, mut client_write) = tokio::io::split(WsByteStream::new(ws));
+    let (mut upstream_read, mut upstream_write) = tokio::io::split(stream);
+    tokio::select! {
+        _ = tokio::io::copy(&mut client_read, &mut upstream_write) => {}
+        _ = tokio::io::copy(&mut upstream_read, &mut client_write) => {}
+    }
+    // The upstream gets a FIN rather than a reset, so it may still flush what it was writing.
+    let _ = upstream_write.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_get_with_one_segment_is_a_tunnel() {
+        let get = Method::GET;
+        assert!(matches!(route(&get, "/_piko/v1/tcp/db"), Route::Tunnel(e) if e == "db"));
+        assert!(matches!(route(&get, "/_piko/v1/tcp/a%2Fb"), Route::Tunnel(e) if e == "a/b"));
+        assert!(
+            matches!(route(&get, "/_piko/v1/tcp/db/"), Route::Redirect(l) if l == "/_piko/v1/tcp/db")
+        );
+        for path in [
+            "/_piko/v1/tcp/",
+            "/_piko/v1/tcp/a/b",
+            "/_piko/v1/other",
+            "/db",
+        ] {
+            assert!(matches!(route(&get, path), Route::Http), "{path}");
+        }
+        assert!(matches!(
+            route(&Method::POST, "/_piko/v1/tcp/db"),
+            Route::Http
+        ));
+    }
+}
