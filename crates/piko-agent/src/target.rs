@@ -13,6 +13,12 @@ pub struct Target {
 #[error("invalid addr: {0}")]
 pub struct InvalidAddr(String);
 
+impl InvalidAddr {
+    pub(crate) fn new(addr: &str) -> Self {
+        Self(addr.to_owned())
+    }
+}
+
 impl Target {
     /// Parses an HTTP listener address: a port (`3000` → `http://localhost:3000`), a URL with a
     /// scheme and host (kept as is, path prefix included), or `host:port`.

@@ -3,11 +3,15 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use piko_agent::{ClientTls, HttpConfig, Target};
+use piko_agent::{ClientTls, HttpConfig, Target, TcpConfig, tcp_addr};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::{access_log_config, config_file, duration, logging, signal};
+use crate::{
+    access_log_config,
+    common_flags::{ConfigFlags, LogFlags},
+    config_file, duration, signal,
+};
 
 /// Subsystem of the agent's access-log records.
 const AGENT_ACCESS_LOG: &str = "proxy.http.access";
@@ -18,18 +22,16 @@ pub(crate) enum Command {
     Start(Shared),
     /// Forward an endpoint's HTTP traffic to a local service: `piko agent http <endpoint> <addr>`.
     Http(HttpArgs),
+    /// Forward an endpoint's TCP connections to a local port: `piko agent tcp <endpoint> <addr>`.
+    Tcp(TcpArgs),
 }
 
 /// Flags every agent command shares. A flag given overrides the config file, which overrides
 /// the default.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Shared {
-    /// YAML config file (Piko's format).
-    #[arg(long = "config.path")]
-    config_path: Option<PathBuf>,
-    /// Expand `$VAR`, `${VAR}` and `${VAR:default}` in the config file.
-    #[arg(long = "config.expand-env", num_args = 0..=1, default_missing_value = "true")]
-    config_expand_env: Option<bool>,
+    #[command(flatten)]
+    config: ConfigFlags,
     /// The server's upstream-port URL [default: http://localhost:8001].
     #[arg(long = "connect.url")]
     url: Option<String>,
@@ -39,16 +41,8 @@ pub(crate) struct Shared {
     /// Deadline for each listener's first connection, retries included [default: 30s].
     #[arg(long = "connect.timeout", value_parser = duration::parse)]
     timeout: Option<Duration>,
-    /// Minimum level logged: debug, info, warn or error [default: info].
-    #[arg(long = "log.level")]
-    log_level: Option<String>,
-    /// Subsystems logged at every level whatever `--log.level` says (exact names, such as
-    /// `proxy.http`); comma-separated, repeatable.
-    #[arg(long = "log.subsystems", value_delimiter = ',')]
-    log_subsystems: Vec<String>,
-    /// Log line format: Piko's JSON lines, or text for reading in a terminal.
-    #[arg(long = "log.format", value_enum, default_value = "json")]
-    log_format: logging::Format,
+    #[command(flatten)]
+    log: LogFlags,
     /// Longest a graceful shutdown may take [default: 1m].
     #[arg(long = "grace-period", value_parser = duration::parse)]
     grace_period: Option<Duration>,
@@ -85,10 +79,50 @@ pub(crate) struct HttpArgs {
     shared: Shared,
 }
 
+#[derive(Debug, clap::Args)]
+pub(crate) struct TcpArgs {
+    /// The endpoint to serve.
+    endpoint: String,
+    /// The local service: a port (`6379`) or `host:port`.
+    addr: String,
+    /// Timeout to connect to the local service [default: 10s].
+    #[arg(long = "timeout", value_parser = duration::parse)]
+    dial_timeout: Option<Duration>,
+    /// Accepted for Piko's sake: TCP connections are logged at info, or at debug when disabled.
+    #[arg(long = "access-log.level")]
+    access_log_level: Option<String>,
+    /// Log connections at debug rather than info.
+    #[arg(long = "access-log.disable", num_args = 0..=1, default_missing_value = "true")]
+    access_log_disable: Option<bool>,
+    #[command(flatten)]
+    shared: Shared,
+}
+
 /// One listener to run.
 struct ListenerSpec {
     endpoint: String,
-    http: HttpConfig,
+    kind: ListenerKind,
+}
+
+enum ListenerKind {
+    Http(Box<HttpConfig>),
+    Tcp(TcpConfig),
+}
+
+/// A listener given on the command line, replacing the file's.
+enum FromCommand {
+    Http {
+        endpoint: String,
+        addr: String,
+        timeout: Option<Duration>,
+        access_log: access_log_config::Overrides,
+    },
+    Tcp {
+        endpoint: String,
+        addr: String,
+        timeout: Option<Duration>,
+        access_log_disable: bool,
+    },
 }
 
 fn listener_from_file(entry: &config_file::Listener) -> anyhow::Result<ListenerSpec> {
@@ -101,17 +135,28 @@ fn listener_from_file(entry: &config_file::Listener) -> anyhow::Result<ListenerS
         .as_deref()
         .filter(|a| !a.is_empty())
         .ok_or_else(|| fail("missing addr"))?;
-    match entry.protocol.as_deref().unwrap_or("http") {
-        "http" => {}
-        "tcp" => return Err(fail("tcp listeners: not supported yet")),
+    let tcp = match entry.protocol.as_deref().unwrap_or("http") {
+        "http" => false,
+        "tcp" => true,
         _ => return Err(fail("unsupported protocol")),
-    }
+    };
     // Piko requires a timeout in files (no default there), and so do we.
     let timeout = entry
         .timeout
         .map(|t| t.0)
         .filter(|t| !t.is_zero())
         .ok_or_else(|| fail("missing timeout"))?;
+    if tcp {
+        let addr = tcp_addr(addr).map_err(|err| fail(&err.to_string()))?;
+        return Ok(ListenerSpec {
+            endpoint,
+            kind: ListenerKind::Tcp(TcpConfig {
+                addr,
+                timeout,
+                access_log: !entry.access_log.disable.unwrap_or(false),
+            }),
+        });
+    }
     let target = Target::parse(addr).map_err(|err| fail(&err.to_string()))?;
     let nonempty = |v: &Option<String>| v.clone().filter(|v| !v.is_empty()).map(PathBuf::from);
     let tls = ClientTls {
@@ -156,10 +201,14 @@ fn listener_from_file(entry: &config_file::Listener) -> anyhow::Result<ListenerS
         Some(n) if n > 0 => http.max_idle_conns = n as usize,
         _ => {}
     }
-    Ok(ListenerSpec { endpoint, http })
+    Ok(ListenerSpec {
+        endpoint,
+        kind: ListenerKind::Http(Box::new(http)),
+    })
 }
 
 pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
+    let mut signals = signal::Signals::install();
     let (shared, from_command) = match command {
         Command::Start(shared) => (shared, None),
         Command::Http(HttpArgs {
@@ -182,13 +231,32 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
                 response_allow,
                 response_block,
             };
-            (shared, Some((endpoint, addr, request_timeout, access_log)))
+            let listener = FromCommand::Http {
+                endpoint,
+                addr,
+                timeout: request_timeout,
+                access_log,
+            };
+            (shared, Some(listener))
+        }
+        Command::Tcp(TcpArgs {
+            endpoint,
+            addr,
+            dial_timeout,
+            access_log_level: _,
+            access_log_disable,
+            shared,
+        }) => {
+            let listener = FromCommand::Tcp {
+                endpoint,
+                addr,
+                timeout: dial_timeout,
+                access_log_disable: access_log_disable.unwrap_or(false),
+            };
+            (shared, Some(listener))
         }
     };
-    let file: config_file::AgentFile = match &shared.config_path {
-        Some(path) => config_file::load(path, shared.config_expand_env.unwrap_or(false))?,
-        None => config_file::AgentFile::default(),
-    };
+    let file: config_file::AgentFile = shared.config.load()?;
     let ignored = file.check().context("config")?;
     let url = shared
         .url
@@ -215,12 +283,18 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
     if grace_period.is_zero() {
         anyhow::bail!("config: missing grace period");
     }
-    // `agent http` replaces the file's listeners with its own (validated, unlike Piko's).
+    // `agent http` and `agent tcp` replace the file's listeners with their own (validated,
+    // unlike Piko's).
     let listeners = match from_command {
-        Some((endpoint, addr, request_timeout, access_log)) => {
+        Some(FromCommand::Http {
+            endpoint,
+            addr,
+            timeout,
+            access_log,
+        }) => {
             let target =
                 Target::parse(&addr).with_context(|| format!("config: listener: {endpoint}"))?;
-            let timeout = request_timeout.unwrap_or(Duration::from_secs(10));
+            let timeout = timeout.unwrap_or(Duration::from_secs(10));
             let context = format!("listener: {endpoint}");
             let access_log = access_log_config::build(
                 &config_file::AccessLog::default(),
@@ -230,11 +304,27 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
             )?;
             vec![ListenerSpec {
                 endpoint,
-                http: HttpConfig {
+                kind: ListenerKind::Http(Box::new(HttpConfig {
                     timeout,
                     access_log,
                     ..HttpConfig::new(target)
-                },
+                })),
+            }]
+        }
+        Some(FromCommand::Tcp {
+            endpoint,
+            addr,
+            timeout,
+            access_log_disable,
+        }) => {
+            let addr = tcp_addr(&addr).with_context(|| format!("config: listener: {endpoint}"))?;
+            vec![ListenerSpec {
+                endpoint,
+                kind: ListenerKind::Tcp(TcpConfig {
+                    addr,
+                    timeout: timeout.unwrap_or(Duration::from_secs(10)),
+                    access_log: !access_log_disable,
+                }),
             }]
         }
         None => file
@@ -247,15 +337,9 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
     if listeners.is_empty() {
         anyhow::bail!("no listeners configured");
     }
-    let log_format = shared.log_format;
-    let log_level = shared
-        .log_level
-        .or(file.log.level)
-        .unwrap_or_else(|| "info".into());
-    let log_subsystems = logging::subsystems(shared.log_subsystems, file.log.subsystems.clone());
-    logging::init(&log_level, log_subsystems, log_format)
-        .map_err(|err| anyhow::anyhow!("config: log: {err}"))?;
+    shared.log.init(&file.log)?;
     tracing::info!(version = crate::VERSION, "starting piko agent");
+    crate::open_files::raise_limit();
     for key in ignored {
         tracing::warn!(key, "config key not supported yet; ignored");
     }
@@ -285,13 +369,18 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
     let mut serving = JoinSet::new();
     while let Some(connected) = connecting.join_next().await {
         let (listener, spec) = connected.context("listener task")??;
-        serving.spawn(piko_agent::serve_http(listener, spec.http, stop.clone()));
+        match spec.kind {
+            ListenerKind::Http(config) => {
+                serving.spawn(piko_agent::serve_http(listener, *config, stop.clone()))
+            }
+            ListenerKind::Tcp(config) => {
+                serving.spawn(piko_agent::serve_tcp(listener, config, stop.clone()))
+            }
+        };
     }
 
     // Run until a signal, or until every listener has stopped (each failure is logged; the
     // agent fails only when none is left).
-    // Created once: a signal arriving between loop turns is not lost.
-    let mut shutdown = std::pin::pin!(signal::shutdown());
     let mut failed = false;
     loop {
         tokio::select! {
@@ -307,7 +396,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
                     failed = true;
                 }
             },
-            signal = &mut shutdown => {
+            signal = signals.recv() => {
                 tracing::info!(signal, "received shutdown signal");
                 stop.cancel();
                 if tokio::time::timeout(grace_period, async { while serving.join_next().await.is_some() {} }).await.is_err() {

@@ -357,6 +357,41 @@ impl AgentFile {
     }
 }
 
+// ---- forward ---------------------------------------------------------------------------------
+
+/// `piko forward`'s file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ForwardFile {
+    pub(crate) connect: ForwardConnect,
+    pub(crate) ports: Option<Vec<ForwardPort>>,
+    pub(crate) log: Log,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ForwardConnect {
+    pub(crate) url: Option<String>,
+    pub(crate) token: Option<String>,
+    pub(crate) timeout: Option<GoDuration>,
+    tls: ClientTls,
+}
+
+/// One `ports:` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ForwardPort {
+    pub(crate) addr: Option<String>,
+    pub(crate) endpoint_id: Option<String>,
+}
+
+impl ForwardFile {
+    /// Refuses what must not be ignored.
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
+        refuse("connect.tls", self.connect.tls.enabled())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,5 +539,36 @@ grace_period: 1m
         assert_eq!(listeners[0].endpoint_id.as_deref(), Some("my-api"));
         assert_eq!(listeners[0].timeout.unwrap().0, Duration::from_secs(30));
         assert!(file.check().unwrap().is_empty());
+    }
+
+    #[test]
+    fn piko_s_forward_file_loads() {
+        let text = r#"
+connect:
+  url: http://localhost:8000
+  token: ""
+  timeout: 30s
+  tls:
+    cert: ""
+    key: ""
+    root_cas: ""
+    insecure_skip_verify: false
+ports:
+  - addr: "3000"
+    endpoint_id: my-endpoint
+log:
+  level: info
+  subsystems: []
+"#;
+        let file: ForwardFile = serde_saphyr::from_str(text).unwrap();
+        let ports = file.ports.as_ref().unwrap();
+        assert_eq!(ports[0].endpoint_id.as_deref(), Some("my-endpoint"));
+        assert!(file.check().is_ok());
+        let file: ForwardFile =
+            serde_saphyr::from_str("connect:\n  tls:\n    root_cas: /ca.pem\n").unwrap();
+        assert_eq!(
+            file.check().unwrap_err().to_string(),
+            "connect.tls: not supported yet"
+        );
     }
 }

@@ -45,16 +45,6 @@ pub(crate) fn init(level: &str, subsystems: Vec<String>, format: Format) -> Resu
         .map_err(|err| err.to_string())
 }
 
-/// `--log.subsystems` when given (a list flag cannot be told apart from its empty default
-/// otherwise), else the file's `log.subsystems`.
-pub(crate) fn subsystems(flag: Vec<String>, file: Option<Vec<String>>) -> Vec<String> {
-    if flag.is_empty() {
-        file.unwrap_or_default()
-    } else {
-        flag
-    }
-}
-
 struct Lines {
     level: Level,
     subsystems: Vec<String>,

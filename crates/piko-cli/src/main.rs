@@ -3,10 +3,13 @@
 
 mod access_log_config;
 mod agent;
+mod common_flags;
 mod config_file;
 mod duration;
 mod expand_env;
+mod forward;
 mod logging;
+mod open_files;
 mod server;
 mod signal;
 
@@ -39,6 +42,9 @@ enum Command {
     /// Register endpoints with a server and forward their traffic to local services.
     #[command(subcommand)]
     Agent(agent::Command),
+    /// Forward local TCP ports to endpoints, through a server's proxy port.
+    #[command(subcommand)]
+    Forward(forward::Command),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +72,7 @@ fn main() -> ExitCode {
         match command {
             Command::Server(args) => server::run(args).await,
             Command::Agent(command) => agent::run(command).await,
+            Command::Forward(command) => forward::run(command).await,
         }
     });
     match result {

@@ -1,22 +1,22 @@
 //! `piko server`.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use piko_server::{Config, Server};
 
-use crate::{access_log_config, config_file, duration, logging, signal};
+use crate::{
+    access_log_config,
+    common_flags::{ConfigFlags, LogFlags},
+    config_file, duration, signal,
+};
 
 /// Flags of `piko server`: Piko's names; a flag given overrides the config file, which overrides
 /// the default.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// YAML config file (Piko's format).
-    #[arg(long = "config.path")]
-    config_path: Option<PathBuf>,
-    /// Expand `$VAR`, `${VAR}` and `${VAR:default}` in the config file.
-    #[arg(long = "config.expand-env", num_args = 0..=1, default_missing_value = "true")]
-    config_expand_env: Option<bool>,
+    #[command(flatten)]
+    config: ConfigFlags,
     /// Address the proxy port listens on (`host:port`; an empty host is every interface)
     /// [default: :8000].
     #[arg(long = "proxy.bind-addr")]
@@ -81,16 +81,8 @@ pub(crate) struct Args {
     /// Longest a graceful shutdown may take [default: 1m].
     #[arg(long = "grace-period", value_parser = duration::parse)]
     grace_period: Option<Duration>,
-    /// Minimum level logged: debug, info, warn or error [default: info].
-    #[arg(long = "log.level")]
-    log_level: Option<String>,
-    /// Subsystems logged at every level whatever `--log.level` says (exact names, such as
-    /// `proxy.http`); comma-separated, repeatable.
-    #[arg(long = "log.subsystems", value_delimiter = ',')]
-    log_subsystems: Vec<String>,
-    /// Log line format: Piko's JSON lines, or text for reading in a terminal.
-    #[arg(long = "log.format", value_enum, default_value = "json")]
-    log_format: logging::Format,
+    #[command(flatten)]
+    log: LogFlags,
 }
 
 /// A flag, else the file's value, else the default; zero means none (Piko's "0 disables").
@@ -116,10 +108,8 @@ fn node_id() -> String {
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let file: config_file::ServerFile = match &args.config_path {
-        Some(path) => config_file::load(path, args.config_expand_env.unwrap_or(false))?,
-        None => config_file::ServerFile::default(),
-    };
+    let signals = signal::Signals::install();
+    let file: config_file::ServerFile = args.config.load()?;
     let ignored = file.check().context("config")?;
     let defaults = Config::default();
     let grace_period = args
@@ -202,14 +192,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             anyhow::bail!("config: {name}: missing bind addr");
         }
     }
-    let log_format = args.log_format;
-    let log_level = args
-        .log_level
-        .or(file.log.level)
-        .unwrap_or_else(|| "info".into());
-    let log_subsystems = logging::subsystems(args.log_subsystems, file.log.subsystems.clone());
-    logging::init(&log_level, log_subsystems, log_format)
-        .map_err(|err| anyhow::anyhow!("config: log: {err}"))?;
+    args.log.init(&file.log)?;
     tracing::info!(subsystem = "server", node_id = %node_id(), version = crate::VERSION, "starting piko server");
     for key in ignored {
         tracing::warn!(
@@ -218,29 +201,19 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             "config key not supported yet; ignored"
         );
     }
-    raise_open_file_limit();
+    crate::open_files::raise_limit();
     let server = Server::bind(config).await.context("bind")?;
-    server.run(shutdown_requested()).await;
+    server.run(shutdown_requested(signals)).await;
     Ok(())
 }
 
 /// Resolves at the first SIGINT or SIGTERM; a second one exits at once, without draining.
-async fn shutdown_requested() {
-    let signal = signal::shutdown().await;
+async fn shutdown_requested(mut signals: signal::Signals) {
+    let signal = signals.recv().await;
     tracing::info!(signal, "received shutdown signal");
-    tokio::spawn(async {
-        let signal = signal::shutdown().await;
+    tokio::spawn(async move {
+        let signal = signals.recv().await;
         tracing::warn!(signal, "received second shutdown signal; exiting now");
         std::process::exit(1);
     });
-}
-
-/// Each upstream and each proxied connection holds a descriptor: take the hard limit.
-fn raise_open_file_limit() {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::info!(subsystem = "server", limit, "open file limit"),
-        Err(err) => {
-            tracing::warn!(subsystem = "server", error = %err, "failed to raise open file limit")
-        }
-    }
 }

@@ -1,18 +1,36 @@
 //! SIGINT and SIGTERM, the signals a terminal and an orchestrator send to stop a process.
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
-/// Resolves at the first SIGINT or SIGTERM, with the signal's name.
-pub(crate) async fn shutdown() -> &'static str {
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        // Without signal handlers the process can still be killed; it just cannot drain.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = interrupt.recv() => "interrupt",
-        _ = terminate.recv() => "terminated",
+/// SIGINT and SIGTERM, caught from the moment this is made: made first thing, so a signal that
+/// arrives while the process is still starting drains it rather than killing it outright.
+#[derive(Debug)]
+pub(crate) struct Signals {
+    handlers: Option<(Signal, Signal)>,
+}
+
+impl Signals {
+    /// Installs the handlers. Must run inside the runtime.
+    pub(crate) fn install() -> Self {
+        let handlers = match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(interrupt), Ok(terminate)) => Some((interrupt, terminate)),
+            // Without handlers the process can still be killed; it just cannot drain.
+            _ => None,
+        };
+        Self { handlers }
+    }
+
+    /// The next SIGINT or SIGTERM, by name.
+    pub(crate) async fn recv(&mut self) -> &'static str {
+        let Some((interrupt, terminate)) = &mut self.handlers else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = interrupt.recv() => "interrupt",
+            _ = terminate.recv() => "terminated",
+        }
     }
 }

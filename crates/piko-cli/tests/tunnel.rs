@@ -1,85 +1,18 @@
 //! The `piko` binary end to end: a server process, an agent process in front of a local HTTP
 //! service, and curl as the client.
 
-use std::{net::SocketAddr, process::Stdio, time::Duration};
+mod common;
+
+use std::{net::SocketAddr, process::Stdio};
+
+use common::{PATIENCE, Process, TempFile, peak_rss_kib, start_server};
 
 use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::TcpListener,
-    process::{Child, Command},
-    sync::mpsc,
+    process::Command,
 };
-
-const PATIENCE: Duration = Duration::from_secs(20);
-
-/// A child `piko` process whose JSON log lines are collected as they come.
-struct Process {
-    child: Child,
-    logs: mpsc::UnboundedReceiver<Value>,
-}
-
-impl Process {
-    fn start(args: &[&str]) -> Self {
-        Self::start_with_env(args, &[])
-    }
-
-    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_piko"))
-            .args(args)
-            .envs(env.iter().copied())
-            .stderr(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start piko");
-        let (tx, logs) = mpsc::unbounded_channel();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let value: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
-                if tx.send(value).is_err() {
-                    return;
-                }
-            }
-        });
-        Self { child, logs }
-    }
-
-    /// The next log line with this message.
-    async fn wait_log(&mut self, msg: &str) -> Value {
-        tokio::time::timeout(PATIENCE, async {
-            loop {
-                let line = self
-                    .logs
-                    .recv()
-                    .await
-                    .unwrap_or_else(|| panic!("process exited before logging {msg:?}"));
-                if line["msg"] == msg {
-                    return line;
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no {msg:?} log line"))
-    }
-
-    async fn terminate(&mut self) -> i32 {
-        let pid = self.child.id().unwrap().to_string();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(status.success());
-        let status = tokio::time::timeout(PATIENCE, self.child.wait())
-            .await
-            .expect("no exit after SIGTERM")
-            .unwrap();
-        status.code().unwrap_or(-1)
-    }
-}
 
 /// A minimal keep-alive HTTP/1.1 service: answers `hello from <path>`, or echoes a request body
 /// (streamed back as it arrives) when there is one.
@@ -156,13 +89,6 @@ async fn serve_connection(mut tcp: tokio::net::TcpStream) {
     }
 }
 
-/// Peak resident memory of a process, from /proc.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 async fn curl(args: &[&str]) -> (String, String) {
     let output = Command::new("curl")
         .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
@@ -173,32 +99,6 @@ async fn curl(args: &[&str]) -> (String, String) {
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let (body, status) = text.rsplit_once('\n').unwrap_or((&text, ""));
     (status.to_owned(), body.to_owned())
-}
-
-/// A `piko server` on ephemeral loopback ports, with the addresses it logged: (admin, upstream,
-/// proxy).
-async fn start_server(extra: &[&str]) -> (Process, String, String, String) {
-    let mut args = vec![
-        "server",
-        "--proxy.bind-addr",
-        "127.0.0.1:0",
-        "--upstream.bind-addr",
-        "127.0.0.1:0",
-        "--admin.bind-addr",
-        "127.0.0.1:0",
-    ];
-    args.extend_from_slice(extra);
-    let mut server = Process::start(&args);
-    let mut addr = async |msg: &str| {
-        server.wait_log(msg).await["addr"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
-    let admin = addr("starting admin server").await;
-    let upstream = addr("starting upstream server").await;
-    let proxy = addr("starting proxy server").await;
-    (server, admin, upstream, proxy)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,32 +338,6 @@ async fn large_transfers_stay_small_and_agents_come_back() {
 }
 
 /// A config file in a fresh temporary directory, removed when dropped.
-struct TempFile(std::path::PathBuf);
-
-impl TempFile {
-    fn new(name: &str, text: &str) -> Self {
-        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("piko-cli-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        Self(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_start_serves_every_listener_of_its_file() {
     let service = local_service().await;

@@ -1,10 +1,13 @@
 //! Piko's wire contract, shared by the server, the agent and the SDK.
 //!
 //! # Layout
+//! - [`listen`]: listening sockets with a production-sized accept queue.
 //! - [`wire`]: paths, header names and limits shared by the server, the agent and the SDK.
 //! - [`ws_stream`]: a WebSocket connection as the byte stream the upstream multiplexer runs on.
 
+pub mod listen;
 pub mod wire;
 pub mod ws_stream;
 
+pub use listen::bind_listener;
 pub use ws_stream::{WsByteStream, websocket_config};

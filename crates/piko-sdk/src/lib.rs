@@ -13,17 +13,20 @@
 //! - [`Upstream`]: server URL, credentials, backoff; the connection handshake.
 //! - [`Listener`]: accepted connections across reconnects; graceful close.
 //! - [`Dialer`], [`TcpTunnel`]: connections to an endpoint through the proxy port.
+//! - [`Forwarder`], [`forward_connection`]: an endpoint's connections relayed to a local port.
 //! - [`Error`], [`ConnectError`]: what can go wrong, and what is worth retrying.
 
 mod backoff;
 mod dialer;
 mod error;
+mod forward;
 mod listener;
 mod upstream;
 mod websocket_connect;
 
 pub use dialer::{Dialer, TcpTunnel};
 pub use error::{ConnectError, Error};
+pub use forward::{ForwardError, Forwarder, forward_connection};
 pub use listener::Listener;
 pub use piko_mux::Stream;
 pub use upstream::Upstream;

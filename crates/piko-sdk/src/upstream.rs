@@ -12,6 +12,7 @@ use piko_protocol::{
 use crate::{
     backoff::Backoff,
     error::{ConnectError, Error},
+    forward::Forwarder,
     listener::Listener,
     websocket_connect::{HandshakeHeaders, connect, ws_url},
 };
@@ -96,6 +97,20 @@ impl Upstream {
             server,
             backoff,
         ))
+    }
+
+    /// Registers as an upstream of `endpoint` (as [`Upstream::listen`] does) and forwards each
+    /// connection to the TCP address `addr` (`host:port`), in the background.
+    ///
+    /// # Errors
+    /// As [`Upstream::listen`].
+    pub async fn listen_and_forward(
+        &self,
+        endpoint: &str,
+        addr: impl Into<String>,
+    ) -> Result<Forwarder, Error> {
+        let listener = self.listen(endpoint).await?;
+        Ok(Forwarder::start(listener, addr.into()))
     }
 
     pub(crate) async fn connect_with_retry(

@@ -62,7 +62,7 @@ fn listen_addr(addr: &str) -> String {
 }
 
 async fn bind(name: &str, addr: &str) -> io::Result<TcpListener> {
-    TcpListener::bind(listen_addr(addr))
+    piko_protocol::bind_listener(&listen_addr(addr))
         .await
         .map_err(|err| io::Error::new(err.kind(), format!("{name} listen: {addr}: {err}")))
 }

@@ -134,7 +134,9 @@ where
 {
     if half_close {
         let mut ws = WsByteStream::with_half_close(ws);
-        let _ = tokio::io::copy_bidirectional(&mut ws, &mut stream).await;
+        if let Err(err) = tokio::io::copy_bidirectional(&mut ws, &mut stream).await {
+            tracing::debug!(subsystem = "proxy.tcp", error = %err, "tunnel ended with an error");
+        }
         return;
     }
     let (mut client_read, mut client_write) = tokio::io::split(WsByteStream::new(ws));

@@ -1,0 +1,60 @@
+//! Flags every command has: where its config file is, and how it logs.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::{config_file, logging};
+
+/// `--config.path` and `--config.expand-env`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ConfigFlags {
+    /// YAML config file (Piko's format).
+    #[arg(long = "config.path")]
+    config_path: Option<PathBuf>,
+    /// Expand `$VAR`, `${VAR}` and `${VAR:default}` in the config file.
+    #[arg(long = "config.expand-env", num_args = 0..=1, default_missing_value = "true")]
+    config_expand_env: Option<bool>,
+}
+
+impl ConfigFlags {
+    /// The config file's contents, or the empty file when none is given.
+    pub(crate) fn load<T: Default + for<'de> Deserialize<'de>>(&self) -> anyhow::Result<T> {
+        match &self.config_path {
+            Some(path) => config_file::load(path, self.config_expand_env.unwrap_or(false)),
+            None => Ok(T::default()),
+        }
+    }
+}
+
+/// `--log.level`, `--log.subsystems` and `--log.format`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct LogFlags {
+    /// Minimum level logged: debug, info, warn or error [default: info].
+    #[arg(long = "log.level")]
+    log_level: Option<String>,
+    /// Subsystems logged at every level whatever `--log.level` says (exact names, such as
+    /// `proxy.http`); comma-separated, repeatable.
+    #[arg(long = "log.subsystems", value_delimiter = ',')]
+    log_subsystems: Vec<String>,
+    /// Log line format: Piko's JSON lines, or text for reading in a terminal.
+    #[arg(long = "log.format", value_enum, default_value = "json")]
+    log_format: logging::Format,
+}
+
+impl LogFlags {
+    /// Installs the process's logger: flags over the file's `log:` section over defaults.
+    pub(crate) fn init(self, file: &config_file::Log) -> anyhow::Result<()> {
+        let level = self
+            .log_level
+            .or_else(|| file.level.clone())
+            .unwrap_or_else(|| "info".into());
+        let subsystems = if self.log_subsystems.is_empty() {
+            file.subsystems.clone().unwrap_or_default()
+        } else {
+            self.log_subsystems
+        };
+        logging::init(&level, subsystems, self.log_format)
+            .map_err(|err| anyhow::anyhow!("config: log: {err}"))
+    }
+}

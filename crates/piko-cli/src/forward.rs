@@ -1,0 +1,216 @@
+//! `piko forward`: local TCP ports whose every connection is tunnelled to an endpoint through a
+//! server's proxy port (spec §1.6, §4.3).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::{
+    common_flags::{ConfigFlags, LogFlags},
+    config_file, duration, signal,
+};
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Forward every port of the config file's `ports:`.
+    Start(Shared),
+    /// Forward a local port to an endpoint: `piko forward tcp <addr> <endpoint>`.
+    Tcp(TcpArgs),
+}
+
+/// Flags every forward command shares. A flag given overrides the config file, which overrides
+/// the default.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Shared {
+    #[command(flatten)]
+    config: ConfigFlags,
+    /// The server's proxy-port URL [default: http://localhost:8000].
+    #[arg(long = "connect.url")]
+    url: Option<String>,
+    /// Token sent as `Authorization: Bearer <token>`.
+    #[arg(long = "connect.token")]
+    token: Option<String>,
+    /// Deadline for opening each tunnel (Piko validates it but waits up to 60 s) [default: 30s].
+    #[arg(long = "connect.timeout", value_parser = duration::parse)]
+    timeout: Option<Duration>,
+    /// Client certificate for TLS to the server (not supported yet).
+    #[arg(long = "connect.tls.cert")]
+    tls_cert: Option<String>,
+    /// Client key for TLS to the server (not supported yet).
+    #[arg(long = "connect.tls.key")]
+    tls_key: Option<String>,
+    /// CA bundle to verify the server with (not supported yet).
+    #[arg(long = "connect.tls.root-cas")]
+    tls_root_cas: Option<String>,
+    /// Skip verifying the server's certificate (not supported yet).
+    #[arg(long = "connect.tls.insecure-skip-verify", num_args = 0..=1, default_missing_value = "true")]
+    tls_insecure_skip_verify: Option<bool>,
+    #[command(flatten)]
+    log: LogFlags,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct TcpArgs {
+    /// The local address: a port (`3000`, on loopback only) or `host:port` (`0.0.0.0:3000`).
+    addr: String,
+    /// The endpoint to reach.
+    endpoint: String,
+    #[command(flatten)]
+    shared: Shared,
+}
+
+/// One local port and its endpoint.
+struct Port {
+    addr: String,
+    endpoint: String,
+}
+
+/// A port (`localhost:<port>`, loopback only) or `host:port`, as Piko accepts; validated, where
+/// Piko silently listens on an ephemeral port for a bad positional one.
+fn listen_addr(addr: &str) -> Option<String> {
+    if let Ok(port) = addr.parse::<u16>() {
+        return Some(format!("localhost:{port}"));
+    }
+    let (host, port) = addr.rsplit_once(':')?;
+    (!host.is_empty() && port.parse::<u16>().is_ok()).then(|| addr.to_owned())
+}
+
+pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
+    let mut signals = signal::Signals::install();
+    let (shared, from_command) = match command {
+        Command::Start(shared) => (shared, None),
+        Command::Tcp(TcpArgs {
+            addr,
+            endpoint,
+            shared,
+        }) => (shared, Some(Port { addr, endpoint })),
+    };
+    let file: config_file::ForwardFile = shared.config.load()?;
+    file.check().context("config")?;
+    let tls_flag = [&shared.tls_cert, &shared.tls_key, &shared.tls_root_cas]
+        .into_iter()
+        .any(|v| v.as_ref().is_some_and(|v| !v.is_empty()))
+        || shared.tls_insecure_skip_verify == Some(true);
+    if tls_flag {
+        anyhow::bail!("config: connect.tls: not supported yet");
+    }
+    let url = shared
+        .url
+        .or(file.connect.url)
+        .unwrap_or_else(|| "http://localhost:8000".into());
+    if url.is_empty() {
+        anyhow::bail!("config: connect: missing url");
+    }
+    let token = shared
+        .token
+        .or(file.connect.token)
+        .filter(|t| !t.is_empty());
+    let timeout = shared
+        .timeout
+        .or(file.connect.timeout.map(|d| d.0))
+        .unwrap_or(Duration::from_secs(30));
+    if timeout.is_zero() {
+        anyhow::bail!("config: connect: missing timeout");
+    }
+    let ports = match from_command {
+        Some(port) => vec![port],
+        None => file
+            .ports
+            .iter()
+            .flatten()
+            .map(|entry| {
+                let endpoint = entry.endpoint_id.clone().unwrap_or_default();
+                let fail = |reason: &str| anyhow::anyhow!("config: port: {endpoint}: {reason}");
+                let addr = entry.addr.clone().filter(|a| !a.is_empty());
+                let addr = addr.ok_or_else(|| fail("missing addr"))?;
+                if endpoint.is_empty() {
+                    return Err(fail("missing endpoint id"));
+                }
+                Ok(Port {
+                    addr,
+                    endpoint: endpoint.clone(),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?,
+    };
+    if ports.is_empty() {
+        anyhow::bail!("no ports configured");
+    }
+    let ports = ports
+        .into_iter()
+        .map(|port| match listen_addr(&port.addr) {
+            Some(addr) => Ok(Port { addr, ..port }),
+            None => Err(anyhow::anyhow!(
+                "config: port: {}: invalid addr",
+                port.endpoint
+            )),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    shared.log.init(&file.log)?;
+    crate::open_files::raise_limit();
+
+    let mut dialer = piko::Dialer::new(&url);
+    if let Some(token) = &token {
+        dialer = dialer.token(token);
+    }
+    let mut listeners = Vec::new();
+    for port in ports {
+        let listener = piko_protocol::bind_listener(&port.addr)
+            .await
+            .with_context(|| format!("listen: {}", port.addr))?;
+        let bound = listener.local_addr()?;
+        tracing::info!(subsystem = "forwarder", endpoint_id = %port.endpoint, addr = %bound, "starting tcp forwarder");
+        listeners.push(tokio::spawn(accept_loop(
+            listener,
+            port.endpoint,
+            dialer.clone(),
+            timeout,
+        )));
+    }
+    let signal = signals.recv().await;
+    tracing::info!(signal, "received shutdown signal");
+    // As Piko: the ports close and the process exits; open tunnels end with it.
+    for listener in listeners {
+        listener.abort();
+    }
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    endpoint: String,
+    dialer: piko::Dialer,
+    timeout: Duration,
+) {
+    loop {
+        let (mut local, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // EMFILE and friends: back off briefly rather than spin.
+                tracing::warn!(subsystem = "forwarder", error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = local.set_nodelay(true);
+        let (dialer, endpoint) = (dialer.clone(), endpoint.clone());
+        tokio::spawn(async move {
+            let dialed = tokio::time::timeout(timeout, dialer.dial(&endpoint))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "dial timed out").into())
+                });
+            let mut tunnel = match dialed {
+                Ok(tunnel) => tunnel,
+                Err(err) => {
+                    tracing::error!(subsystem = "forwarder", endpoint_id = %endpoint, error = %err, "failed to dial endpoint");
+                    return;
+                }
+            };
+            if let Err(err) = tokio::io::copy_bidirectional(&mut local, &mut tunnel).await {
+                tracing::debug!(subsystem = "forwarder", endpoint_id = %endpoint, error = %err, "tunnel ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,143 @@
+//! Real `piko` processes for the end-to-end tests: started with arguments, their JSON log lines
+//! collected, stopped with signals.
+
+#![allow(dead_code, reason = "each test file uses part of it")]
+
+use std::{process::Stdio, time::Duration};
+
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+};
+
+/// How long a test waits for something that should happen at once.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A child `piko` process whose JSON log lines are collected as they come.
+pub(crate) struct Process {
+    pub(crate) child: Child,
+    pub(crate) logs: mpsc::UnboundedReceiver<Value>,
+}
+
+impl Process {
+    pub(crate) fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_piko"))
+            .args(args)
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start piko");
+        let (tx, logs) = mpsc::unbounded_channel();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
+                if tx.send(value).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, logs }
+    }
+
+    /// The next log line with this message.
+    pub(crate) async fn wait_log(&mut self, msg: &str) -> Value {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                let line = self
+                    .logs
+                    .recv()
+                    .await
+                    .unwrap_or_else(|| panic!("process exited before logging {msg:?}"));
+                if line["msg"] == msg {
+                    return line;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {msg:?} log line"))
+    }
+
+    pub(crate) async fn terminate(&mut self) -> i32 {
+        let pid = self.child.id().unwrap().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+        let status = tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("no exit after SIGTERM")
+            .unwrap();
+        status.code().unwrap_or(-1)
+    }
+}
+
+/// A `piko server` on ephemeral loopback ports, with the addresses it logged: (admin, upstream,
+/// proxy).
+pub(crate) async fn start_server(extra: &[&str]) -> (Process, String, String, String) {
+    let mut args = vec![
+        "server",
+        "--proxy.bind-addr",
+        "127.0.0.1:0",
+        "--upstream.bind-addr",
+        "127.0.0.1:0",
+        "--admin.bind-addr",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let mut server = Process::start(&args);
+    let mut addr = async |msg: &str| {
+        server.wait_log(msg).await["addr"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let admin = addr("starting admin server").await;
+    let upstream = addr("starting upstream server").await;
+    let proxy = addr("starting proxy server").await;
+    (server, admin, upstream, proxy)
+}
+
+pub(crate) struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    pub(crate) fn new(name: &str, text: &str) -> Self {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("piko-cli-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        Self(path)
+    }
+
+    pub(crate) fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Peak resident memory of a process, from /proc.
+pub(crate) fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
