@@ -6,14 +6,13 @@
 //! - [`Target`]: the local service address forms.
 //! - [`serve_http`]: an HTTP listener, proxying to its target through a keep-alive pool.
 //! - [`serve_tcp`]: a TCP listener, relaying each connection to a local port.
-//! - [`ClientTls`]: TLS towards `https` targets.
+//! - [`ClientTls`] (from the SDK): TLS towards `https` targets.
 
-mod client_tls;
 mod http_listener;
 mod target;
 mod tcp_listener;
 
-pub use client_tls::{ClientTls, TlsError};
 pub use http_listener::{HttpConfig, serve_http};
+pub use piko::{ClientTls, TlsError};
 pub use target::{InvalidAddr, Target};
 pub use tcp_listener::{TcpConfig, serve_tcp, tcp_addr};

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     access_log_config,
-    common_flags::{ConfigFlags, LogFlags},
+    common_flags::{ConfigFlags, ConnectTlsFlags, LogFlags},
     config_file, duration, signal,
 };
 
@@ -41,6 +41,12 @@ pub(crate) struct Shared {
     /// Deadline for each listener's first connection, retries included [default: 30s].
     #[arg(long = "connect.timeout", value_parser = duration::parse)]
     timeout: Option<Duration>,
+    #[command(flatten)]
+    tls: ConnectTlsFlags,
+    /// Outbound proxy to reach the server through: `http://[user:password@]host:port` (HTTP
+    /// CONNECT) or `socks5://[user:password@]host:port`.
+    #[arg(long = "connect.proxy-url")]
+    proxy_url: Option<String>,
     #[command(flatten)]
     log: LogFlags,
     /// Longest a graceful shutdown may take [default: 1m].
@@ -258,6 +264,11 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
     };
     let file: config_file::AgentFile = shared.config.load()?;
     let ignored = file.check().context("config")?;
+    let connect_tls = shared.tls.config(&file.connect.tls)?;
+    let proxy_url = shared
+        .proxy_url
+        .or(file.connect.proxy_url.clone())
+        .filter(|p| !p.is_empty());
     let url = shared
         .url
         .or(file.connect.url)
@@ -347,6 +358,12 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
     let mut upstream = piko::Upstream::new(&url);
     if let Some(token) = &token {
         upstream = upstream.token(token);
+    }
+    if let Some(tls) = connect_tls {
+        upstream = upstream.tls(tls);
+    }
+    if let Some(proxy) = proxy_url {
+        upstream = upstream.proxy(proxy);
     }
     // Listeners connect concurrently, each within the connect timeout.
     let mut connecting = JoinSet::new();

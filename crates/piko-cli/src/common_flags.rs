@@ -1,6 +1,6 @@
 //! Flags every command has: where its config file is, and how it logs.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc};
 
 use serde::Deserialize;
 
@@ -56,5 +56,48 @@ impl LogFlags {
         };
         logging::init(&level, subsystems, self.log_format)
             .map_err(|err| anyhow::anyhow!("config: log: {err}"))
+    }
+}
+
+/// `--connect.tls.*`: TLS towards the server, for `https` URLs.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ConnectTlsFlags {
+    /// Client certificate (PEM) for servers that ask for one.
+    #[arg(long = "connect.tls.cert")]
+    tls_cert: Option<String>,
+    /// Private key (PEM) of the client certificate.
+    #[arg(long = "connect.tls.key")]
+    tls_key: Option<String>,
+    /// CA bundle (PEM) to verify the server with, instead of the system's roots.
+    #[arg(long = "connect.tls.root-cas")]
+    tls_root_cas: Option<String>,
+    /// Accept any server certificate (for testing only).
+    #[arg(long = "connect.tls.insecure-skip-verify", num_args = 0..=1, default_missing_value = "true")]
+    tls_insecure_skip_verify: Option<bool>,
+}
+
+impl ConnectTlsFlags {
+    /// Flags over the file's `connect.tls`: the rustls configuration, or `None` for the
+    /// system's roots.
+    pub(crate) fn config(
+        self,
+        file: &config_file::ClientTls,
+    ) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+        let pick = |flag: Option<String>, file: &Option<String>| {
+            flag.or_else(|| file.clone())
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let tls = piko::ClientTls {
+            root_cas: pick(self.tls_root_cas, &file.root_cas),
+            cert: pick(self.tls_cert, &file.cert),
+            key: pick(self.tls_key, &file.key),
+            insecure_skip_verify: self
+                .tls_insecure_skip_verify
+                .or(file.insecure_skip_verify)
+                .unwrap_or(false),
+        };
+        tls.client_config()
+            .map_err(|err| anyhow::anyhow!("config: connect: tls: {err}"))
     }
 }

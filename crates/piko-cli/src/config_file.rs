@@ -287,8 +287,8 @@ pub(crate) struct Connect {
     pub(crate) token: Option<String>,
     tenant_id: Option<String>,
     pub(crate) timeout: Option<GoDuration>,
-    proxy_url: Option<String>,
-    tls: ClientTls,
+    pub(crate) proxy_url: Option<String>,
+    pub(crate) tls: ClientTls,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -344,12 +344,8 @@ pub(crate) struct HttpClient {
 impl AgentFile {
     /// Refuses what must not be ignored; warns about what is accepted but not built yet.
     pub(crate) fn check(&self) -> anyhow::Result<Vec<&'static str>> {
-        refuse("connect.tls", self.connect.tls.enabled())?;
         refuse("connect.tenant_id", set(self.connect.tenant_id.as_ref()))?;
         let mut ignored = Vec::new();
-        if set(self.connect.proxy_url.as_ref()) {
-            ignored.push("connect.proxy_url");
-        }
         if self.server.enabled == Some(true) {
             ignored.push("server.enabled");
         }
@@ -374,7 +370,7 @@ pub(crate) struct ForwardConnect {
     pub(crate) url: Option<String>,
     pub(crate) token: Option<String>,
     pub(crate) timeout: Option<GoDuration>,
-    tls: ClientTls,
+    pub(crate) tls: ClientTls,
 }
 
 /// One `ports:` entry.
@@ -383,13 +379,6 @@ pub(crate) struct ForwardConnect {
 pub(crate) struct ForwardPort {
     pub(crate) addr: Option<String>,
     pub(crate) endpoint_id: Option<String>,
-}
-
-impl ForwardFile {
-    /// Refuses what must not be ignored.
-    pub(crate) fn check(&self) -> anyhow::Result<()> {
-        refuse("connect.tls", self.connect.tls.enabled())
-    }
 }
 
 #[cfg(test)]
@@ -563,12 +552,5 @@ log:
         let file: ForwardFile = serde_saphyr::from_str(text).unwrap();
         let ports = file.ports.as_ref().unwrap();
         assert_eq!(ports[0].endpoint_id.as_deref(), Some("my-endpoint"));
-        assert!(file.check().is_ok());
-        let file: ForwardFile =
-            serde_saphyr::from_str("connect:\n  tls:\n    root_cas: /ca.pem\n").unwrap();
-        assert_eq!(
-            file.check().unwrap_err().to_string(),
-            "connect.tls: not supported yet"
-        );
     }
 }

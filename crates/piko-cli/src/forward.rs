@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::{
-    common_flags::{ConfigFlags, LogFlags},
+    common_flags::{ConfigFlags, ConnectTlsFlags, LogFlags},
     config_file, duration, signal,
 };
 
@@ -34,18 +34,8 @@ pub(crate) struct Shared {
     /// Deadline for opening each tunnel (Piko validates it but waits up to 60 s) [default: 30s].
     #[arg(long = "connect.timeout", value_parser = duration::parse)]
     timeout: Option<Duration>,
-    /// Client certificate for TLS to the server (not supported yet).
-    #[arg(long = "connect.tls.cert")]
-    tls_cert: Option<String>,
-    /// Client key for TLS to the server (not supported yet).
-    #[arg(long = "connect.tls.key")]
-    tls_key: Option<String>,
-    /// CA bundle to verify the server with (not supported yet).
-    #[arg(long = "connect.tls.root-cas")]
-    tls_root_cas: Option<String>,
-    /// Skip verifying the server's certificate (not supported yet).
-    #[arg(long = "connect.tls.insecure-skip-verify", num_args = 0..=1, default_missing_value = "true")]
-    tls_insecure_skip_verify: Option<bool>,
+    #[command(flatten)]
+    tls: ConnectTlsFlags,
     #[command(flatten)]
     log: LogFlags,
 }
@@ -87,14 +77,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
         }) => (shared, Some(Port { addr, endpoint })),
     };
     let file: config_file::ForwardFile = shared.config.load()?;
-    file.check().context("config")?;
-    let tls_flag = [&shared.tls_cert, &shared.tls_key, &shared.tls_root_cas]
-        .into_iter()
-        .any(|v| v.as_ref().is_some_and(|v| !v.is_empty()))
-        || shared.tls_insecure_skip_verify == Some(true);
-    if tls_flag {
-        anyhow::bail!("config: connect.tls: not supported yet");
-    }
+    let tls = shared.tls.config(&file.connect.tls)?;
     let url = shared
         .url
         .or(file.connect.url)
@@ -153,6 +136,9 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
     let mut dialer = piko::Dialer::new(&url);
     if let Some(token) = &token {
         dialer = dialer.token(token);
+    }
+    if let Some(tls) = tls {
+        dialer = dialer.tls(tls);
     }
     let mut listeners = Vec::new();
     for port in ports {

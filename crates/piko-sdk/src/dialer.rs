@@ -4,6 +4,7 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -12,14 +13,12 @@ use piko_protocol::{
     WsByteStream, websocket_config,
     wire::{HALF_CLOSE_HEADER, TCP_PATH},
 };
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::{
     error::ConnectError,
-    websocket_connect::{HandshakeHeaders, connect, ws_url},
+    server_stream::ServerStream,
+    websocket_connect::{Handshake, connect, ws_url},
 };
 
 /// Largest message a tunnel accepts from the server.
@@ -44,6 +43,7 @@ const MAX_MESSAGE: u32 = 256 * 1024;
 pub struct Dialer {
     url: String,
     token: Option<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Dialer {
@@ -52,7 +52,17 @@ impl Dialer {
         Self {
             url: url.into(),
             token: None,
+            tls: None,
         }
+    }
+
+    /// TLS settings for an `https` URL (the system's roots by default). See [`ClientTls`] for
+    /// Piko's settings.
+    ///
+    /// [`ClientTls`]: crate::ClientTls
+    pub fn tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
     }
 
     /// Sends `Authorization: Bearer <token>` when dialing.
@@ -69,9 +79,12 @@ impl Dialer {
     /// token is refused, or the transport's error.
     pub async fn dial(&self, endpoint: &str) -> Result<TcpTunnel, ConnectError> {
         let url = ws_url(&self.url, TCP_PATH, endpoint)?;
-        let headers = HandshakeHeaders {
+        let headers = Handshake {
             token: self.token.clone(),
             extra: vec![(HeaderName::from_static(HALF_CLOSE_HEADER), "1".into())],
+            tls: self.tls.clone(),
+            // Like Piko's Dialer: no outbound proxy.
+            proxy: None,
         };
         let (ws, response, server) = connect(url, &headers, websocket_config(MAX_MESSAGE)).await?;
         // A Piko server does not know half-close: then, as with Piko, the first direction to end
@@ -90,7 +103,7 @@ impl Dialer {
 /// the server supports half-close, as piko servers do.
 #[derive(Debug)]
 pub struct TcpTunnel {
-    stream: WsByteStream<TcpStream>,
+    stream: WsByteStream<ServerStream>,
     server: SocketAddr,
 }
 

@@ -20,6 +20,9 @@ pub enum ConnectError {
     /// The URL cannot be used.
     #[error("invalid url: {0}")]
     Url(String),
+    /// The TLS settings cannot be used.
+    #[error("tls: {0}")]
+    Tls(#[from] crate::TlsError),
 }
 
 impl ConnectError {
@@ -30,7 +33,7 @@ impl ConnectError {
         match self {
             Self::Status { status, .. } => matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
             Self::Transport(_) => true,
-            Self::Url(_) => false,
+            Self::Url(_) | Self::Tls(_) => false,
         }
     }
 }

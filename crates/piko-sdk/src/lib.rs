@@ -11,19 +11,25 @@
 //!
 //! # Layout
 //! - [`Upstream`]: server URL, credentials, backoff; the connection handshake.
+//! - [`ClientTls`]: TLS settings towards the server (system roots, a CA bundle, a client
+//!   certificate).
 //! - [`Listener`]: accepted connections across reconnects; graceful close.
 //! - [`Dialer`], [`TcpTunnel`]: connections to an endpoint through the proxy port.
 //! - [`Forwarder`], [`forward_connection`]: an endpoint's connections relayed to a local port.
 //! - [`Error`], [`ConnectError`]: what can go wrong, and what is worth retrying.
 
 mod backoff;
+mod client_tls;
 mod dialer;
 mod error;
 mod forward;
 mod listener;
+mod outbound_proxy;
+mod server_stream;
 mod upstream;
 mod websocket_connect;
 
+pub use client_tls::{ClientTls, TlsError};
 pub use dialer::{Dialer, TcpTunnel};
 pub use error::{ConnectError, Error};
 pub use forward::{ForwardError, Forwarder, forward_connection};

@@ -1,6 +1,6 @@
 //! `Upstream`: where to connect and how, and the connection handshake.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use http::HeaderName;
 use piko_mux::Session;
@@ -14,7 +14,8 @@ use crate::{
     error::{ConnectError, Error},
     forward::Forwarder,
     listener::Listener,
-    websocket_connect::{HandshakeHeaders, connect, ws_url},
+    outbound_proxy::OutboundProxy,
+    websocket_connect::{Handshake, connect, ws_url},
 };
 
 /// A Piko server's upstream port, and the credentials to register endpoints on it.
@@ -39,6 +40,8 @@ pub struct Upstream {
     url: String,
     token: Option<String>,
     tenant: Option<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    proxy: Option<String>,
     pub(crate) min_backoff: Duration,
     pub(crate) max_backoff: Duration,
     pub(crate) mux: piko_mux::Config,
@@ -51,6 +54,8 @@ impl Upstream {
             url: url.into(),
             token: None,
             tenant: None,
+            tls: None,
+            proxy: None,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(15),
             mux: piko_mux::Config::default(),
@@ -66,6 +71,23 @@ impl Upstream {
     /// Sends `x-piko-tenant-id` when connecting.
     pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
         self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// TLS settings for an `https` URL (the system's roots by default). See [`ClientTls`] for
+    /// Piko's settings.
+    ///
+    /// [`ClientTls`]: crate::ClientTls
+    pub fn tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Connects through an outbound proxy: `http://[user:password@]host:port` (HTTP `CONNECT`)
+    /// or `socks5://[user:password@]host:port`. Environment proxy variables are not consulted,
+    /// as with Piko.
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.proxy = Some(url.into());
         self
     }
 
@@ -158,13 +180,19 @@ impl Upstream {
         endpoint: &str,
     ) -> Result<(Session, SocketAddr), ConnectError> {
         let url = ws_url(&self.url, UPSTREAM_PATH, endpoint)?;
-        let headers = HandshakeHeaders {
+        let headers = Handshake {
             token: self.token.clone(),
             extra: self
                 .tenant
                 .iter()
                 .map(|tenant| (HeaderName::from_static(TENANT_HEADER), tenant.clone()))
                 .collect(),
+            tls: self.tls.clone(),
+            proxy: self
+                .proxy
+                .as_deref()
+                .map(OutboundProxy::parse)
+                .transpose()?,
         };
         let config = websocket_config(self.mux.receive_window);
         let (ws, _, server) = connect(url, &headers, config).await?;

@@ -2,7 +2,7 @@
 //! Go client reports them. Shared by [`Upstream`](crate::Upstream) (upstream port) and
 //! [`Dialer`](crate::Dialer) (proxy port).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{HeaderName, HeaderValue, header};
 use tokio::net::TcpStream;
@@ -11,7 +11,12 @@ use tokio_tungstenite::{
     tungstenite::{self, client::IntoClientRequest, handshake::client::Response},
 };
 
-use crate::error::ConnectError;
+use crate::{
+    client_tls::{TlsError, system_config},
+    error::ConnectError,
+    outbound_proxy::OutboundProxy,
+    server_stream::ServerStream,
+};
 
 /// Piko's Go client waits this long for the WebSocket handshake.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -24,11 +29,7 @@ pub(crate) fn ws_url(base: &str, route: &str, endpoint: &str) -> Result<http::Ur
         .map_err(|err| ConnectError::Url(format!("{base}: {err}")))?;
     let scheme = match uri.scheme_str() {
         Some("http" | "ws") => "ws",
-        Some("https" | "wss") => {
-            return Err(ConnectError::Url(format!(
-                "{base}: TLS is not supported yet"
-            )));
-        }
+        Some("https" | "wss") => "wss",
         _ => {
             return Err(ConnectError::Url(format!(
                 "{base}: scheme must be http or https"
@@ -46,58 +47,85 @@ pub(crate) fn ws_url(base: &str, route: &str, endpoint: &str) -> Result<http::Ur
         .map_err(|err| ConnectError::Url(format!("{base}: {err}")))
 }
 
-/// Headers of a handshake: the bearer token and any others.
+/// What a handshake sends: the bearer token and any other headers; the TLS settings for `https`
+/// URLs (the system's roots when `None`); the outbound proxy to go through, if any.
 #[derive(Debug, Default)]
-pub(crate) struct HandshakeHeaders {
+pub(crate) struct Handshake {
     pub(crate) token: Option<String>,
     pub(crate) extra: Vec<(HeaderName, String)>,
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) proxy: Option<OutboundProxy>,
 }
 
-/// One attempt: TCP, then the WebSocket handshake, each bounded by [`HANDSHAKE_TIMEOUT`]. Returns
-/// the connection, the server's `101` and its address.
+/// One attempt: TCP, TLS for `wss` URLs, then the WebSocket handshake, all bounded by
+/// [`HANDSHAKE_TIMEOUT`]. Returns the connection, the server's `101` and its address.
 pub(crate) async fn connect(
     url: http::Uri,
-    headers: &HandshakeHeaders,
+    handshake: &Handshake,
     config: tungstenite::protocol::WebSocketConfig,
-) -> Result<(WebSocketStream<TcpStream>, Response, SocketAddr), ConnectError> {
+) -> Result<(WebSocketStream<ServerStream>, Response, SocketAddr), ConnectError> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, connect_within(url, handshake, config))
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out").into())
+        })
+}
+
+async fn connect_within(
+    url: http::Uri,
+    handshake: &Handshake,
+    config: tungstenite::protocol::WebSocketConfig,
+) -> Result<(WebSocketStream<ServerStream>, Response, SocketAddr), ConnectError> {
     let authority = url.authority().expect("ws_url has an authority");
-    let port = authority.port_u16().unwrap_or(80);
-    let tcp = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        // `[::1]` in a URL is `::1` to the resolver.
-        TcpStream::connect((
-            authority
-                .host()
-                .trim_start_matches('[')
-                .trim_end_matches(']'),
-            port,
-        )),
-    )
-    .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let secure = url.scheme_str() == Some("wss");
+    let port = authority
+        .port_u16()
+        .unwrap_or(if secure { 443 } else { 80 });
+    // `[::1]` in a URL is `::1` to the resolver and to TLS.
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let tcp = match &handshake.proxy {
+        Some(proxy) => proxy.connect(&host, port).await?,
+        None => TcpStream::connect((host.as_str(), port)).await?,
+    };
     let _ = tcp.set_nodelay(true);
     let server = tcp.peer_addr()?;
+    let stream = if secure {
+        let mut tls = match &handshake.tls {
+            Some(tls) => (**tls).clone(),
+            None => system_config().map_err(|err| ConnectError::Tls(TlsError::Rustls(err)))?,
+        };
+        // A WebSocket handshake is HTTP/1.1, whatever else the configuration offers.
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = rustls_pki_types::ServerName::try_from(host)
+            .map_err(|err| ConnectError::Url(format!("{url}: {err}")))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(name, tcp)
+            .await?;
+        ServerStream::Tls(Box::new(tls))
+    } else {
+        ServerStream::Plain(tcp)
+    };
     let mut request = url
         .into_client_request()
         .map_err(|err| ConnectError::Url(err.to_string()))?;
     let request_headers = request.headers_mut();
-    if let Some(token) = &headers.token {
+    if let Some(token) = &handshake.token {
         let value = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| ConnectError::Url("token is not a valid header value".into()))?;
         request_headers.insert(header::AUTHORIZATION, value);
     }
-    for (name, value) in &headers.extra {
+    for (name, value) in &handshake.extra {
         let value = HeaderValue::from_str(value)
             .map_err(|_| ConnectError::Url(format!("{name} is not a valid header value")))?;
         request_headers.insert(name.clone(), value);
     }
-    let handshake = tokio_tungstenite::client_async_with_config(request, tcp, Some(config));
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok((ws, response))) => Ok((ws, response, server)),
-        Ok(Err(err)) => Err(handshake_error(err)),
-        Err(_) => {
-            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out").into())
-        }
+    match tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await {
+        Ok((ws, response)) => Ok((ws, response, server)),
+        Err(err) => Err(handshake_error(err)),
     }
 }
 
@@ -147,6 +175,12 @@ mod tests {
                 .unwrap()
                 .to_string(),
             "ws://localhost:8000/_piko/v1/tcp/e"
+        );
+        assert_eq!(
+            ws_url("https://piko.example.com", TCP_PATH, "e")
+                .unwrap()
+                .to_string(),
+            "wss://piko.example.com/_piko/v1/tcp/e"
         );
         assert!(ws_url("ftp://x", UPSTREAM_PATH, "e").is_err());
         assert!(ws_url("not a url", UPSTREAM_PATH, "e").is_err());

@@ -1,6 +1,6 @@
-//! TLS towards an `https://` local service (a listener's `tls` settings): the system's roots by
-//! default, or a given CA bundle; optionally a client certificate; optionally no verification at
-//! all (Piko's `insecure_skip_verify`, for services with throwaway certificates).
+//! Client TLS settings, as Piko's config files give them (`connect.tls`, a listener's `tls`): the
+//! system's roots by default, or a given CA bundle; optionally a client certificate; optionally no
+//! verification at all (Piko's `insecure_skip_verify`, for throwaway certificates).
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -10,8 +10,10 @@ use rustls::{
     crypto::{WebPkiSupportedAlgorithms, aws_lc_rs},
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject};
+use rustls_platform_verifier::BuilderVerifierExt;
 
-/// A listener's client TLS settings.
+/// Client TLS settings: towards a Piko server ([`Upstream::tls`](crate::Upstream::tls),
+/// [`Dialer::tls`](crate::Dialer::tls)) or, in the agent, towards an `https` local service.
 #[derive(Clone, Debug, Default)]
 pub struct ClientTls {
     /// PEM bundle of CAs to trust instead of the system's.
@@ -79,19 +81,20 @@ impl ClientTls {
                 .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(
                     provider.signature_verification_algorithms,
                 )))
-        } else {
+        } else if let Some(path) = &self.root_cas {
             let mut roots = RootCertStore::empty();
-            if let Some(path) = &self.root_cas {
-                for cert in CertificateDer::pem_file_iter(path).map_err(|e| file_error(path, e))? {
-                    roots
-                        .add(cert.map_err(|e| file_error(path, e))?)
-                        .map_err(|e| file_error(path, e))?;
-                }
-                if roots.is_empty() {
-                    return Err(file_error(path, "no certificate found"));
-                }
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| file_error(path, e))? {
+                roots
+                    .add(cert.map_err(|e| file_error(path, e))?)
+                    .map_err(|e| file_error(path, e))?;
+            }
+            if roots.is_empty() {
+                return Err(file_error(path, "no certificate found"));
             }
             builder.with_root_certificates(roots)
+        } else {
+            // A client certificate with the system's roots.
+            builder.with_platform_verifier()?
         };
         let config = match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => {
@@ -108,6 +111,26 @@ impl ClientTls {
         };
         Ok(Some(Arc::new(config)))
     }
+
+    /// The rustls configuration, with the system's roots when nothing is custom.
+    ///
+    /// # Errors
+    /// As [`ClientTls::client_config`], or the system's roots cannot be loaded.
+    pub fn config_or_system(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        match self.client_config()? {
+            Some(config) => Ok(config),
+            None => Ok(Arc::new(system_config()?)),
+        }
+    }
+}
+
+/// The system's roots, as Go's `crypto/tls` uses them.
+pub(crate) fn system_config() -> Result<ClientConfig, rustls::Error> {
+    let provider = Arc::new(aws_lc_rs::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_platform_verifier()?
+        .with_no_client_auth())
 }
 
 /// `insecure_skip_verify`: any certificate is accepted, but handshake signatures are still
