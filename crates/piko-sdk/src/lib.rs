@@ -16,6 +16,9 @@
 //! - [`Listener`]: accepted connections across reconnects; graceful close.
 //! - [`Dialer`], [`TcpTunnel`]: connections to an endpoint through the proxy port.
 //! - [`Forwarder`], [`forward_connection`]: an endpoint's connections relayed to a local port.
+//! - `serve_http` (feature `hyper`, on by default): a hyper service on a listener.
+//!
+//! `examples/` has an HTTP service, a TCP echo service and a dialer.
 //! - [`Error`], [`ConnectError`]: what can go wrong, and what is worth retrying.
 
 mod backoff;
@@ -25,6 +28,8 @@ mod error;
 mod forward;
 mod listener;
 mod outbound_proxy;
+#[cfg(feature = "hyper")]
+mod serve_http;
 mod server_stream;
 mod upstream;
 mod websocket_connect;
@@ -35,4 +40,6 @@ pub use error::{ConnectError, Error};
 pub use forward::{ForwardError, Forwarder, forward_connection};
 pub use listener::Listener;
 pub use piko_mux::Stream;
+#[cfg(feature = "hyper")]
+pub use serve_http::serve_http;
 pub use upstream::Upstream;

@@ -6,8 +6,12 @@ use std::time::Duration;
 use piko_server::{Config, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dialer_reaches_a_forwarded_local_service() {
+/// A server node on loopback ports: its proxy and upstream addresses, and its routing table.
+async fn start_server() -> (
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+    std::sync::Arc<piko_server::Upstreams>,
+) {
     let server = Server::bind(Config {
         proxy_bind_addr: "127.0.0.1:0".into(),
         upstream_bind_addr: "127.0.0.1:0".into(),
@@ -16,9 +20,18 @@ async fn a_dialer_reaches_a_forwarded_local_service() {
     })
     .await
     .unwrap();
-    let (proxy, upstream) = (server.proxy_addr(), server.upstream_addr());
-    let upstreams = server.upstreams();
+    let addrs = (
+        server.proxy_addr(),
+        server.upstream_addr(),
+        server.upstreams(),
+    );
     tokio::spawn(server.run(std::future::pending()));
+    addrs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialer_reaches_a_forwarded_local_service() {
+    let (proxy, upstream, upstreams) = start_server().await;
 
     // A local service that answers with the upper-cased request, once the request has ended.
     let service = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -141,16 +154,7 @@ impl Drop for TempPem {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listeners_and_dialers_reach_a_server_behind_tls() {
-    let server = Server::bind(Config {
-        proxy_bind_addr: "127.0.0.1:0".into(),
-        upstream_bind_addr: "127.0.0.1:0".into(),
-        admin_bind_addr: "127.0.0.1:0".into(),
-        ..Config::default()
-    })
-    .await
-    .unwrap();
-    let (proxy, upstream) = (server.proxy_addr(), server.upstream_addr());
-    tokio::spawn(server.run(std::future::pending()));
+    let (proxy, upstream, _) = start_server().await;
     let (tls_upstream, ca) = tls_terminator(upstream).await;
     let (tls_proxy, _other_ca) = tls_terminator(proxy).await;
 
@@ -279,16 +283,7 @@ async fn socks5_proxy(tunnels: std::sync::Arc<std::sync::atomic::AtomicUsize>) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listeners_connect_through_connect_and_socks5_proxies() {
-    let server = Server::bind(Config {
-        proxy_bind_addr: "127.0.0.1:0".into(),
-        upstream_bind_addr: "127.0.0.1:0".into(),
-        admin_bind_addr: "127.0.0.1:0".into(),
-        ..Config::default()
-    })
-    .await
-    .unwrap();
-    let (proxy, upstream) = (server.proxy_addr(), server.upstream_addr());
-    tokio::spawn(server.run(std::future::pending()));
+    let (proxy, upstream, _) = start_server().await;
     let upstream_url = format!("http://localhost:{}", upstream.port());
     let dialer = piko::Dialer::new(format!("http://{proxy}"));
 
@@ -336,4 +331,60 @@ async fn listeners_connect_through_connect_and_socks5_proxies() {
     )
     .await;
     assert!(refused.is_err(), "kept retrying until the caller gave up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_http_answers_through_the_proxy_and_drains_on_shutdown() {
+    use http_body_util::Full;
+    use hyper::{
+        Request, Response,
+        body::{Bytes, Incoming},
+        service::service_fn,
+    };
+
+    let (proxy, upstream, upstreams) = start_server().await;
+    let listener = piko::Upstream::new(format!("http://{upstream}"))
+        .listen("web")
+        .await
+        .unwrap();
+    let service = service_fn(|request: Request<Incoming>| async move {
+        let text = format!("served {}", request.uri());
+        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(text))))
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(piko::serve_http(listener, service, stopped));
+    let mut changes = upstreams.subscribe();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        changes.wait_for(|_| upstreams.count("web") == 1),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
+    let mut tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    tcp.write_all(b"GET /page?x=1 HTTP/1.1\r\nhost: web.example.com\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("served /page?x=1"), "{response}");
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("serve_http did not stop")
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        changes.wait_for(|_| upstreams.count("web") == 0),
+    )
+    .await
+    .expect("the endpoint outlived its server")
+    .unwrap();
 }
