@@ -183,24 +183,36 @@ async fn failures_close_promptly_and_a_restarted_agent_serves_again() {
 async fn config_files_declare_tcp_listeners_and_forwarded_ports() {
     let service = echo_service().await;
     let (mut server, _admin, upstream, proxy) = start_server(&[]).await;
+    // Two TCP listeners for two endpoints, and two forwarded ports, one per endpoint.
+    let mut listeners = String::new();
+    for endpoint in ["echo-a", "echo-b"] {
+        listeners.push_str(&format!(
+            "  - endpoint_id: {endpoint}\n    addr: \"{service}\"\n    protocol: tcp\n    timeout: 5s\n"
+        ));
+    }
     let agent_file = common::TempFile::new(
         "agent.yaml",
-        &format!(
-            "connect:\n  url: http://{upstream}\nlisteners:\n  - endpoint_id: echo\n    addr: \"{service}\"\n    protocol: tcp\n    timeout: 5s\n"
-        ),
+        &format!("connect:\n  url: http://{upstream}\nlisteners:\n{listeners}"),
     );
     let _agent = Process::start(&["agent", "start", "--config.path", agent_file.path()]);
+    server.wait_log("upstream connected").await;
     server.wait_log("upstream connected").await;
     let forward_file = common::TempFile::new(
         "forward.yaml",
         &format!(
-            "connect:\n  url: http://{proxy}\nports:\n  - addr: 127.0.0.1:0\n    endpoint_id: echo\n"
+            "connect:\n  url: http://{proxy}\nports:\n  - addr: 127.0.0.1:0\n    endpoint_id: echo-a\n  - addr: 127.0.0.1:0\n    endpoint_id: echo-b\n"
         ),
     );
     let mut forward = Process::start(&["forward", "start", "--config.path", forward_file.path()]);
-    let line = forward.wait_log("starting tcp forwarder").await;
-    let local: SocketAddr = line["addr"].as_str().unwrap().parse().unwrap();
-    assert_eq!(exchange(local, b"from files").await.unwrap(), b"from files");
+    for _ in 0..2 {
+        let line = forward.wait_log("starting tcp forwarder").await;
+        let local: SocketAddr = line["addr"].as_str().unwrap().parse().unwrap();
+        let endpoint = line["endpoint-id"].as_str().unwrap();
+        assert_eq!(
+            exchange(local, endpoint.as_bytes()).await.unwrap(),
+            endpoint.as_bytes()
+        );
+    }
     assert_eq!(forward.terminate().await, 0);
 
     // Validation, with Piko's messages.
