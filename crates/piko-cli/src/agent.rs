@@ -384,7 +384,20 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
     }
     let stop = CancellationToken::new();
     let mut serving = JoinSet::new();
-    while let Some(connected) = connecting.join_next().await {
+    loop {
+        let connected = tokio::select! {
+            connected = connecting.join_next() => match connected {
+                Some(connected) => connected,
+                None => break,
+            },
+            signal = signals.recv() => {
+                // Listeners still connecting are dropped; those already serving drain.
+                tracing::info!(signal, "received shutdown signal");
+                stop.cancel();
+                drain(&mut serving, grace_period).await;
+                return Ok(());
+            }
+        };
         let (listener, spec) = connected.context("listener task")??;
         match spec.kind {
             ListenerKind::Http(config) => {
@@ -416,9 +429,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
             signal = signals.recv() => {
                 tracing::info!(signal, "received shutdown signal");
                 stop.cancel();
-                if tokio::time::timeout(grace_period, async { while serving.join_next().await.is_some() {} }).await.is_err() {
-                    tracing::warn!("grace period expired; exiting with requests in flight");
-                }
+                drain(&mut serving, grace_period).await;
                 return Ok(());
             }
         }
@@ -427,4 +438,12 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
         anyhow::bail!("every listener stopped");
     }
     Ok(())
+}
+
+/// Waits for the serving listeners to drain, for at most the grace period.
+async fn drain(serving: &mut JoinSet<Result<(), piko::Error>>, grace_period: Duration) {
+    let drained = async { while serving.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace_period, drained).await.is_err() {
+        tracing::warn!("grace period expired; exiting with requests in flight");
+    }
 }

@@ -60,7 +60,8 @@ struct Port {
 /// Piko silently listens on an ephemeral port for a bad positional one.
 fn listen_addr(addr: &str) -> Option<String> {
     if let Ok(port) = addr.parse::<u16>() {
-        return Some(format!("localhost:{port}"));
+        // `localhost`, on IPv4 as Go listens on it (a resolver may list `::1` first).
+        return Some(format!("127.0.0.1:{port}"));
     }
     let (host, port) = addr.rsplit_once(':')?;
     (!host.is_empty() && port.parse::<u16>().is_ok()).then(|| addr.to_owned())
@@ -180,6 +181,7 @@ async fn accept_loop(
             }
         };
         let _ = local.set_nodelay(true);
+        piko_protocol::enable_keepalive(&local);
         let (dialer, endpoint) = (dialer.clone(), endpoint.clone());
         tokio::spawn(async move {
             let dialed = tokio::time::timeout(timeout, dialer.dial(&endpoint))

@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::{
     error::ConnectError,
+    secret::Secret,
     server_stream::ServerStream,
     websocket_connect::{Handshake, connect, ws_url},
 };
@@ -42,7 +43,7 @@ const MAX_MESSAGE: u32 = 256 * 1024;
 #[derive(Clone, Debug)]
 pub struct Dialer {
     url: String,
-    token: Option<String>,
+    token: Option<Secret>,
     tls: Option<Arc<rustls::ClientConfig>>,
 }
 
@@ -67,7 +68,7 @@ impl Dialer {
 
     /// Sends `Authorization: Bearer <token>` when dialing.
     pub fn token(mut self, token: impl Into<String>) -> Self {
-        self.token = Some(token.into());
+        self.token = Some(Secret::new(token));
         self
     }
 

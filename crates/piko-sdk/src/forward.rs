@@ -61,6 +61,7 @@ where
         }
     };
     let _ = local.set_nodelay(true);
+    piko_protocol::enable_keepalive(&local);
     tokio::io::copy_bidirectional(&mut conn, &mut local)
         .await
         .map_err(ForwardError::Relay)

@@ -28,6 +28,7 @@ mod error;
 mod forward;
 mod listener;
 mod outbound_proxy;
+mod secret;
 #[cfg(feature = "hyper")]
 mod serve_http;
 mod server_stream;

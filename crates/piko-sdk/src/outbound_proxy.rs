@@ -11,7 +11,10 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::error::ConnectError;
+use crate::{
+    error::ConnectError,
+    secret::{Secret, redact_userinfo},
+};
 
 /// Largest `CONNECT` response head read before giving up on the proxy.
 const MAX_CONNECT_RESPONSE: usize = 16 * 1024;
@@ -22,7 +25,7 @@ pub(crate) struct OutboundProxy {
     kind: Kind,
     host: String,
     port: u16,
-    credentials: Option<(String, String)>,
+    credentials: Option<(String, Secret)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,7 +38,8 @@ impl OutboundProxy {
     /// Parses `http://`, `https://`-less proxy URLs: `http://[user:password@]host:port` or
     /// `socks5://[user:password@]host:port`.
     pub(crate) fn parse(url: &str) -> Result<Self, ConnectError> {
-        let invalid = |why: &str| ConnectError::Url(format!("proxy url {url}: {why}"));
+        let invalid =
+            |why: &str| ConnectError::Url(format!("proxy url {}: {why}", redact_userinfo(url)));
         let uri: http::Uri = url.parse().map_err(|_| invalid("not a URL"))?;
         let (kind, default_port) = match uri.scheme_str() {
             Some("http") => (Kind::HttpConnect, 80),
@@ -52,7 +56,7 @@ impl OutboundProxy {
                         .map(|decoded| decoded.into_owned())
                         .map_err(|_| invalid("credentials are not UTF-8"))
                 };
-                Some((decode(user)?, decode(password)?))
+                Some((decode(user)?, Secret::new(decode(password)?)))
             }
             None => None,
         };
@@ -87,8 +91,8 @@ impl OutboundProxy {
         };
         let mut request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
         if let Some((user, password)) = &self.credentials {
-            let basic =
-                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            let basic = base64::engine::general_purpose::STANDARD
+                .encode(format!("{user}:{}", password.expose()));
             request.push_str(&format!("Proxy-Authorization: Basic {basic}\r\n"));
         }
         request.push_str("\r\n");
@@ -124,7 +128,7 @@ impl OutboundProxy {
         match (choice, &self.credentials) {
             ([VERSION, NO_AUTH], _) => {}
             ([VERSION, USER_PASSWORD], Some((user, password))) => {
-                let (user, password) = (user.as_bytes(), password.as_bytes());
+                let (user, password) = (user.as_bytes(), password.expose().as_bytes());
                 let (Ok(user_len), Ok(password_len)) =
                     (u8::try_from(user.len()), u8::try_from(password.len()))
                 else {
@@ -199,7 +203,7 @@ mod tests {
         assert_eq!((proxy.host.as_str(), proxy.port), ("proxy.corp", 3128));
         assert_eq!(
             proxy.credentials,
-            Some(("alice".to_owned(), "s@cret".to_owned()))
+            Some(("alice".to_owned(), Secret::new("s@cret")))
         );
         let socks = OutboundProxy::parse("socks5://[::1]").unwrap();
         assert_eq!(socks.kind, Kind::Socks5);
@@ -207,5 +211,8 @@ mod tests {
         assert_eq!(socks.credentials, None);
         assert!(OutboundProxy::parse("ftp://proxy:21").is_err());
         assert!(OutboundProxy::parse("proxy:3128").is_err());
+        let err = OutboundProxy::parse("ftp://bob:hunter2@proxy:21").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(!format!("{proxy:?}").contains("s@cret"));
     }
 }

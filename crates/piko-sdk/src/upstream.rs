@@ -15,6 +15,7 @@ use crate::{
     forward::Forwarder,
     listener::Listener,
     outbound_proxy::OutboundProxy,
+    secret::Secret,
     websocket_connect::{Handshake, connect, ws_url},
 };
 
@@ -38,10 +39,11 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct Upstream {
     url: String,
-    token: Option<String>,
+    token: Option<Secret>,
     tenant: Option<String>,
     tls: Option<Arc<rustls::ClientConfig>>,
-    proxy: Option<String>,
+    /// May carry a password.
+    proxy: Option<Secret>,
     pub(crate) min_backoff: Duration,
     pub(crate) max_backoff: Duration,
     pub(crate) mux: piko_mux::Config,
@@ -64,7 +66,7 @@ impl Upstream {
 
     /// Sends `Authorization: Bearer <token>` when connecting.
     pub fn token(mut self, token: impl Into<String>) -> Self {
-        self.token = Some(token.into());
+        self.token = Some(Secret::new(token));
         self
     }
 
@@ -87,7 +89,7 @@ impl Upstream {
     /// or `socks5://[user:password@]host:port`. Environment proxy variables are not consulted,
     /// as with Piko.
     pub fn proxy(mut self, url: impl Into<String>) -> Self {
-        self.proxy = Some(url.into());
+        self.proxy = Some(Secret::new(url));
         self
     }
 
@@ -190,8 +192,8 @@ impl Upstream {
             tls: self.tls.clone(),
             proxy: self
                 .proxy
-                .as_deref()
-                .map(OutboundProxy::parse)
+                .as_ref()
+                .map(|url| OutboundProxy::parse(url.expose()))
                 .transpose()?,
         };
         let config = websocket_config(self.mux.receive_window);

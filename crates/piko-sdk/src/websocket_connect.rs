@@ -15,6 +15,7 @@ use crate::{
     client_tls::{TlsError, system_config},
     error::ConnectError,
     outbound_proxy::OutboundProxy,
+    secret::Secret,
     server_stream::ServerStream,
 };
 
@@ -51,7 +52,7 @@ pub(crate) fn ws_url(base: &str, route: &str, endpoint: &str) -> Result<http::Ur
 /// URLs (the system's roots when `None`); the outbound proxy to go through, if any.
 #[derive(Debug, Default)]
 pub(crate) struct Handshake {
-    pub(crate) token: Option<String>,
+    pub(crate) token: Option<Secret>,
     pub(crate) extra: Vec<(HeaderName, String)>,
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) proxy: Option<OutboundProxy>,
@@ -92,6 +93,7 @@ async fn connect_within(
         None => TcpStream::connect((host.as_str(), port)).await?,
     };
     let _ = tcp.set_nodelay(true);
+    piko_protocol::enable_keepalive(&tcp);
     let server = tcp.peer_addr()?;
     let stream = if secure {
         let mut tls = match &handshake.tls {
@@ -114,7 +116,7 @@ async fn connect_within(
         .map_err(|err| ConnectError::Url(err.to_string()))?;
     let request_headers = request.headers_mut();
     if let Some(token) = &handshake.token {
-        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+        let value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
             .map_err(|_| ConnectError::Url("token is not a valid header value".into()))?;
         request_headers.insert(header::AUTHORIZATION, value);
     }

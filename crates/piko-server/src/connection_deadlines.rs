@@ -114,12 +114,22 @@ impl Activity {
     }
 
     fn request_finished(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.idle_since.store(self.now(), Ordering::Relaxed);
-            if self.http2.load(Ordering::Relaxed) {
-                self.watchdog.wake();
-            }
+        // The idle mark is written before the count drops (and published by the release), so a
+        // watchdog that sees no request in flight on another thread (HTTP/2) never pairs that
+        // with the previous idle mark.
+        self.idle_since.store(self.now(), Ordering::Relaxed);
+        if self.in_flight.fetch_sub(1, Ordering::Release) == 1 && self.http2.load(Ordering::Relaxed)
+        {
+            self.watchdog.wake();
         }
+    }
+
+    /// The client opened with HTTP/2's preface: from here its silence is bounded by the idle
+    /// limit (an h2c client such as a gRPC channel may connect well before its first call).
+    fn http2_started(&self) {
+        self.http2.store(true, Ordering::Relaxed);
+        self.served.store(true, Ordering::Relaxed);
+        self.head_started.store(0, Ordering::Relaxed);
     }
 
     /// Bytes arrived from the client.
@@ -136,7 +146,7 @@ impl Activity {
 
     /// The deadline that applies in the current state, and what its expiry means.
     fn deadline(&self, limits: &Deadlines) -> Option<(Instant, Expired)> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
         let head = self.head_started.load(Ordering::Relaxed);
@@ -203,16 +213,25 @@ impl Body for TrackedBody {
     }
 }
 
+/// How an HTTP/2 connection with prior knowledge starts.
+const HTTP2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+
 /// A client connection's socket, reporting progress to its [`Activity`].
 #[derive(Debug)]
 pub(crate) struct WatchedIo<T> {
     io: T,
     activity: Arc<Activity>,
+    /// Whether the connection's first bytes have been looked at.
+    opened: bool,
 }
 
 impl<T> WatchedIo<T> {
     pub(crate) fn new(io: T, activity: Arc<Activity>) -> Self {
-        Self { io, activity }
+        Self {
+            io,
+            activity,
+            opened: false,
+        }
     }
 
     /// The socket, for an upgraded connection leaving hyper.
@@ -230,6 +249,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before {
+            if !self.opened {
+                self.opened = true;
+                if buf.filled()[before..].starts_with(HTTP2_PREFACE_START) {
+                    self.activity.http2_started();
+                }
+            }
             self.activity.read_progress();
         }
         result
@@ -357,6 +382,19 @@ mod tests {
             activity.deadline(&LIMITS).unwrap().0,
             at,
             "not extended by more bytes"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_idles_before_its_first_request() {
+        let activity = Activity::new();
+        let start = Instant::now();
+        activity.http2_started();
+        activity.read_progress();
+        let (at, expired) = activity.deadline(&LIMITS).unwrap();
+        assert_eq!(
+            (at, expired),
+            (start + Duration::from_secs(300), Expired::Idle)
         );
     }
 

@@ -38,7 +38,7 @@ use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use crate::{
     connection_deadlines::WatchedIo,
     json_error::{gin_error, proxy_error},
-    request_body_idle::{IdleLimitedBody, caused_by_idle_body},
+    request_body_idle::{BodyEnd, IdleLimitedBody, caused_by_idle_body},
     serve::{Body, BoxError, set_write_stall_limit},
     tcp_route::{self, Route},
     upstreams::Upstreams,
@@ -136,7 +136,9 @@ impl Handler {
             .is_some()
             .then(|| hyper::upgrade::on(&mut request));
         prepare_request(&mut request, peer, upgrade_protocol.as_ref());
-        let request = request.map(|body| IdleLimitedBody::new(body, self.config.read_timeout));
+        let (parts, body) = request.into_parts();
+        let (body, body_end) = IdleLimitedBody::new(body, self.config.read_timeout);
+        let request = Request::from_parts(parts, body);
 
         let (mut sender, connection) = match hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -165,7 +167,13 @@ impl Handler {
         } else {
             inline = Some(Box::pin(connection));
         }
-        let Some(result) = within(deadline, drive_until(exchange, &mut inline)).await else {
+        let waited = response_within(
+            timeout,
+            deadline,
+            body_end,
+            drive_until(exchange, &mut inline),
+        );
+        let Some(result) = waited.await else {
             return upstream_timeout(&endpoint);
         };
         let mut response = match result {
@@ -271,6 +279,32 @@ fn request_timeout() -> Response<Body> {
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+/// Awaits the response head: within `timeout` of the later of `deadline`'s start and the end of
+/// the request body. An upload still in progress is not a slow upstream (a stalled one is cut by
+/// the read timeout).
+async fn response_within<F: Future>(
+    timeout: Option<Duration>,
+    deadline: Option<tokio::time::Instant>,
+    body_end: Option<BodyEnd>,
+    future: F,
+) -> Option<F::Output> {
+    let (Some(limit), Some(mut deadline)) = (timeout, deadline) else {
+        return Some(future.await);
+    };
+    let mut future = std::pin::pin!(future);
+    loop {
+        match tokio::time::timeout_at(deadline, future.as_mut()).await {
+            Ok(output) => return Some(output),
+            Err(_) => match body_end.as_ref().map(|end| end.get()) {
+                // Still uploading: look again a full timeout later.
+                Some(None) => deadline = tokio::time::Instant::now() + limit,
+                Some(Some(&ended)) if ended + limit > deadline => deadline = ended + limit,
+                _ => return None,
+            },
+        }
+    }
 }
 
 fn upstream_timeout(endpoint: &str) -> Response<Body> {

@@ -9,6 +9,7 @@
 use std::{
     fmt,
     pin::Pin,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::Duration,
 };
@@ -41,10 +42,16 @@ pub(crate) fn caused_by_idle_body(error: &(dyn std::error::Error + 'static)) -> 
     false
 }
 
+/// When a request body was sent in full: the wait for the response starts then, so an upload
+/// that takes longer than `proxy.timeout` is not answered with 504 while it still progresses.
+pub(crate) type BodyEnd = Arc<OnceLock<Instant>>;
+
 /// A request body that fails with [`RequestBodyIdle`] once the client has been silent too long.
 pub(crate) struct IdleLimitedBody {
     body: Incoming,
     limit: Option<Duration>,
+    /// Set when the last frame has been read; absent for a body that was empty from the start.
+    end: Option<BodyEnd>,
     /// Since when the relay has been waiting on the client; `None` while frames flow.
     waiting_since: Option<Instant>,
     /// Created at the first wait only: most requests have no body, or one that arrives at once.
@@ -53,14 +60,18 @@ pub(crate) struct IdleLimitedBody {
 }
 
 impl IdleLimitedBody {
-    pub(crate) fn new(body: Incoming, limit: Option<Duration>) -> Self {
-        Self {
+    /// The body, and what tells when it ended (`None`: it was empty, so it ended already).
+    pub(crate) fn new(body: Incoming, limit: Option<Duration>) -> (Self, Option<BodyEnd>) {
+        let end = (!body.is_end_stream()).then(BodyEnd::default);
+        let body = Self {
             body,
             limit,
+            end: end.clone(),
             waiting_since: None,
             timer: None,
             armed: None,
-        }
+        };
+        (body, end)
     }
 
     /// Called while the client owes us bytes: `Ready` once it has owed them too long.
@@ -101,6 +112,11 @@ impl Body for IdleLimitedBody {
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.waiting_since = None;
+                if (frame.is_none() || this.body.is_end_stream())
+                    && let Some(end) = &this.end
+                {
+                    let _ = end.set(Instant::now());
+                }
                 Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
             }
             Poll::Pending => match this.poll_silence(cx) {

@@ -83,6 +83,7 @@ pub(crate) async fn serve<F, Fut>(
             },
         };
         let _ = tcp.set_nodelay(true);
+        piko_protocol::enable_keepalive(&tcp);
         if let Some(limit) = limits.deadlines.write_stall {
             set_write_stall_limit(&tcp, Some(limit));
         }
@@ -156,7 +157,11 @@ pub(crate) async fn serve<F, Fut>(
 /// Bounds how long bytes sent on `tcp` may stay unacknowledged (or unsent for a zero window)
 /// before the kernel resets the connection; `None` lifts the bound.
 pub(crate) fn set_write_stall_limit(tcp: &tokio::net::TcpStream, limit: Option<Duration>) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     if let Err(err) = socket2::SockRef::from(tcp).set_tcp_user_timeout(limit) {
         tracing::debug!(error = %err, "TCP_USER_TIMEOUT not set");
     }
+    // Elsewhere the kernel's own retransmission limits apply.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (tcp, limit);
 }

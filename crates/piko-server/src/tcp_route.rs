@@ -3,7 +3,8 @@
 //! SDK's `Dialer` use it, since raw TCP has nowhere to name an endpoint.
 //!
 //! - The stream is opened before the upgrade, so a client learns that the endpoint has no
-//!   upstream from a `502` with Piko's JSON error rather than from a closed tunnel.
+//!   upstream from a `502` with Piko's JSON error rather than from a closed tunnel; the handshake
+//!   is checked before that, so a request that is not a tunnel never reaches an upstream.
 //! - A client that asks for half-close (ours do, with
 //!   [`HALF_CLOSE_HEADER`](piko_protocol::wire::HALF_CLOSE_HEADER)) gets each direction ended on
 //!   its own: a client's FIN reaches the service as a FIN and the reply still comes back. Go
@@ -20,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::Role};
 
 use crate::{
-    json_error::{full, gin_error},
+    json_error::{full, gin_error, proxy_error},
     proxy::Handler,
     serve::Body,
     upstream::endpoint_from_path,
@@ -78,6 +79,17 @@ pub(crate) async fn tunnel(
     if endpoint.len() > MAX_ENDPOINT_ID_LEN {
         return gin_error(StatusCode::BAD_REQUEST, "endpoint id too long");
     }
+    // Piko's order of answers: no upstream (502) before a bad handshake (400), so a client
+    // learns the first; but the handshake is checked before a stream is opened, so a request
+    // that is not a tunnel never reaches an upstream.
+    if handler.upstreams.count(endpoint) == 0 {
+        tracing::warn!(subsystem = "proxy.tcp", endpoint_id = %endpoint, "no available upstreams");
+        return proxy_error(StatusCode::BAD_GATEWAY, "no available upstreams");
+    }
+    let accept_key = match websocket_upgrade::check(request.headers()) {
+        Ok(key) => key,
+        Err(status) => return websocket_upgrade::rejection(status),
+    };
     let deadline = handler
         .config
         .timeout
@@ -85,11 +97,6 @@ pub(crate) async fn tunnel(
     let stream = match handler.open_stream(endpoint, deadline).await {
         Ok(stream) => stream,
         Err(response) => return response,
-    };
-    // A refused handshake drops the stream, which resets it: the upstream sees nothing.
-    let accept_key = match websocket_upgrade::check(request.headers()) {
-        Ok(key) => key,
-        Err(status) => return websocket_upgrade::rejection(status),
     };
     let half_close = request.headers().contains_key(HALF_CLOSE_HEADER);
     let upgrade = hyper::upgrade::on(request);

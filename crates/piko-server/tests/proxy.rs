@@ -399,6 +399,10 @@ async fn a_silent_upstream_gets_504_after_the_proxy_timeout() {
     let (status, head, body) = raw_request(node.proxy, &get("slow.example.com", "/", "")).await;
     assert_eq!(status, 504, "{head}");
     assert_eq!(body, b"{\"error\":\"upstream timeout\"}\n");
+    // With a request body, the wait starts once the body is sent; then it is bounded too.
+    let post = b"POST / HTTP/1.1\r\nhost: slow.example.com\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello";
+    let (status, head, _) = raw_request(node.proxy, post).await;
+    assert_eq!(status, 504, "{head}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -768,8 +772,11 @@ async fn a_client_that_stops_reading_is_cut_and_a_slow_one_is_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_body_must_keep_coming() {
+    // The proxy timeout is shorter than the steady upload below: it only counts once the body
+    // has been sent.
     let node = start_node_with(piko_server::proxy::Config {
         read_timeout: Some(Duration::from_millis(300)),
+        timeout: Some(Duration::from_millis(500)),
         ..Default::default()
     })
     .await;
