@@ -235,11 +235,9 @@ impl Proxy {
                     else {
                         return;
                     };
-                    let _ = tokio::io::copy_bidirectional(
-                        &mut TokioIo::new(server),
-                        &mut TokioIo::new(service),
-                    )
-                    .await;
+                    let _ =
+                        piko_protocol::relay(&mut TokioIo::new(server), &mut TokioIo::new(service))
+                            .await;
                 });
             }
         } else {

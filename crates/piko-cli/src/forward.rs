@@ -196,7 +196,7 @@ async fn accept_loop(
                     return;
                 }
             };
-            if let Err(err) = tokio::io::copy_bidirectional(&mut local, &mut tunnel).await {
+            if let Err(err) = piko_protocol::relay(&mut local, &mut tunnel).await {
                 tracing::debug!(subsystem = "forwarder", endpoint_id = %endpoint, error = %err, "tunnel ended with an error");
             }
         });

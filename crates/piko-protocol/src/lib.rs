@@ -3,14 +3,17 @@
 //! # Layout
 //! - [`keepalive`]: TCP keep-alive on accepted and dialed connections.
 //! - [`listen`]: listening sockets with a production-sized accept queue.
+//! - [`relay`]: bytes copied both ways between two connections.
 //! - [`wire`]: paths, header names and limits shared by the server, the agent and the SDK.
 //! - [`ws_stream`]: a WebSocket connection as the byte stream the upstream multiplexer runs on.
 
 pub mod keepalive;
 pub mod listen;
+pub mod relay;
 pub mod wire;
 pub mod ws_stream;
 
 pub use keepalive::enable_keepalive;
 pub use listen::bind_listener;
+pub use relay::relay;
 pub use ws_stream::{WsByteStream, websocket_config};

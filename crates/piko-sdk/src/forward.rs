@@ -62,7 +62,7 @@ where
     };
     let _ = local.set_nodelay(true);
     piko_protocol::enable_keepalive(&local);
-    tokio::io::copy_bidirectional(&mut conn, &mut local)
+    piko_protocol::relay(&mut conn, &mut local)
         .await
         .map_err(ForwardError::Relay)
 }

@@ -211,11 +211,11 @@ impl Handler {
                             {
                                 return;
                             }
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                            let _ = piko_protocol::relay(&mut client, &mut upstream).await;
                         }
                         Err(client) => {
                             let mut client = TokioIo::new(client);
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                            let _ = piko_protocol::relay(&mut client, &mut upstream).await;
                         }
                     }
                 });

@@ -141,7 +141,7 @@ where
 {
     if half_close {
         let mut ws = WsByteStream::with_half_close(ws);
-        if let Err(err) = tokio::io::copy_bidirectional(&mut ws, &mut stream).await {
+        if let Err(err) = piko_protocol::relay(&mut ws, &mut stream).await {
             tracing::debug!(subsystem = "proxy.tcp", error = %err, "tunnel ended with an error");
         }
         return;
