@@ -60,8 +60,8 @@ struct Port {
 /// Piko silently listens on an ephemeral port for a bad positional one.
 fn listen_addr(addr: &str) -> Option<String> {
     if let Ok(port) = addr.parse::<u16>() {
-        // `localhost`, on IPv4 as Go listens on it (a resolver may list `::1` first).
-        return Some(format!("127.0.0.1:{port}"));
+        // Loopback only; IPv4 first, as Go listens (see `bind_listener`).
+        return Some(format!("localhost:{port}"));
     }
     let (host, port) = addr.rsplit_once(':')?;
     (!host.is_empty() && port.parse::<u16>().is_ok()).then(|| addr.to_owned())

@@ -12,14 +12,18 @@ use tokio::net::{TcpListener, TcpSocket};
 /// Requested accept queue length; the kernel caps it at `net.core.somaxconn`.
 const BACKLOG: u32 = 65_535;
 
-/// Binds `addr` (`host:port`; the first address it resolves to that can be bound) with the
-/// largest accept queue the system allows.
+/// Binds `addr` (`host:port`; the first address it resolves to that can be bound, IPv4 first)
+/// with the largest accept queue the system allows.
 ///
 /// # Errors
 /// The address does not resolve, or no resolved address can be bound.
 pub async fn bind_listener(addr: &str) -> io::Result<TcpListener> {
     let mut last_error = None;
-    for resolved in tokio::net::lookup_host(addr).await? {
+    let mut resolved: Vec<_> = tokio::net::lookup_host(addr).await?.collect();
+    // IPv4 first, as Go listens: `localhost` resolves to `::1` first on many systems, and most
+    // clients reach `localhost` on 127.0.0.1.
+    resolved.sort_by_key(|addr| addr.is_ipv6());
+    for resolved in resolved {
         let socket = if resolved.is_ipv4() {
             TcpSocket::new_v4()?
         } else {

@@ -23,15 +23,20 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// `url` without the `user:password@` of its authority, for error messages.
+/// `url` without anything before its last `@` (after the scheme, if any), for error messages
+/// and logs: a password may hold any character, so the URL may not even parse.
 pub(crate) fn redact_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let Some(at) = rest.rfind('@') else {
         return url.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}://<redacted>@{host}{}", &rest[authority_end..]),
-        None => url.to_owned(),
+    let host = &rest[at + 1..];
+    match scheme {
+        Some(scheme) => format!("{scheme}://<redacted>@{host}"),
+        None => format!("<redacted>@{host}"),
     }
 }
 
@@ -43,8 +48,8 @@ mod tests {
     fn secrets_do_not_print() {
         assert_eq!(format!("{:?}", Secret::new("s3cret")), "<redacted>");
         assert_eq!(
-            redact_userinfo("http://alice:s3cret@proxy:3128/x"),
-            "http://<redacted>@proxy:3128/x"
+            redact_userinfo("http://alice:s3cret@proxy:3128"),
+            "http://<redacted>@proxy:3128"
         );
         assert_eq!(
             redact_userinfo("socks5://proxy:1080"),

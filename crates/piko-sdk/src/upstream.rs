@@ -15,7 +15,7 @@ use crate::{
     forward::Forwarder,
     listener::Listener,
     outbound_proxy::OutboundProxy,
-    secret::Secret,
+    secret::{Secret, redact_userinfo},
     websocket_connect::{Handshake, connect, ws_url},
 };
 
@@ -143,7 +143,7 @@ impl Upstream {
         backoff: &mut Backoff,
     ) -> Result<(Session, SocketAddr), Error> {
         loop {
-            tracing::debug!(subsystem = "client", endpoint_id = endpoint, url = %self.url, "connecting");
+            tracing::debug!(subsystem = "client", endpoint_id = endpoint, url = %redact_userinfo(&self.url), "connecting");
             match self.connect(endpoint).await {
                 Ok(connected) => {
                     tracing::debug!(subsystem = "client", endpoint_id = endpoint, "connected");
@@ -154,7 +154,7 @@ impl Upstream {
                     tracing::warn!(
                         subsystem = "client",
                         endpoint_id = endpoint,
-                        url = %self.url,
+                        url = %redact_userinfo(&self.url),
                         backoff = ?wait,
                         error = %err,
                         "connect failed; retrying"
@@ -165,7 +165,7 @@ impl Upstream {
                     tracing::error!(
                         subsystem = "client",
                         endpoint_id = endpoint,
-                        url = %self.url,
+                        url = %redact_userinfo(&self.url),
                         error = %err,
                         "connect failed; non-retryable"
                     );

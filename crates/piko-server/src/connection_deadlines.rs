@@ -214,15 +214,15 @@ impl Body for TrackedBody {
 }
 
 /// How an HTTP/2 connection with prior knowledge starts.
-const HTTP2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A client connection's socket, reporting progress to its [`Activity`].
 #[derive(Debug)]
 pub(crate) struct WatchedIo<T> {
     io: T,
     activity: Arc<Activity>,
-    /// Whether the connection's first bytes have been looked at.
-    opened: bool,
+    /// How many of the connection's first bytes matched the HTTP/2 preface; `None` once decided.
+    preface_matched: Option<usize>,
 }
 
 impl<T> WatchedIo<T> {
@@ -230,7 +230,7 @@ impl<T> WatchedIo<T> {
         Self {
             io,
             activity,
-            opened: false,
+            preface_matched: Some(0),
         }
     }
 
@@ -249,11 +249,19 @@ impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before {
-            if !self.opened {
-                self.opened = true;
-                if buf.filled()[before..].starts_with(HTTP2_PREFACE_START) {
+            if let Some(matched) = self.preface_matched {
+                // The preface may arrive over several reads.
+                let new = &buf.filled()[before..];
+                let expected = &HTTP2_PREFACE[matched..];
+                let n = new.len().min(expected.len());
+                self.preface_matched = if new[..n] != expected[..n] {
+                    None
+                } else if matched + n == HTTP2_PREFACE.len() {
                     self.activity.http2_started();
-                }
+                    None
+                } else {
+                    Some(matched + n)
+                };
             }
             self.activity.read_progress();
         }
@@ -396,6 +404,33 @@ mod tests {
             (at, expired),
             (start + Duration::from_secs(300), Expired::Idle)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_http2_preface_is_recognised_across_reads_and_only_whole() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let start = Instant::now();
+        for (parts, http2) in [
+            (&[&HTTP2_PREFACE[..5], &HTTP2_PREFACE[5..]][..], true),
+            (&[&HTTP2_PREFACE[..14]][..], false),
+            (&[b"GET / HTTP/1.1\r\n".as_slice()][..], false),
+        ] {
+            let activity = Activity::new();
+            let (mut client, server) = tokio::io::duplex(64);
+            let mut watched = WatchedIo::new(server, activity.clone());
+            for part in parts {
+                client.write_all(part).await.unwrap();
+                let mut buf = [0u8; 64];
+                let _ = watched.read(&mut buf).await.unwrap();
+            }
+            let expected = if http2 {
+                (start + Duration::from_secs(300), Expired::Idle)
+            } else {
+                (start + Duration::from_secs(10), Expired::HeaderRead)
+            };
+            assert_eq!(activity.deadline(&LIMITS).unwrap(), expected, "{parts:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

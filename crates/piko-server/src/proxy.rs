@@ -38,7 +38,7 @@ use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use crate::{
     connection_deadlines::WatchedIo,
     json_error::{gin_error, proxy_error},
-    request_body_idle::{BodyEnd, IdleLimitedBody, caused_by_idle_body},
+    request_body_idle::{BodyProgress, IdleLimitedBody, caused_by_idle_body},
     serve::{Body, BoxError, set_write_stall_limit},
     tcp_route::{self, Route},
     upstreams::Upstreams,
@@ -137,7 +137,7 @@ impl Handler {
             .then(|| hyper::upgrade::on(&mut request));
         prepare_request(&mut request, peer, upgrade_protocol.as_ref());
         let (parts, body) = request.into_parts();
-        let (body, body_end) = IdleLimitedBody::new(body, self.config.read_timeout);
+        let (body, body_progress) = IdleLimitedBody::new(body, self.config.read_timeout);
         let request = Request::from_parts(parts, body);
 
         let (mut sender, connection) = match hyper::client::conn::http1::Builder::new()
@@ -170,7 +170,7 @@ impl Handler {
         let waited = response_within(
             timeout,
             deadline,
-            body_end,
+            body_progress,
             drive_until(exchange, &mut inline),
         );
         let Some(result) = waited.await else {
@@ -281,26 +281,24 @@ fn request_timeout() -> Response<Body> {
     response
 }
 
-/// Awaits the response head: within `timeout` of the later of `deadline`'s start and the end of
-/// the request body. An upload still in progress is not a slow upstream (a stalled one is cut by
-/// the read timeout).
+/// Awaits the response head: within `timeout` of the later of `deadline`'s start and the last
+/// piece of request body the relay took. An upload still moving is not a slow upstream; one that
+/// stopped (the client or the upstream stalled) counts like any wait.
 async fn response_within<F: Future>(
     timeout: Option<Duration>,
     deadline: Option<tokio::time::Instant>,
-    body_end: Option<BodyEnd>,
+    body: Option<Arc<BodyProgress>>,
     future: F,
 ) -> Option<F::Output> {
-    let (Some(limit), Some(mut deadline)) = (timeout, deadline) else {
+    let (Some(limit), Some(mut deadline)) = (timeout.filter(|t| !t.is_zero()), deadline) else {
         return Some(future.await);
     };
     let mut future = std::pin::pin!(future);
     loop {
         match tokio::time::timeout_at(deadline, future.as_mut()).await {
             Ok(output) => return Some(output),
-            Err(_) => match body_end.as_ref().map(|end| end.get()) {
-                // Still uploading: look again a full timeout later.
-                Some(None) => deadline = tokio::time::Instant::now() + limit,
-                Some(Some(&ended)) if ended + limit > deadline => deadline = ended + limit,
+            Err(_) => match body.as_ref().map(|body| body.last_frame() + limit) {
+                Some(later) if later > deadline => deadline = later,
                 _ => return None,
             },
         }

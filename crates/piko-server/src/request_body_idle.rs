@@ -9,7 +9,10 @@
 use std::{
     fmt,
     pin::Pin,
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -42,16 +45,42 @@ pub(crate) fn caused_by_idle_body(error: &(dyn std::error::Error + 'static)) -> 
     false
 }
 
-/// When a request body was sent in full: the wait for the response starts then, so an upload
-/// that takes longer than `proxy.timeout` is not answered with 504 while it still progresses.
-pub(crate) type BodyEnd = Arc<OnceLock<Instant>>;
+/// When the relay last took a piece of the request body from the client (its last piece, once
+/// the body is complete): the wait for the response counts from there, so an upload that takes
+/// longer than `proxy.timeout` is not answered with 504 while it still progresses, and one that
+/// stopped moving (the client or the upstream stalled) is.
+#[derive(Debug)]
+pub(crate) struct BodyProgress {
+    origin: Instant,
+    /// Milliseconds from `origin` to the last frame taken.
+    last_frame_ms: AtomicU64,
+}
+
+impl BodyProgress {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            origin: Instant::now(),
+            last_frame_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn frame_taken(&self) {
+        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_frame_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the last frame was taken (the request's start if none was).
+    pub(crate) fn last_frame(&self) -> Instant {
+        self.origin + Duration::from_millis(self.last_frame_ms.load(Ordering::Relaxed))
+    }
+}
 
 /// A request body that fails with [`RequestBodyIdle`] once the client has been silent too long.
 pub(crate) struct IdleLimitedBody {
     body: Incoming,
     limit: Option<Duration>,
-    /// Set when the last frame has been read; absent for a body that was empty from the start.
-    end: Option<BodyEnd>,
+    /// Absent for a body that was empty from the start.
+    progress: Option<Arc<BodyProgress>>,
     /// Since when the relay has been waiting on the client; `None` while frames flow.
     waiting_since: Option<Instant>,
     /// Created at the first wait only: most requests have no body, or one that arrives at once.
@@ -60,18 +89,21 @@ pub(crate) struct IdleLimitedBody {
 }
 
 impl IdleLimitedBody {
-    /// The body, and what tells when it ended (`None`: it was empty, so it ended already).
-    pub(crate) fn new(body: Incoming, limit: Option<Duration>) -> (Self, Option<BodyEnd>) {
-        let end = (!body.is_end_stream()).then(BodyEnd::default);
+    /// The body, and what tells how it progresses (`None`: it was empty, so it ended already).
+    pub(crate) fn new(
+        body: Incoming,
+        limit: Option<Duration>,
+    ) -> (Self, Option<Arc<BodyProgress>>) {
+        let progress = (!body.is_end_stream()).then(BodyProgress::new);
         let body = Self {
             body,
             limit,
-            end: end.clone(),
+            progress: progress.clone(),
             waiting_since: None,
             timer: None,
             armed: None,
         };
-        (body, end)
+        (body, progress)
     }
 
     /// Called while the client owes us bytes: `Ready` once it has owed them too long.
@@ -112,10 +144,8 @@ impl Body for IdleLimitedBody {
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.waiting_since = None;
-                if (frame.is_none() || this.body.is_end_stream())
-                    && let Some(end) = &this.end
-                {
-                    let _ = end.set(Instant::now());
+                if let Some(progress) = &this.progress {
+                    progress.frame_taken();
                 }
                 Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
             }

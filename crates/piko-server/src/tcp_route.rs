@@ -13,11 +13,12 @@
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use piko_protocol::relay::RELAY_BUFFER;
 use piko_protocol::{
     WsByteStream, websocket_config,
     wire::{HALF_CLOSE_HEADER, MAX_ENDPOINT_ID_LEN, TCP_PATH},
 };
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::Role};
 
 use crate::{
@@ -107,13 +108,7 @@ pub(crate) async fn tunnel(
         let config = Some(websocket_config(MAX_MESSAGE));
         match websocket_upgrade::into_tcp(upgraded) {
             Ok((tcp, read_buf)) => {
-                let ws = WebSocketStream::from_partially_read(
-                    tcp,
-                    read_buf.to_vec(),
-                    Role::Server,
-                    config,
-                )
-                .await;
+                let ws = websocket_upgrade::server_websocket(tcp, read_buf, config).await;
                 relay(ws, stream, half_close).await;
             }
             Err(upgraded) => {
@@ -146,11 +141,13 @@ where
         }
         return;
     }
-    let (mut client_read, mut client_write) = tokio::io::split(WsByteStream::new(ws));
-    let (mut upstream_read, mut upstream_write) = tokio::io::split(stream);
+    let (client_read, mut client_write) = tokio::io::split(WsByteStream::new(ws));
+    let (upstream_read, mut upstream_write) = tokio::io::split(stream);
+    let mut client_read = BufReader::with_capacity(RELAY_BUFFER, client_read);
+    let mut upstream_read = BufReader::with_capacity(RELAY_BUFFER, upstream_read);
     tokio::select! {
-        _ = tokio::io::copy(&mut client_read, &mut upstream_write) => {}
-        _ = tokio::io::copy(&mut upstream_read, &mut client_write) => {}
+        _ = tokio::io::copy_buf(&mut client_read, &mut upstream_write) => {}
+        _ = tokio::io::copy_buf(&mut upstream_read, &mut client_write) => {}
     }
     // The upstream gets a FIN rather than a reset, so it may still flush what it was writing.
     let _ = upstream_write.shutdown().await;

@@ -98,13 +98,8 @@ impl Handler {
             match websocket_upgrade::into_tcp(upgraded) {
                 Ok((tcp, read_buf)) => {
                     let _ = tcp.set_zero_linger();
-                    let ws = WebSocketStream::from_partially_read(
-                        tcp,
-                        read_buf.to_vec(),
-                        Role::Server,
-                        Some(ws_config),
-                    )
-                    .await;
+                    let ws =
+                        websocket_upgrade::server_websocket(tcp, read_buf, Some(ws_config)).await;
                     handler.start(ws, &endpoint, &client_ip, &tenant).await;
                 }
                 Err(upgraded) => {

@@ -403,6 +403,26 @@ async fn a_silent_upstream_gets_504_after_the_proxy_timeout() {
     let post = b"POST / HTTP/1.1\r\nhost: slow.example.com\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello";
     let (status, head, _) = raw_request(node.proxy, post).await;
     assert_eq!(status, 504, "{head}");
+    // An upload the upstream stops taking (it never reads) is not "still in progress" forever.
+    let tcp = TcpStream::connect(node.proxy).await.unwrap();
+    let (mut reader, mut writer) = tcp.into_split();
+    let big = vec![b'x'; 8 << 20];
+    let head = format!(
+        "POST / HTTP/1.1\r\nhost: slow.example.com\r\ncontent-length: {}\r\n\r\n",
+        big.len()
+    );
+    // Blocks once the relay stops reading; fails when the server closes after its 504.
+    let sender = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        writer.write_all(&big).await
+    });
+    let mut response = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), reader.read_exact(&mut response))
+        .await
+        .expect("a stalled upload waited forever")
+        .unwrap();
+    sender.abort();
+    assert_eq!(&response, b"HTTP/1.1 504");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
