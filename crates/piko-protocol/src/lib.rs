@@ -3,7 +3,7 @@
 //! # Layout
 //! - [`keepalive`]: TCP keep-alive on accepted and dialed connections.
 //! - [`listen`]: listening sockets with a production-sized accept queue.
-//! - [`relay`]: bytes copied both ways between two connections.
+//! - [`relay`](mod@relay): bytes copied both ways between two connections.
 //! - [`wire`]: paths, header names and limits shared by the server, the agent and the SDK.
 //! - [`ws_stream`]: a WebSocket connection as the byte stream the upstream multiplexer runs on.
 
