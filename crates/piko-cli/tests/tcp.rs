@@ -5,53 +5,12 @@ mod common;
 
 use std::{net::SocketAddr, process::Stdio, time::Duration};
 
-use common::{PATIENCE, Process, start_server};
+use common::{PATIENCE, Process, echo_service, start_agent_tcp, start_forward, start_server};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
     process::Command,
 };
-
-/// An echo service: echoes until the client's end, then ends its side (half-close aware). Its
-/// accept queue takes a burst of 500 connections.
-async fn echo_service() -> SocketAddr {
-    let listener = piko_protocol::bind_listener("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut reader, mut writer) = tcp.into_split();
-                let _ = tokio::io::copy(&mut reader, &mut writer).await;
-                let _ = writer.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
-/// `piko agent tcp`, once the server has registered it.
-async fn start_agent(server: &mut Process, upstream: &str, endpoint: &str, addr: &str) -> Process {
-    let url = format!("http://{upstream}");
-    let agent = Process::start(&["agent", "tcp", endpoint, addr, "--connect.url", &url]);
-    server.wait_log("upstream connected").await;
-    agent
-}
-
-/// `piko forward tcp` on an ephemeral loopback port, and that port.
-async fn start_forward(proxy: &str, endpoint: &str) -> (Process, SocketAddr) {
-    let url = format!("http://{proxy}");
-    let mut forward = Process::start(&[
-        "forward",
-        "tcp",
-        "127.0.0.1:0",
-        endpoint,
-        "--connect.url",
-        &url,
-    ]);
-    let line = forward.wait_log("starting tcp forwarder").await;
-    let addr = line["addr"].as_str().unwrap().parse().unwrap();
-    (forward, addr)
-}
 
 /// Sends `data`, half-closes, and returns everything received until the other side's end.
 async fn exchange(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -98,7 +57,7 @@ async fn redis_cli_reaches_redis_server_through_the_tunnel() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (mut server, _admin, upstream, proxy) = start_server(&[]).await;
-    let _agent = start_agent(&mut server, &upstream, "redis", &port.to_string()).await;
+    let _agent = start_agent_tcp(&mut server, &upstream, "redis", &port.to_string()).await;
     let (_forward, local) = start_forward(&proxy, "redis").await;
 
     let cli = async |args: &[&str]| {
@@ -127,7 +86,7 @@ async fn redis_cli_reaches_redis_server_through_the_tunnel() {
 async fn bytes_are_exact_in_bulk_and_under_concurrency() {
     let service = echo_service().await;
     let (mut server, _admin, upstream, proxy) = start_server(&[]).await;
-    let _agent = start_agent(&mut server, &upstream, "echo", &service.to_string()).await;
+    let _agent = start_agent_tcp(&mut server, &upstream, "echo", &service.to_string()).await;
     let (_forward, local) = start_forward(&proxy, "echo").await;
 
     // 64 MiB each way, byte for byte; the half-close ends the echo after its last byte.
@@ -166,7 +125,7 @@ async fn failures_close_promptly_and_a_restarted_agent_serves_again() {
 
     // An upstream whose local service is down: the connection closes, nothing hangs.
     let down = reserve_port();
-    let mut agent = start_agent(&mut server, &upstream, "svc", &down.to_string()).await;
+    let mut agent = start_agent_tcp(&mut server, &upstream, "svc", &down.to_string()).await;
     let received = exchange(local, b"hello").await;
     assert!(received.is_err() || received.unwrap().is_empty());
     agent.wait_log("failed to dial upstream").await;
@@ -175,7 +134,7 @@ async fn failures_close_promptly_and_a_restarted_agent_serves_again() {
 
     // A new agent in front of a working service: new connections work without help.
     let service = echo_service().await;
-    let _agent = start_agent(&mut server, &upstream, "svc", &service.to_string()).await;
+    let _agent = start_agent_tcp(&mut server, &upstream, "svc", &service.to_string()).await;
     assert_eq!(exchange(local, b"back").await.unwrap(), b"back");
 }
 

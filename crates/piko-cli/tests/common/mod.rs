@@ -3,11 +3,11 @@
 
 #![allow(dead_code, reason = "each test file uses part of it")]
 
-use std::{process::Stdio, time::Duration};
+use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use serde_json::Value;
 use tokio::{
-    io::{AsyncBufReadExt, BufReader},
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     process::{Child, Command},
     sync::mpsc,
 };
@@ -140,4 +140,50 @@ pub(crate) fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// An echo service: echoes until the client's end, then ends its side (half-close aware). Its
+/// accept queue takes a burst of 500 connections.
+pub(crate) async fn echo_service() -> SocketAddr {
+    let listener = piko_protocol::bind_listener("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut reader, mut writer) = tcp.into_split();
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+                let _ = writer.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// `piko agent tcp`, once the server has registered it.
+pub(crate) async fn start_agent_tcp(
+    server: &mut Process,
+    upstream: &str,
+    endpoint: &str,
+    addr: &str,
+) -> Process {
+    let url = format!("http://{upstream}");
+    let agent = Process::start(&["agent", "tcp", endpoint, addr, "--connect.url", &url]);
+    server.wait_log("upstream connected").await;
+    agent
+}
+
+/// `piko forward tcp` on an ephemeral loopback port, and that port.
+pub(crate) async fn start_forward(proxy: &str, endpoint: &str) -> (Process, SocketAddr) {
+    let url = format!("http://{proxy}");
+    let mut forward = Process::start(&[
+        "forward",
+        "tcp",
+        "127.0.0.1:0",
+        endpoint,
+        "--connect.url",
+        &url,
+    ]);
+    let line = forward.wait_log("starting tcp forwarder").await;
+    let addr = line["addr"].as_str().unwrap().parse().unwrap();
+    (forward, addr)
 }
