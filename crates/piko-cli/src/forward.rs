@@ -86,6 +86,9 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
     if url.is_empty() {
         anyhow::bail!("config: connect: missing url");
     }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        anyhow::bail!("config: connect: invalid url: scheme must be http or https");
+    }
     let token = shared
         .token
         .or(file.connect.token)

@@ -190,6 +190,10 @@ async fn config_files_declare_tcp_listeners_and_forwarded_ports() {
             "ports:\n  - addr: nowhere\n    endpoint_id: e\n",
             "config: port: e: invalid addr",
         ),
+        (
+            "connect:\n  url: ftp://piko\nports:\n  - addr: \"3000\"\n    endpoint_id: e\n",
+            "config: connect: invalid url: scheme must be http or https",
+        ),
     ] {
         let file = common::TempFile::new("bad.yaml", text);
         let output = Command::new(piko)
