@@ -21,13 +21,15 @@
 //!   [`piko_http::access_log`]).
 //! - `tcp_route`: the proxy port's TCP-over-WebSocket route.
 //! - `websocket_upgrade`: the server side of WebSocket handshakes, gorilla's way.
-//! - `admin`: `/health` and `/ready`.
+//! - [`metrics`]: the Prometheus metrics of spec §10.2.
+//! - `admin`: `/health`, `/ready` and `/metrics`.
 //! - `serve`: the accept loop shared by the ports; `connection_deadlines` and
 //!   `request_body_idle`: the header read, idle and no-progress limits of client connections.
 
 mod admin;
 mod connection_deadlines;
 mod json_error;
+pub mod metrics;
 pub mod proxy;
 mod request_body_idle;
 mod serve;

@@ -38,6 +38,7 @@ use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use crate::{
     connection_deadlines::WatchedIo,
     json_error::{gin_error, proxy_error},
+    metrics::{MeteredBody, Metrics, approximate_request_size},
     request_body_idle::{BodyProgress, IdleLimitedBody, caused_by_idle_body},
     serve::{Body, BoxError, set_write_stall_limit},
     tcp_route::{self, Route},
@@ -88,6 +89,7 @@ impl Default for Config {
 pub(crate) struct Handler {
     pub(crate) config: Config,
     pub(crate) upstreams: Arc<Upstreams>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Upstream connections and upgraded tunnels, which outlive the request handler.
     pub(crate) exchanges: TaskTracker,
 }
@@ -99,7 +101,15 @@ impl Handler {
         peer: SocketAddr,
     ) -> Response<Body> {
         let record = RequestRecord::start(&self.config.access_log, &request);
+        let started = std::time::Instant::now();
+        let method = request.method().clone();
+        self.metrics.proxy.in_flight.inc();
+        self.metrics
+            .proxy
+            .request_size
+            .observe(approximate_request_size(&request));
         let response = self.clone().proxy(request, peer).await;
+        let response = MeteredBody::wrap(response, self.metrics.clone(), method, started);
         match record {
             Some(record) => record.finish(&self.config.access_log, response),
             None => response,
@@ -247,7 +257,10 @@ impl Handler {
                 break;
             };
             match within(deadline, session.open()).await {
-                Some(Ok(stream)) => return Ok(stream),
+                Some(Ok(stream)) => {
+                    self.metrics.upstream_requests.inc();
+                    return Ok(stream);
+                }
                 Some(Err(piko_mux::Error::RemoteGoAway)) => continue,
                 Some(Err(err)) => {
                     tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, error = %err, "proxy request");

@@ -17,6 +17,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     admin,
     connection_deadlines::Deadlines,
+    metrics::Metrics,
     proxy,
     serve::{Limits, Protocols, serve},
     upstream,
@@ -75,6 +76,7 @@ pub struct Server {
     upstream: TcpListener,
     admin: TcpListener,
     upstreams: Arc<Upstreams>,
+    metrics: Arc<Metrics>,
 }
 
 impl Server {
@@ -89,6 +91,7 @@ impl Server {
             upstream: bind("upstream", &config.upstream_bind_addr).await?,
             admin: bind("admin", &config.admin_bind_addr).await?,
             upstreams: Arc::default(),
+            metrics: Arc::default(),
             config,
         })
     }
@@ -134,6 +137,8 @@ impl Server {
 
         let admin = Arc::new(admin::Handler {
             ready: ready.clone(),
+            metrics: self.metrics.clone(),
+            upstreams: self.upstreams.clone(),
         });
         tracing::info!(subsystem = "admin", addr = %self.admin_addr(), "starting admin server");
         let admin_server = serve(
@@ -170,6 +175,7 @@ impl Server {
         let proxy = Arc::new(proxy::Handler {
             config: self.config.proxy.clone(),
             upstreams: self.upstreams.clone(),
+            metrics: self.metrics.clone(),
             exchanges: exchanges.clone(),
         });
         tracing::info!(subsystem = "proxy", addr = %self.proxy.local_addr().expect("bound"), "starting proxy server");

@@ -115,6 +115,13 @@ impl<S: Clone> Upstreams<S> {
             .map_or(0, |e| e.upstreams.len())
     }
 
+    /// Endpoints with at least one upstream, and upstreams in all.
+    pub fn totals(&self) -> (usize, usize) {
+        let table = self.table();
+        let upstreams = table.endpoints.values().map(|e| e.upstreams.len()).sum();
+        (table.endpoints.len(), upstreams)
+    }
+
     /// Every endpoint with its upstream count.
     pub fn endpoints(&self) -> Vec<(String, usize)> {
         let table = self.table();

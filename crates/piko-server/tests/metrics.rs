@@ -1,0 +1,196 @@
+//! The admin port's `/metrics`, read by Prometheus's own Python parser: every family of Piko's
+//! (spec §10.2) with its type and labels, and values that follow the traffic.
+
+mod common;
+
+use std::{process::Stdio, time::Duration};
+
+use common::{start_node, wait_upstreams};
+use serde_json::Value;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    process::Command,
+};
+
+/// Parses Prometheus text with `prometheus_client.parser` (Debian's python3-prometheus-client)
+/// into `{family: {"type": ..., "samples": [[name, labels, value], ...]}}`.
+const PARSE: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    out[family.name] = {
+        "type": family.type,
+        "samples": [[s.name, s.labels, s.value] for s in family.samples],
+    }
+print(json.dumps(out))
+"#;
+
+async fn parse(text: &str) -> Value {
+    let mut python = Command::new("/usr/bin/python3")
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 (apt-get install python3-prometheus-client)");
+    python
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .await
+        .unwrap();
+    let output = python.wait_with_output().await.unwrap();
+    assert!(
+        output.status.success(),
+        "the Prometheus parser refused the text (is python3-prometheus-client installed?):\n{}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str, host: &str) -> (String, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
+}
+
+/// The value of the sample `name` with exactly `labels`.
+fn sample(families: &Value, family: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    families[family]["samples"]
+        .as_array()?
+        .iter()
+        .find(|s| {
+            s[0] == name
+                && s[1].as_object().is_some_and(|l| {
+                    l.len() == labels.len()
+                        && labels
+                            .iter()
+                            .all(|(k, v)| l.get(*k).and_then(Value::as_str) == Some(v))
+                })
+        })
+        .and_then(|s| s[2].as_f64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_have_piko_s_names_and_follow_the_traffic() {
+    let node = start_node().await;
+    let mut listener = piko::Upstream::new(format!("http://{}", node.upstream))
+        .listen("e")
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok(mut stream) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    wait_upstreams(&node, "e", 1).await;
+    for _ in 0..2 {
+        let (head, body) = get(node.proxy, "/x", "e.example.com").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, "hello");
+    }
+    let (head, _) = get(node.proxy, "/x", "nobody.example.com").await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+
+    let (head, text) = get(node.admin, "/metrics", "admin").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+        "{head}"
+    );
+    assert!(
+        !text.contains("# EOF"),
+        "OpenMetrics terminator in Prometheus text"
+    );
+    let families = parse(&text).await;
+
+    for (family, kind) in [
+        ("piko_proxy_requests_in_flight", "gauge"),
+        ("piko_proxy_requests", "counter"),
+        ("piko_proxy_request_latency_seconds", "histogram"),
+        ("piko_proxy_request_size_bytes", "histogram"),
+        ("piko_proxy_response_size_bytes", "histogram"),
+        ("piko_upstreams_connected_upstreams", "gauge"),
+        ("piko_upstreams_registered_endpoints", "gauge"),
+        ("piko_upstreams_upstream_requests", "counter"),
+        ("piko_cluster_nodes", "gauge"),
+        ("piko_gossip_connections_inbound", "counter"),
+        ("piko_gossip_connections_outbound", "counter"),
+        ("piko_gossip_stream_bytes_inbound", "counter"),
+        ("piko_gossip_stream_bytes_outbound", "counter"),
+        ("piko_gossip_packet_bytes_inbound", "counter"),
+        ("piko_gossip_packet_bytes_outbound", "counter"),
+        ("piko_gossip_digest_entries_inbound", "counter"),
+        ("piko_gossip_digest_entries_outbound", "counter"),
+        ("piko_gossip_delta_entries_inbound", "counter"),
+        ("piko_gossip_delta_entries_outbound", "counter"),
+    ] {
+        assert_eq!(families[family]["type"], kind, "{family} in {families}");
+    }
+    let requests = |status: &str| {
+        sample(
+            &families,
+            "piko_proxy_requests",
+            "piko_proxy_requests_total",
+            &[("status", status), ("method", "GET")],
+        )
+    };
+    assert_eq!(requests("200"), Some(2.0), "{families}");
+    assert_eq!(requests("502"), Some(1.0), "{families}");
+    let latency_count = sample(
+        &families,
+        "piko_proxy_request_latency_seconds",
+        "piko_proxy_request_latency_seconds_count",
+        &[("status", "200"), ("method", "GET")],
+    );
+    assert_eq!(latency_count, Some(2.0));
+    let response_sizes = sample(
+        &families,
+        "piko_proxy_response_size_bytes",
+        "piko_proxy_response_size_bytes_sum",
+        &[],
+    );
+    // Two 5-byte bodies and one JSON error.
+    let error_body = br#"{"error":"no available upstreams"}"#.len() as f64 + 1.0;
+    assert_eq!(response_sizes, Some(10.0 + error_body));
+    let gauge = |family: &str| sample(&families, family, family, &[]);
+    assert_eq!(gauge("piko_upstreams_connected_upstreams"), Some(1.0));
+    assert_eq!(gauge("piko_upstreams_registered_endpoints"), Some(1.0));
+    assert_eq!(gauge("piko_proxy_requests_in_flight"), Some(0.0));
+    assert_eq!(
+        sample(
+            &families,
+            "piko_upstreams_upstream_requests",
+            "piko_upstreams_upstream_requests_total",
+            &[]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(
+            &families,
+            "piko_cluster_nodes",
+            "piko_cluster_nodes",
+            &[("status", "active")]
+        ),
+        Some(1.0)
+    );
+}
