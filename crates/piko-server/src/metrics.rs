@@ -80,8 +80,7 @@ pub(crate) struct ProxyMetrics {
 impl ProxyMetrics {
     /// Records a finished request: its labels, how long it took, and the response body bytes
     /// written (`None` when nothing was written: Piko observes -1 then).
-    pub(crate) fn finished(&self, labels: &RequestLabels, elapsed: Duration, written: Option<u64>) {
-        self.in_flight.dec();
+    fn finished(&self, labels: &RequestLabels, elapsed: Duration, written: Option<u64>) {
         self.requests.get_or_create(labels).inc();
         // Piko measures with millisecond resolution.
         let seconds = elapsed.as_millis() as f64 / 1000.0;
@@ -253,40 +252,63 @@ const GOSSIP_COUNTERS: [(&str, &str); 10] = [
     ("piko_gossip_delta_entries_outbound", "Delta entries sent"),
 ];
 
-/// A proxied response's body, recording the request in the metrics when it has been written (or
-/// abandoned): latency covers the whole body, as Piko's handler time does.
-pub(crate) struct MeteredBody {
-    body: piko_http::body::Body,
+/// One proxy-port request in the metrics, from its arrival: in flight until it is dropped,
+/// whether with its response body or before any response (the client went away).
+pub(crate) struct RequestMeter {
     metrics: std::sync::Arc<Metrics>,
-    labels: RequestLabels,
+    method: http::Method,
     started: std::time::Instant,
-    written: Option<u64>,
 }
 
-impl MeteredBody {
-    /// Wraps a response of a request counted in flight when it arrived.
-    pub(crate) fn wrap(
+impl RequestMeter {
+    pub(crate) fn start<B>(metrics: std::sync::Arc<Metrics>, request: &http::Request<B>) -> Self {
+        metrics.proxy.in_flight.inc();
+        metrics
+            .proxy
+            .request_size
+            .observe(approximate_request_size(request));
+        Self {
+            metrics,
+            method: request.method().clone(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Records the request once `response`'s body has been written (or abandoned): latency
+    /// covers the whole body, as Piko's handler time does.
+    pub(crate) fn finish(
+        self,
         response: http::Response<piko_http::body::Body>,
-        metrics: std::sync::Arc<Metrics>,
-        method: http::Method,
-        started: std::time::Instant,
     ) -> http::Response<piko_http::body::Body> {
         use http_body_util::BodyExt;
         let labels = RequestLabels {
             status: response.status().as_u16(),
-            method: MethodLabel(method),
+            method: MethodLabel(self.method.clone()),
         };
         response.map(|body| {
-            Self {
+            MeteredBody {
                 body,
-                metrics,
+                meter: self,
                 labels,
-                started,
                 written: None,
             }
             .boxed()
         })
     }
+}
+
+impl Drop for RequestMeter {
+    fn drop(&mut self) {
+        self.metrics.proxy.in_flight.dec();
+    }
+}
+
+/// A proxied response's body, counting the bytes written.
+struct MeteredBody {
+    body: piko_http::body::Body,
+    meter: RequestMeter,
+    labels: RequestLabels,
+    written: Option<u64>,
 }
 
 impl hyper::body::Body for MeteredBody {
@@ -317,9 +339,11 @@ impl hyper::body::Body for MeteredBody {
 
 impl Drop for MeteredBody {
     fn drop(&mut self) {
-        self.metrics
+        let meter = &self.meter;
+        meter
+            .metrics
             .proxy
-            .finished(&self.labels, self.started.elapsed(), self.written);
+            .finished(&self.labels, meter.started.elapsed(), self.written);
     }
 }
 

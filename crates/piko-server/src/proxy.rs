@@ -38,7 +38,7 @@ use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use crate::{
     connection_deadlines::WatchedIo,
     json_error::{gin_error, proxy_error},
-    metrics::{MeteredBody, Metrics, approximate_request_size},
+    metrics::{Metrics, RequestMeter},
     request_body_idle::{BodyProgress, IdleLimitedBody, caused_by_idle_body},
     serve::{Body, BoxError, set_write_stall_limit},
     tcp_route::{self, Route},
@@ -101,15 +101,9 @@ impl Handler {
         peer: SocketAddr,
     ) -> Response<Body> {
         let record = RequestRecord::start(&self.config.access_log, &request);
-        let started = std::time::Instant::now();
-        let method = request.method().clone();
-        self.metrics.proxy.in_flight.inc();
-        self.metrics
-            .proxy
-            .request_size
-            .observe(approximate_request_size(&request));
+        let meter = RequestMeter::start(self.metrics.clone(), &request);
         let response = self.clone().proxy(request, peer).await;
-        let response = MeteredBody::wrap(response, self.metrics.clone(), method, started);
+        let response = meter.finish(response);
         match record {
             Some(record) => record.finish(&self.config.access_log, response),
             None => response,

@@ -194,3 +194,48 @@ async fn metrics_have_piko_s_names_and_follow_the_traffic() {
         Some(1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_abandoned_by_its_client_leaves_the_in_flight_gauge() {
+    let node = start_node().await;
+    let mut listener = piko::Upstream::new(format!("http://{}", node.upstream))
+        .listen("silent")
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok(stream) = listener.accept().await {
+            held.push(stream); // never answers
+        }
+    });
+    wait_upstreams(&node, "silent", 1).await;
+    let in_flight = async || {
+        let (_, text) = get(node.admin, "/metrics", "admin").await;
+        let families = parse(&text).await;
+        sample(
+            &families,
+            "piko_proxy_requests_in_flight",
+            "piko_proxy_requests_in_flight",
+            &[],
+        )
+        .unwrap()
+    };
+    let mut client = TcpStream::connect(node.proxy).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: silent.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while in_flight().await != 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "never in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(client);
+    while in_flight().await != 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "an abandoned request stayed in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
