@@ -19,7 +19,7 @@ use piko_http::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::target::Target;
+use crate::{AgentMetrics, metrics::RequestMeter, target::Target};
 
 /// Settings of one HTTP listener.
 #[derive(Clone, Debug)]
@@ -39,6 +39,8 @@ pub struct HttpConfig {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// The listener's access log (subsystem `proxy.http.access`).
     pub access_log: access_log::Config,
+    /// Where the listener's requests are counted, if the agent exposes metrics.
+    pub metrics: Option<Arc<AgentMetrics>>,
 }
 
 impl HttpConfig {
@@ -56,12 +58,14 @@ impl HttpConfig {
                 subsystem: "proxy.http.access",
                 ..Default::default()
             },
+            metrics: None,
         }
     }
 }
 
 struct Proxy {
     config: HttpConfig,
+    endpoint: String,
     client: Client<HttpsConnector<HttpConnector>, Incoming>,
     upgrade_client: Client<HttpsConnector<HttpConnector>, Incoming>,
     tunnels: TaskTracker,
@@ -110,6 +114,7 @@ pub async fn serve_http(
     );
     let proxy = Arc::new(Proxy {
         config,
+        endpoint: listener.endpoint_id().to_owned(),
         client,
         upgrade_client,
         tunnels: TaskTracker::new(),
@@ -159,7 +164,16 @@ impl Proxy {
         server_addr: Option<SocketAddr>,
     ) -> Response<Body> {
         let record = RequestRecord::start(&self.config.access_log, &request);
+        let meter = self
+            .config
+            .metrics
+            .as_ref()
+            .map(|metrics| RequestMeter::start(metrics.clone(), &self.endpoint, &request));
         let response = self.forward(request, server_addr).await;
+        let response = match meter {
+            Some(meter) => meter.finish(response),
+            None => response,
+        };
         match record {
             Some(record) => record.finish(&self.config.access_log, response),
             None => response,

@@ -1,9 +1,9 @@
 //! `piko agent`.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use piko_agent::{ClientTls, HttpConfig, Target, TcpConfig, tcp_addr};
+use piko_agent::{AgentMetrics, ClientTls, HttpConfig, Target, TcpConfig, tcp_addr};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +43,12 @@ pub(crate) struct Shared {
     timeout: Option<Duration>,
     #[command(flatten)]
     tls: ConnectTlsFlags,
+    /// Serve the agent's metrics on `--server.bind-addr`.
+    #[arg(long = "server.enabled", num_args = 0..=1, default_missing_value = "true")]
+    server_enabled: Option<bool>,
+    /// Address of the metrics server [default: :5000].
+    #[arg(long = "server.bind-addr")]
+    server_bind_addr: Option<String>,
     /// Outbound proxy to reach the server through: `http://[user:password@]host:port` (HTTP
     /// CONNECT) or `socks5://[user:password@]host:port`.
     #[arg(long = "connect.proxy-url")]
@@ -357,6 +363,47 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
     for key in ignored {
         tracing::warn!(key, "config key not supported yet; ignored");
     }
+
+    let metrics_enabled = shared
+        .server_enabled
+        .or(file.server.enabled)
+        .unwrap_or(false);
+    let metrics = if metrics_enabled {
+        let addr = shared
+            .server_bind_addr
+            .or(file.server.bind_addr.clone())
+            .unwrap_or_else(|| ":5000".into());
+        if addr.is_empty() {
+            anyhow::bail!("config: server: missing bind addr");
+        }
+        // Go's `:5000` is every interface.
+        let bind = match addr.strip_prefix(':') {
+            Some(port) => format!("0.0.0.0:{port}"),
+            None => addr.clone(),
+        };
+        let listener = piko_protocol::bind_listener(&bind)
+            .await
+            .with_context(|| format!("server: listen: {addr}"))?;
+        let metrics = Arc::new(AgentMetrics::new());
+        tracing::info!(subsystem = "server", addr = %listener.local_addr()?, "starting metrics server");
+        tokio::spawn(piko_agent::serve_metrics(
+            listener,
+            metrics.clone(),
+            CancellationToken::new(),
+        ));
+        Some(metrics)
+    } else {
+        None
+    };
+    let listeners: Vec<ListenerSpec> = listeners
+        .into_iter()
+        .map(|mut spec| {
+            if let ListenerKind::Http(config) = &mut spec.kind {
+                config.metrics = metrics.clone();
+            }
+            spec
+        })
+        .collect();
 
     let mut upstream = piko::Upstream::new(&url);
     if let Some(token) = &token {

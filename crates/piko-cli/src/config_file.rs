@@ -275,7 +275,7 @@ impl ServerFile {
 pub(crate) struct AgentFile {
     pub(crate) connect: Connect,
     pub(crate) listeners: Option<Vec<Listener>>,
-    server: AgentServer,
+    pub(crate) server: AgentServer,
     pub(crate) log: Log,
     pub(crate) grace_period: Option<GoDuration>,
 }
@@ -311,9 +311,9 @@ impl ClientTls {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct AgentServer {
-    enabled: Option<bool>,
-    bind_addr: Option<String>,
+pub(crate) struct AgentServer {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) bind_addr: Option<String>,
 }
 
 /// One `listeners:` entry.
@@ -342,14 +342,10 @@ pub(crate) struct HttpClient {
 }
 
 impl AgentFile {
-    /// Refuses what must not be ignored; warns about what is accepted but not built yet.
+    /// Refuses what must not be ignored (every key the agent accepts is applied).
     pub(crate) fn check(&self) -> anyhow::Result<Vec<&'static str>> {
         refuse("connect.tenant_id", set(self.connect.tenant_id.as_ref()))?;
-        let mut ignored = Vec::new();
-        if self.server.enabled == Some(true) {
-            ignored.push("server.enabled");
-        }
-        Ok(ignored)
+        Ok(Vec::new())
     }
 }
 

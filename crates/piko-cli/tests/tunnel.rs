@@ -596,3 +596,91 @@ async fn log_subsystems_are_logged_at_every_level() {
         assert!(allowed(&line), "{line}");
     }
 }
+
+/// `{family: type}` and `[[sample, labels, value]]` of Prometheus text, read by Prometheus's
+/// Python parser (Debian's python3-prometheus-client).
+async fn parse_metrics(text: &str) -> Value {
+    const PARSE: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+families, samples = {}, []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    families[family.name] = family.type
+    samples += [[s.name, s.labels, s.value] for s in family.samples]
+print(json.dumps({"families": families, "samples": samples}))
+"#;
+    let mut python = Command::new("/usr/bin/python3")
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 (apt-get install python3-prometheus-client)");
+    let mut stdin = python.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).await.unwrap();
+    drop(stdin);
+    let output = python.wait_with_output().await.unwrap();
+    assert!(
+        output.status.success(),
+        "the Prometheus parser refused:\n{text}"
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_its_metrics_when_enabled() {
+    let service = local_service().await;
+    let (mut server, _admin, upstream, proxy) = start_server(&[]).await;
+    let connect_url = format!("http://{upstream}");
+    let mut agent = Process::start(&[
+        "agent",
+        "http",
+        "metered",
+        &service.port().to_string(),
+        "--connect.url",
+        &connect_url,
+        "--server.enabled",
+        "--server.bind-addr",
+        "127.0.0.1:0",
+    ]);
+    let metrics_addr = agent.wait_log("starting metrics server").await["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server.wait_log("upstream connected").await;
+    for _ in 0..2 {
+        let (status, _) = curl(&[
+            "-H",
+            "x-piko-endpoint: metered",
+            &format!("http://{proxy}/hello"),
+        ])
+        .await;
+        assert_eq!(status, "200");
+    }
+    let (status, text) = curl(&[&format!("http://{metrics_addr}/metrics")]).await;
+    assert_eq!(status, "200");
+    let parsed = parse_metrics(&text).await;
+    for (family, kind) in [
+        ("piko_agent_requests_in_flight", "gauge"),
+        ("piko_agent_requests", "counter"),
+        ("piko_agent_request_latency_seconds", "histogram"),
+        ("piko_agent_request_size_bytes", "histogram"),
+        ("piko_agent_response_size_bytes", "histogram"),
+    ] {
+        assert_eq!(parsed["families"][family], kind, "{family}: {parsed}");
+    }
+    let requests = parsed["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            s[0] == "piko_agent_requests_total"
+                && s[1]["endpoint"] == "metered"
+                && s[1]["status"] == "200"
+                && s[1]["method"] == "GET"
+        })
+        .map(|s| s[2].as_f64().unwrap());
+    assert_eq!(requests, Some(2.0), "{parsed}");
+    // Nothing else is served there.
+    let (status, _) = curl(&[&format!("http://{metrics_addr}/health")]).await;
+    assert_eq!(status, "404");
+}

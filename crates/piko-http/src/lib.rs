@@ -4,9 +4,12 @@
 //! - [`hop_by_hop`]: what a proxy strips from messages, and upgrade detection.
 //! - [`error_response`]: the JSON error responses of Piko's proxies.
 //! - [`access_log`]: `request` records written when a response has been sent.
-//! - [`body`]: the response body type.
+//! - [`body`]: the response body type; [`counted_body`]: one that reports its size.
+//! - [`prometheus_text`]: metrics as Piko's Go services serve them, and shared metric pieces.
 
 pub mod access_log;
 pub mod body;
+pub mod counted_body;
 pub mod error_response;
 pub mod hop_by_hop;
+pub mod prometheus_text;

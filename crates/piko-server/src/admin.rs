@@ -7,8 +7,9 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use piko_http::prometheus_text;
 
 use crate::{
     json_error::{full, not_found},
@@ -43,21 +44,6 @@ impl Handler {
     }
 
     fn metrics(&self) -> Response<Body> {
-        match self.metrics.render(&self.upstreams) {
-            Ok(text) => {
-                let mut response = Response::new(full(text));
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                response
-            }
-            Err(err) => {
-                tracing::warn!(subsystem = "admin", error = %err, "failed to encode metrics");
-                let mut response = Response::new(full("failed to encode metrics\n"));
-                *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                response
-            }
-        }
+        prometheus_text::scrape_response(self.metrics.render(&self.upstreams))
     }
 }

@@ -4,42 +4,20 @@
 //!
 //! The cluster and gossip families report the single local node until the cluster exists.
 
-use std::{fmt::Write as _, time::Duration};
+use std::time::Duration;
+
+use piko_http::counted_body::CountedBody;
+use piko_http::prometheus_text::{
+    self, LATENCY_BUCKETS, MethodLabel, SIZE_BUCKETS, approximate_request_size,
+};
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
 use crate::upstreams::Upstreams;
-
-/// Go's default latency buckets, as Piko's histograms use them.
-const LATENCY_BUCKETS: [f64; 11] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// Piko's size buckets: 256 × 4ⁿ bytes, n = 0..7.
-const SIZE_BUCKETS: [f64; 8] = [
-    256.0,
-    1024.0,
-    4096.0,
-    16384.0,
-    65536.0,
-    262_144.0,
-    1_048_576.0,
-    4_194_304.0,
-];
-
-/// An HTTP method as a label value, without allocating for the standard ones.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub(crate) struct MethodLabel(pub(crate) http::Method);
-
-impl EncodeLabelValue for MethodLabel {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        encoder.write_str(self.0.as_str())
-    }
-}
 
 /// `status` and `method` of a proxied request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -195,16 +173,11 @@ impl Metrics {
         let (endpoints, connected) = upstreams.totals();
         self.connected_upstreams.set(connected as i64);
         self.registered_endpoints.set(endpoints as i64);
-        let mut open_metrics = String::new();
-        if let Err(err) =
-            prometheus_client::encoding::text::encode(&mut open_metrics, &self.registry)
-        {
+        prometheus_text::encode(&self.registry).inspect_err(|_| {
             self.handler_errors
                 .get_or_create(&CauseLabel { cause: "encoding" })
                 .inc();
-            return Err(err);
-        }
-        Ok(to_prometheus_text(&open_metrics))
+        })
     }
 }
 
@@ -286,12 +259,10 @@ impl RequestMeter {
             method: MethodLabel(self.method.clone()),
         };
         response.map(|body| {
-            MeteredBody {
-                body,
-                meter: self,
-                labels,
-                written: None,
-            }
+            CountedBody::new(body, move |written| {
+                let proxy = &self.metrics.proxy;
+                proxy.finished(&labels, self.started.elapsed(), written);
+            })
             .boxed()
         })
     }
@@ -300,178 +271,5 @@ impl RequestMeter {
 impl Drop for RequestMeter {
     fn drop(&mut self) {
         self.metrics.proxy.in_flight.dec();
-    }
-}
-
-/// A proxied response's body, counting the bytes written.
-struct MeteredBody {
-    body: piko_http::body::Body,
-    meter: RequestMeter,
-    labels: RequestLabels,
-    written: Option<u64>,
-}
-
-impl hyper::body::Body for MeteredBody {
-    type Data = bytes::Bytes;
-    type Error = piko_http::body::BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
-        let frame = std::task::ready!(std::pin::Pin::new(&mut self.body).poll_frame(cx));
-        if let Some(Ok(frame)) = &frame
-            && let Some(data) = frame.data_ref()
-        {
-            *self.written.get_or_insert(0) += data.len() as u64;
-        }
-        std::task::Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for MeteredBody {
-    fn drop(&mut self) {
-        let meter = &self.meter;
-        meter
-            .metrics
-            .proxy
-            .finished(&self.labels, meter.started.elapsed(), self.written);
-    }
-}
-
-/// OpenMetrics text (what `prometheus-client` writes) as the Prometheus 0.0.4 text Piko's Go
-/// client serves: a counter's `# HELP` and `# TYPE` name it with its `_total`, and there is no
-/// `# EOF`. Samples are the same in both.
-fn to_prometheus_text(open_metrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = open_metrics
-        .lines()
-        .filter_map(|line| line.strip_prefix("# TYPE "))
-        .filter_map(|rest| rest.strip_suffix(" counter"))
-        .collect();
-    let mut text = String::with_capacity(open_metrics.len());
-    for line in open_metrics.lines() {
-        if line == "# EOF" {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
-            let rest = line.strip_prefix(prefix)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{prefix}{name}_total {tail}"))
-        });
-        match renamed {
-            Some(line) => text.push_str(&line),
-            None => push_with_go_le(&mut text, line),
-        }
-        text.push('\n');
-    }
-    text
-}
-
-/// Writes a sample line with its `le` label as Go formats the bound (`256`, `2.5`,
-/// `1.048576e+06`, where `prometheus-client` writes `256.0` and `1048576.0`): a series keeps its
-/// identity when a node moves from Piko to piko.
-fn push_with_go_le(text: &mut String, line: &str) {
-    let Some(start) = line.find("le=\"").map(|i| i + 4) else {
-        text.push_str(line);
-        return;
-    };
-    let Some(len) = line[start..].find('"') else {
-        text.push_str(line);
-        return;
-    };
-    let bound = &line[start..start + len];
-    text.push_str(&line[..start]);
-    match bound.parse::<f64>() {
-        Ok(value) if value.is_finite() => text.push_str(&go_float(value)),
-        _ => text.push_str(bound),
-    }
-    text.push_str(&line[start + len..]);
-}
-
-/// Go's `strconv.FormatFloat(v, 'g', -1, 64)`: the shortest digits, in exponent form when the
-/// exponent is below -4 or at least 6 (when the shortest form has few digits, the 'g' rule of
-/// precision 6 applies).
-fn go_float(value: f64) -> String {
-    let scientific = format!("{value:e}");
-    let (mantissa, exponent) = scientific
-        .split_once('e')
-        .unwrap_or((scientific.as_str(), "0"));
-    let exponent: i32 = exponent.parse().unwrap_or(0);
-    if value != 0.0 && !(-4..6).contains(&exponent) {
-        let sign = if exponent < 0 { '-' } else { '+' };
-        format!("{mantissa}e{sign}{:02}", exponent.abs())
-    } else {
-        format!("{value}")
-    }
-}
-
-/// Go's `promhttp` approximation of a request's size: URL, method, protocol, header names and
-/// values, host, and the declared body length.
-pub(crate) fn approximate_request_size<B>(request: &http::Request<B>) -> f64 {
-    let mut size = request.uri().to_string().len()
-        + request.method().as_str().len()
-        + match request.version() {
-            http::Version::HTTP_2 => "HTTP/2.0".len(),
-            _ => "HTTP/1.1".len(),
-        };
-    for (name, value) in request.headers() {
-        size += name.as_str().len() + value.len();
-    }
-    if let Some(host) = request.headers().get(http::header::HOST) {
-        size += host.len();
-    }
-    if let Some(length) = request
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        size += length;
-    }
-    size as f64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bucket_bounds_are_formatted_as_go_formats_them() {
-        for (value, go) in [
-            (0.005, "0.005"),
-            (0.25, "0.25"),
-            (1.0, "1"),
-            (2.5, "2.5"),
-            (10.0, "10"),
-            (256.0, "256"),
-            (262_144.0, "262144"),
-            (1_048_576.0, "1.048576e+06"),
-            (4_194_304.0, "4.194304e+06"),
-            (0.00001, "1e-05"),
-        ] {
-            assert_eq!(go_float(value), go, "{value}");
-        }
-        let mut text = String::new();
-        push_with_go_le(&mut text, r#"x_bucket{status="200",le="1048576.0"} 3"#);
-        assert_eq!(text, r#"x_bucket{status="200",le="1.048576e+06"} 3"#);
-    }
-
-    #[test]
-    fn counters_are_named_with_total_as_go_names_them() {
-        let open = "# HELP a_requests Total.\n# TYPE a_requests counter\na_requests_total 3\n# HELP b Gauge.\n# TYPE b gauge\nb 1\n# EOF\n";
-        assert_eq!(
-            to_prometheus_text(open),
-            "# HELP a_requests_total Total.\n# TYPE a_requests_total counter\na_requests_total 3\n# HELP b Gauge.\n# TYPE b gauge\nb 1\n"
-        );
     }
 }
