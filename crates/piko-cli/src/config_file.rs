@@ -300,15 +300,6 @@ pub(crate) struct ClientTls {
     pub(crate) insecure_skip_verify: Option<bool>,
 }
 
-impl ClientTls {
-    fn enabled(&self) -> bool {
-        [&self.cert, &self.key, &self.root_cas]
-            .into_iter()
-            .any(|v| set(v.as_ref()))
-            || self.insecure_skip_verify == Some(true)
-    }
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct AgentServer {

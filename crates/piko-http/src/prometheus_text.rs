@@ -139,7 +139,16 @@ fn go_float(value: f64) -> String {
 /// Go's `promhttp` approximation of a request's size: URL, method, protocol, header names and
 /// values, host, and the declared body length.
 pub fn approximate_request_size<B>(request: &http::Request<B>) -> f64 {
-    let mut size = request.uri().to_string().len()
+    // The URI's text length, without formatting it (this runs for every proxied request).
+    let uri = request.uri();
+    let uri_len = uri
+        .scheme_str()
+        .map_or(0, |scheme| scheme.len() + "://".len())
+        + uri
+            .authority()
+            .map_or(0, |authority| authority.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let mut size = uri_len
         + request.method().as_str().len()
         + match request.version() {
             http::Version::HTTP_2 => "HTTP/2.0".len(),
@@ -165,6 +174,15 @@ pub fn approximate_request_size<B>(request: &http::Request<B>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_uri_counts_as_its_text() {
+        for uri in ["/a/b?c=d", "http://example.com:8000/x?y", "*"] {
+            let request = http::Request::builder().uri(uri).body(()).unwrap();
+            let expected = request.uri().to_string().len() + "GET".len() + "HTTP/1.1".len();
+            assert_eq!(approximate_request_size(&request), expected as f64, "{uri}");
+        }
+    }
 
     #[test]
     fn bucket_bounds_are_formatted_as_go_formats_them() {
