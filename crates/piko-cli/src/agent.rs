@@ -38,6 +38,9 @@ pub(crate) struct Shared {
     /// Token sent as `Authorization: Bearer <token>`.
     #[arg(long = "connect.token")]
     token: Option<String>,
+    /// Tenant sent as `x-piko-tenant-id` (not supported yet: refused when set).
+    #[arg(long = "connect.tenant-id")]
+    tenant_id: Option<String>,
     /// Deadline for each listener's first connection, retries included [default: 30s].
     #[arg(long = "connect.timeout", value_parser = duration::parse)]
     timeout: Option<Duration>,
@@ -88,7 +91,44 @@ pub(crate) struct HttpArgs {
     #[arg(long = "access-log.response-headers.block-list", value_delimiter = ',')]
     response_block: Vec<String>,
     #[command(flatten)]
+    http_client: HttpClientFlags,
+    #[command(flatten)]
     shared: Shared,
+}
+
+/// `--http-client.*`: the connection pool towards the local service.
+#[derive(Debug, clap::Args)]
+struct HttpClientFlags {
+    /// TCP keep-alive period of connections to the local service [default: 30s].
+    #[arg(long = "http-client.keep-alive-timeout", value_parser = duration::parse)]
+    keep_alive_timeout: Option<Duration>,
+    /// How long an idle pooled connection is kept [default: 90s].
+    #[arg(long = "http-client.idle-conn-timeout", value_parser = duration::parse)]
+    idle_conn_timeout: Option<Duration>,
+    /// Most idle pooled connections; 0 or less is no limit [default: 100].
+    #[arg(long = "http-client.max-idle-conns", allow_negative_numbers = true)]
+    max_idle_conns: Option<i64>,
+    /// Accepted with no effect: the agent never adds `Accept-Encoding`, so the client gets
+    /// what it asked for either way.
+    #[arg(long = "http-client.disable-compression", num_args = 0..=1, default_missing_value = "true")]
+    disable_compression: Option<bool>,
+}
+
+impl HttpClientFlags {
+    fn apply(&self, http: &mut HttpConfig) {
+        if let Some(period) = self.keep_alive_timeout.filter(|d| !d.is_zero()) {
+            http.keep_alive_timeout = period;
+        }
+        if let Some(idle) = self.idle_conn_timeout.filter(|d| !d.is_zero()) {
+            http.idle_conn_timeout = idle;
+        }
+        match self.max_idle_conns {
+            // Go's transport: zero is no limit (Piko passes the flag through untranslated).
+            Some(n) if n <= 0 => http.max_idle_conns = usize::MAX,
+            Some(n) => http.max_idle_conns = usize::try_from(n).unwrap_or(usize::MAX),
+            None => {}
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -128,6 +168,7 @@ enum FromCommand {
         addr: String,
         timeout: Option<Duration>,
         access_log: access_log_config::Overrides,
+        http_client: HttpClientFlags,
     },
     Tcp {
         endpoint: String,
@@ -233,6 +274,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
             request_block,
             response_allow,
             response_block,
+            http_client,
             shared,
         }) => {
             let access_log = access_log_config::Overrides {
@@ -248,6 +290,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
                 addr,
                 timeout: request_timeout,
                 access_log,
+                http_client,
             };
             (shared, Some(listener))
         }
@@ -269,7 +312,10 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
         }
     };
     let file: config_file::AgentFile = shared.config.load()?;
-    let ignored = file.check().context("config")?;
+    file.check().context("config")?;
+    if shared.tenant_id.as_deref().is_some_and(|t| !t.is_empty()) {
+        anyhow::bail!("config: connect.tenant_id: not supported yet");
+    }
     let connect_tls = shared.tls.config(&file.connect.tls)?;
     let proxy_url = shared
         .proxy_url
@@ -311,6 +357,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
             addr,
             timeout,
             access_log,
+            http_client,
         }) => {
             let target =
                 Target::parse(&addr).with_context(|| format!("config: listener: {endpoint}"))?;
@@ -322,13 +369,15 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
                 AGENT_ACCESS_LOG,
                 &context,
             )?;
+            let mut http = HttpConfig {
+                timeout,
+                access_log,
+                ..HttpConfig::new(target)
+            };
+            http_client.apply(&mut http);
             vec![ListenerSpec {
                 endpoint,
-                kind: ListenerKind::Http(Box::new(HttpConfig {
-                    timeout,
-                    access_log,
-                    ..HttpConfig::new(target)
-                })),
+                kind: ListenerKind::Http(Box::new(http)),
             }]
         }
         Some(FromCommand::Tcp {
@@ -357,25 +406,23 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
     if listeners.is_empty() {
         anyhow::bail!("no listeners configured");
     }
-    shared.log.init(&file.log)?;
-    tracing::info!(version = crate::VERSION, "starting piko agent");
-    crate::open_files::raise_limit();
-    for key in ignored {
-        tracing::warn!(key, "config key not supported yet; ignored");
-    }
-
     let metrics_enabled = shared
         .server_enabled
         .or(file.server.enabled)
         .unwrap_or(false);
+    let metrics_addr = shared
+        .server_bind_addr
+        .or(file.server.bind_addr.clone())
+        .unwrap_or_else(|| ":5000".into());
+    if metrics_enabled && metrics_addr.is_empty() {
+        anyhow::bail!("config: server: missing bind addr");
+    }
+    shared.log.init(&file.log)?;
+    tracing::info!(version = crate::VERSION, "starting piko agent");
+    crate::open_files::raise_limit();
+
     let metrics = if metrics_enabled {
-        let addr = shared
-            .server_bind_addr
-            .or(file.server.bind_addr.clone())
-            .unwrap_or_else(|| ":5000".into());
-        if addr.is_empty() {
-            anyhow::bail!("config: server: missing bind addr");
-        }
+        let addr = metrics_addr;
         // Go's `:5000` is every interface.
         let bind = match addr.strip_prefix(':') {
             Some(port) => format!("0.0.0.0:{port}"),

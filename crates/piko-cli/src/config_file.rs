@@ -155,7 +155,7 @@ fn refuse(key: &str, configured: bool) -> anyhow::Result<()> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct ServerFile {
-    cluster: Cluster,
+    pub(crate) cluster: Cluster,
     pub(crate) proxy: Proxy,
     pub(crate) upstream: Upstream,
     pub(crate) admin: Admin,
@@ -165,29 +165,29 @@ pub(crate) struct ServerFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct Cluster {
-    node_id: Option<String>,
-    node_id_prefix: Option<String>,
-    join: Option<Vec<String>>,
-    join_timeout: Option<GoDuration>,
-    abort_if_join_fails: Option<bool>,
-    gossip: Gossip,
+pub(crate) struct Cluster {
+    pub(crate) node_id: Option<String>,
+    pub(crate) node_id_prefix: Option<String>,
+    pub(crate) join: Option<Vec<String>>,
+    pub(crate) join_timeout: Option<GoDuration>,
+    pub(crate) abort_if_join_fails: Option<bool>,
+    pub(crate) gossip: Gossip,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct Gossip {
-    bind_addr: Option<String>,
-    advertise_addr: Option<String>,
-    interval: Option<GoDuration>,
-    max_packet_size: Option<u64>,
+pub(crate) struct Gossip {
+    pub(crate) bind_addr: Option<String>,
+    pub(crate) advertise_addr: Option<String>,
+    pub(crate) interval: Option<GoDuration>,
+    pub(crate) max_packet_size: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct Proxy {
     pub(crate) bind_addr: Option<String>,
-    advertise_addr: Option<String>,
+    pub(crate) advertise_addr: Option<String>,
     pub(crate) timeout: Option<GoDuration>,
     pub(crate) access_log: AccessLog,
     pub(crate) http: ProxyHttp,
@@ -209,19 +209,19 @@ pub(crate) struct ProxyHttp {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct Upstream {
     pub(crate) bind_addr: Option<String>,
-    advertise_addr: Option<String>,
+    pub(crate) advertise_addr: Option<String>,
     auth: Auth,
-    rebalance: Rebalance,
+    pub(crate) rebalance: Rebalance,
     tls: Tls,
     tenants: Option<Vec<Tenant>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct Rebalance {
-    threshold: Option<f64>,
-    shed_rate: Option<f64>,
-    min_conns: Option<u64>,
+pub(crate) struct Rebalance {
+    pub(crate) threshold: Option<f64>,
+    pub(crate) shed_rate: Option<f64>,
+    pub(crate) min_conns: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -235,14 +235,14 @@ struct Tenant {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct Admin {
     pub(crate) bind_addr: Option<String>,
-    advertise_addr: Option<String>,
+    pub(crate) advertise_addr: Option<String>,
     auth: Auth,
     tls: Tls,
 }
 
 impl ServerFile {
-    /// Refuses what must not be ignored; warns about what is accepted but not built yet.
-    pub(crate) fn check(&self) -> anyhow::Result<Vec<&'static str>> {
+    /// Refuses what must not be ignored.
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
         refuse("proxy.auth", self.proxy.auth.enabled())?;
         refuse("upstream.auth", self.upstream.auth.enabled())?;
         refuse("admin.auth", self.admin.auth.enabled())?;
@@ -256,14 +256,7 @@ impl ServerFile {
                 .as_ref()
                 .is_some_and(|t| !t.is_empty()),
         )?;
-        let mut ignored = Vec::new();
-        if self.cluster.join.as_ref().is_some_and(|j| !j.is_empty()) {
-            ignored.push("cluster.join");
-        }
-        if self.upstream.rebalance.threshold.is_some_and(|t| t > 0.0) {
-            ignored.push("upstream.rebalance");
-        }
-        Ok(ignored)
+        Ok(())
     }
 }
 
@@ -333,10 +326,9 @@ pub(crate) struct HttpClient {
 }
 
 impl AgentFile {
-    /// Refuses what must not be ignored (every key the agent accepts is applied).
-    pub(crate) fn check(&self) -> anyhow::Result<Vec<&'static str>> {
-        refuse("connect.tenant_id", set(self.connect.tenant_id.as_ref()))?;
-        Ok(Vec::new())
+    /// Refuses what must not be ignored (every other key the agent accepts is applied).
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
+        refuse("connect.tenant_id", set(self.connect.tenant_id.as_ref()))
     }
 }
 
@@ -448,8 +440,7 @@ grace_period: 1m
             file.proxy.http.idle_timeout.unwrap().0,
             Duration::from_secs(300)
         );
-        // Nothing in Piko's defaults is left unapplied.
-        assert!(file.check().unwrap().is_empty());
+        file.check().unwrap();
     }
 
     #[test]
@@ -514,7 +505,7 @@ grace_period: 1m
         let listeners = file.listeners.as_ref().unwrap();
         assert_eq!(listeners[0].endpoint_id.as_deref(), Some("my-api"));
         assert_eq!(listeners[0].timeout.unwrap().0, Duration::from_secs(30));
-        assert!(file.check().unwrap().is_empty());
+        file.check().unwrap();
     }
 
     #[test]

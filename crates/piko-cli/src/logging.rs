@@ -33,6 +33,7 @@ pub(crate) fn init(level: &str, subsystems: Vec<String>, format: Format) -> Resu
         "info" => Level::INFO,
         "warn" => Level::WARN,
         "error" => Level::ERROR,
+        "" => return Err("missing level".into()),
         other => return Err(format!("unsupported log level: {other}")),
     };
     tracing_subscriber::registry()

@@ -3,19 +3,26 @@
 
 mod access_log_config;
 mod agent;
+mod bench;
+mod cluster_flags;
 mod common_flags;
 mod config_file;
+#[cfg(test)]
+mod docs_sync;
 mod duration;
 mod expand_env;
 mod forward;
 mod logging;
 mod open_files;
+mod security_flags;
 mod server;
+mod server_status;
 mod signal;
+mod status_output;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 /// Printed by `piko --version`, in Piko's form.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -36,6 +43,10 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing buys nothing"
+)]
 enum Command {
     /// Start a Piko server node.
     Server(server::Args),
@@ -45,6 +56,15 @@ enum Command {
     /// Forward local TCP ports to endpoints, through a server's proxy port.
     #[command(subcommand)]
     Forward(forward::Command),
+    /// Benchmark a server.
+    #[command(subcommand)]
+    Bench(bench::Command),
+    /// Print a shell completion script (for example `piko completion bash >
+    /// /etc/bash_completion.d/piko`).
+    Completion {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,10 +74,22 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let Some(command) = cli.command else {
-        use clap::CommandFactory;
         let _ = Cli::command().print_help();
         return ExitCode::SUCCESS;
     };
+    if let Command::Completion { shell } = command {
+        // Written in one piece so that a closed pipe (`| head`) is an error to ignore, not a
+        // panic inside the generator.
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "piko", &mut script);
+        return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+            Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+                eprintln!("write completion script: {err}");
+                ExitCode::FAILURE
+            }
+            _ => ExitCode::SUCCESS,
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -68,11 +100,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Piko names what failed: `failed to run server|agent|forward|benchmark`.
+    let what = match &command {
+        Command::Server(_) => "server",
+        Command::Agent(_) => "agent",
+        Command::Forward(_) => "forward",
+        Command::Bench(_) => "benchmark",
+        Command::Completion { .. } => "completion",
+    };
     let result = runtime.block_on(async {
         match command {
             Command::Server(args) => server::run(args).await,
             Command::Agent(command) => agent::run(command).await,
             Command::Forward(command) => forward::run(command).await,
+            Command::Bench(command) => bench::run(command).await,
+            Command::Completion { .. } => unreachable!("answered before the runtime starts"),
         }
     });
     match result {
@@ -81,11 +123,23 @@ fn main() -> ExitCode {
             // Before logging is set up (bad flags or config) the message goes to stdout, as
             // Piko's does; after, it is a log line.
             if tracing::dispatcher::has_been_set() {
-                tracing::error!(error = %format!("{err:#}"), "failed to run");
+                tracing::error!(error = %format!("{err:#}"), "failed to run {what}");
             } else {
                 println!("{err:#}");
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        // clap checks duplicate names, conflicting settings and so on only when a command is
+        // built; this builds every one.
+        super::Cli::command().debug_assert();
     }
 }

@@ -7,20 +7,30 @@ use piko_server::{Config, Server};
 
 use crate::{
     access_log_config,
+    cluster_flags::ClusterFlags,
     common_flags::{ConfigFlags, LogFlags},
-    config_file, duration, signal,
+    config_file, duration,
+    security_flags::{AdminSecurityFlags, ProxySecurityFlags, UpstreamSecurityFlags},
+    server_status, signal,
 };
 
 /// Flags of `piko server`: Piko's names; a flag given overrides the config file, which overrides
 /// the default.
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     config: ConfigFlags,
     /// Address the proxy port listens on (`host:port`; an empty host is every interface)
     /// [default: :8000].
     #[arg(long = "proxy.bind-addr")]
     proxy_bind_addr: Option<String>,
+    /// Proxy address published to other nodes; empty derives it from the bound one
+    /// [default: ""].
+    #[arg(long = "proxy.advertise-addr")]
+    proxy_advertise_addr: Option<String>,
     /// How long to wait for an upstream's response headers; 0 disables [default: 30s].
     #[arg(long = "proxy.timeout", value_parser = duration::parse)]
     proxy_timeout: Option<Duration>,
@@ -42,12 +52,6 @@ pub(crate) struct Args {
     /// Largest request head accepted, in bytes (larger ones get 431) [default: 1048576].
     #[arg(long = "proxy.http.max-header-bytes")]
     max_header_bytes: Option<u64>,
-    /// Address the upstream port listens on [default: :8001].
-    #[arg(long = "upstream.bind-addr")]
-    upstream_bind_addr: Option<String>,
-    /// Address the admin port listens on [default: :8002].
-    #[arg(long = "admin.bind-addr")]
-    admin_bind_addr: Option<String>,
     /// Level of the access log's records (5xx responses are at least warn) [default: info].
     #[arg(long = "proxy.access-log.level")]
     access_log_level: Option<String>,
@@ -78,11 +82,48 @@ pub(crate) struct Args {
         value_delimiter = ','
     )]
     response_block: Vec<String>,
+    /// Address the upstream port listens on [default: :8001].
+    #[arg(long = "upstream.bind-addr")]
+    upstream_bind_addr: Option<String>,
+    /// Upstream address to publish (computed and unused, as in Piko) [default: ""].
+    #[arg(long = "upstream.advertise-addr")]
+    upstream_advertise_addr: Option<String>,
+    /// Shed upstreams when this node holds more than (1 + threshold) times the cluster's
+    /// average; 0 disables [default: 0].
+    #[arg(long = "upstream.rebalance.threshold", allow_negative_numbers = true)]
+    rebalance_threshold: Option<f64>,
+    /// Fraction of the node's upstreams shed per second while unbalanced [default: 0.005].
+    #[arg(long = "upstream.rebalance.shed-rate", allow_negative_numbers = true)]
+    rebalance_shed_rate: Option<f64>,
+    /// Fewest upstreams a node must hold before it sheds any [default: 50].
+    #[arg(long = "upstream.rebalance.min-conns")]
+    rebalance_min_conns: Option<u64>,
+    /// Address the admin port listens on [default: :8002].
+    #[arg(long = "admin.bind-addr")]
+    admin_bind_addr: Option<String>,
+    /// Admin address published to other nodes; empty derives it from the bound one
+    /// [default: ""].
+    #[arg(long = "admin.advertise-addr")]
+    admin_advertise_addr: Option<String>,
     /// Longest a graceful shutdown may take [default: 1m].
     #[arg(long = "grace-period", value_parser = duration::parse)]
     grace_period: Option<Duration>,
     #[command(flatten)]
     log: LogFlags,
+    #[command(flatten)]
+    cluster: ClusterFlags,
+    #[command(flatten)]
+    proxy_security: ProxySecurityFlags,
+    #[command(flatten)]
+    upstream_security: UpstreamSecurityFlags,
+    #[command(flatten)]
+    admin_security: AdminSecurityFlags,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Inspect a running server node through its admin port.
+    Status(server_status::Args),
 }
 
 /// A flag, else the file's value, else the default; zero means none (Piko's "0 disables").
@@ -96,29 +137,22 @@ fn pick(
         .filter(|t| !t.is_zero())
 }
 
-/// A 7-character node ID from Piko's alphabet.
-fn node_id() -> String {
-    use std::hash::{BuildHasher, RandomState};
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz1234567890";
-    // The standard library's randomly seeded hasher is random enough for a name.
-    let random = RandomState::new();
-    (0..7u8)
-        .map(|i| ALPHABET[(random.hash_one(i) % ALPHABET.len() as u64) as usize] as char)
-        .collect()
-}
-
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let signals = signal::Signals::install();
-    let file: config_file::ServerFile = args.config.load()?;
-    let ignored = file.check().context("config")?;
-    let defaults = Config::default();
-    let grace_period = args
-        .grace_period
-        .or(file.grace_period.map(|d| d.0))
-        .unwrap_or(defaults.grace_period);
-    if grace_period.is_zero() {
-        anyhow::bail!("config: missing grace period");
+    if let Some(Command::Status(command)) = args.command {
+        return server_status::run(command).await;
     }
+    let signals = signal::Signals::install();
+    let mut file: config_file::ServerFile = args.config.load()?;
+    file.check().context("config")?;
+    args.proxy_security.refuse_unsupported().context("config")?;
+    args.upstream_security
+        .refuse_unsupported()
+        .context("config")?;
+    args.admin_security.refuse_unsupported().context("config")?;
+    // Piko's validation order (spec §1.3.2): cluster, proxy, upstream, admin, log, grace period.
+    let cluster = args.cluster.resolve(std::mem::take(&mut file.cluster))?;
+    let defaults = Config::default();
+    let proxy_bind_addr = bind_addr("proxy", args.proxy_bind_addr, file.proxy.bind_addr, ":8000")?;
     let proxy_timeout = pick(
         args.proxy_timeout,
         file.proxy.timeout,
@@ -137,19 +171,48 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         "proxy.access",
         "proxy",
     )?;
+    let upstream_bind_addr = bind_addr(
+        "upstream",
+        args.upstream_bind_addr,
+        file.upstream.bind_addr,
+        ":8001",
+    )?;
+    let rebalance = &file.upstream.rebalance;
+    let rebalance_threshold = args
+        .rebalance_threshold
+        .or(rebalance.threshold)
+        .unwrap_or(0.0);
+    check_rebalance(
+        rebalance_threshold,
+        args.rebalance_shed_rate
+            .or(rebalance.shed_rate)
+            .unwrap_or(0.005),
+    )?;
+    // Validated for Piko's sake; rebalancing comes with the cluster.
+    let _ = args.rebalance_min_conns.or(rebalance.min_conns);
+    let _ = args
+        .upstream_advertise_addr
+        .or(file.upstream.advertise_addr);
+    let admin_bind_addr = bind_addr("admin", args.admin_bind_addr, file.admin.bind_addr, ":8002")?;
+    let grace_period = args
+        .grace_period
+        .or(file.grace_period.map(|d| d.0))
+        .unwrap_or(defaults.grace_period);
     let config = Config {
-        proxy_bind_addr: args
-            .proxy_bind_addr
-            .or(file.proxy.bind_addr)
-            .unwrap_or(defaults.proxy_bind_addr),
-        upstream_bind_addr: args
-            .upstream_bind_addr
-            .or(file.upstream.bind_addr)
-            .unwrap_or(defaults.upstream_bind_addr),
-        admin_bind_addr: args
-            .admin_bind_addr
-            .or(file.admin.bind_addr)
-            .unwrap_or(defaults.admin_bind_addr),
+        node_id: cluster.node_id,
+        proxy_bind_addr,
+        upstream_bind_addr,
+        admin_bind_addr,
+        proxy_advertise_addr: args
+            .proxy_advertise_addr
+            .or(file.proxy.advertise_addr)
+            .filter(|addr| !addr.is_empty()),
+        admin_advertise_addr: args
+            .admin_advertise_addr
+            .or(file.admin.advertise_addr)
+            .filter(|addr| !addr.is_empty()),
+        gossip_bind_addr: cluster.gossip_bind_addr,
+        gossip_advertise_addr: cluster.gossip_advertise_addr,
         proxy: piko_server::proxy::Config {
             timeout: proxy_timeout,
             access_log,
@@ -183,21 +246,22 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         grace_period,
         ..defaults
     };
-    for (name, addr) in [
-        ("proxy", &config.proxy_bind_addr),
-        ("upstream", &config.upstream_bind_addr),
-        ("admin", &config.admin_bind_addr),
-    ] {
-        if addr.is_empty() {
-            anyhow::bail!("config: {name}: missing bind addr");
-        }
+    if grace_period.is_zero() {
+        anyhow::bail!("config: missing grace period");
     }
     args.log.init(&file.log)?;
-    tracing::info!(subsystem = "server", node_id = %node_id(), version = crate::VERSION, "starting piko server");
-    for key in ignored {
+    tracing::info!(subsystem = "server", node_id = %config.node_id, version = crate::VERSION, "starting piko server");
+    if !cluster.join.is_empty() {
         tracing::warn!(
             subsystem = "server",
-            key,
+            key = "cluster.join",
+            "config key not supported yet; ignored"
+        );
+    }
+    if rebalance_threshold > 0.0 {
+        tracing::warn!(
+            subsystem = "server",
+            key = "upstream.rebalance",
             "config key not supported yet; ignored"
         );
     }
@@ -205,6 +269,33 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let server = Server::bind(config).await.context("bind")?;
     server.run(shutdown_requested(signals)).await;
     Ok(())
+}
+
+/// A port's bind address: flag, else file, else default; empty is an error.
+fn bind_addr(
+    port: &str,
+    flag: Option<String>,
+    file: Option<String>,
+    default: &str,
+) -> anyhow::Result<String> {
+    let addr = flag.or(file).unwrap_or_else(|| default.into());
+    if addr.is_empty() {
+        anyhow::bail!("config: {port}: missing bind addr");
+    }
+    Ok(addr)
+}
+
+fn check_rebalance(threshold: f64, shed_rate: f64) -> anyhow::Result<()> {
+    let reason = if threshold < 0.0 {
+        "threshold cannot be negative"
+    } else if shed_rate < 0.0 {
+        "shed-rate cannot be negative"
+    } else if shed_rate > 1.0 {
+        "shed-rate cannot exceed 1"
+    } else {
+        return Ok(());
+    };
+    anyhow::bail!("config: upstream: rebalance: {reason}")
 }
 
 /// Resolves at the first SIGINT or SIGTERM; a second one exits at once, without draining.

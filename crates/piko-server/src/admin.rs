@@ -1,6 +1,9 @@
-//! The admin port (this far): `GET /health` (200 while the process serves), `GET /ready` (200
-//! once started, 503 while starting and shutting down, so a load balancer stops sending traffic
-//! before the node goes) and `GET /metrics` (Prometheus text).
+//! The admin port: `GET /health` (200 while the process serves), `GET /ready` (200 once started,
+//! 503 while starting and shutting down, so a load balancer stops sending traffic before the node
+//! goes), `GET /metrics` (Prometheus text) and the `/status/...` routes.
+//!
+//! Every route honours Piko's `?forward=<node-id>`: absent or this node's ID answers here; any
+//! other node is unknown (404) until the cluster exists.
 
 use std::sync::{
     Arc,
@@ -15,6 +18,7 @@ use crate::{
     json_error::{full, not_found},
     metrics::Metrics,
     serve::Body,
+    status::{self, LocalNode},
     upstreams::Upstreams,
 };
 
@@ -24,12 +28,21 @@ pub(crate) struct Handler {
     pub(crate) ready: Arc<AtomicBool>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) upstreams: Arc<Upstreams>,
+    pub(crate) local: LocalNode,
 }
 
 impl Handler {
     pub(crate) fn handle(&self, request: &Request<Incoming>) -> Response<Body> {
         if request.method() != Method::GET {
             return not_found();
+        }
+        if let Some(node) = forward_target(request.uri().query())
+            && node != self.local.id
+        {
+            return status::empty(StatusCode::NOT_FOUND);
+        }
+        if let Some(response) = status::route(request.uri().path(), &self.local, &self.upstreams) {
+            return response;
         }
         let status = match request.uri().path() {
             "/health" => StatusCode::OK,
@@ -46,4 +59,14 @@ impl Handler {
     fn metrics(&self) -> Response<Body> {
         prometheus_text::scrape_response(self.metrics.render(&self.upstreams))
     }
+}
+
+/// The node named by `?forward=`, if any.
+fn forward_target(query: Option<&str>) -> Option<std::borrow::Cow<'_, str>> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find(|(name, _)| *name == "forward")
+        .map(|(_, value)| percent_encoding::percent_decode_str(value).decode_utf8_lossy())
+        .filter(|value| !value.is_empty())
 }

@@ -22,22 +22,26 @@
 //! - `tcp_route`: the proxy port's TCP-over-WebSocket route.
 //! - `websocket_upgrade`: the server side of WebSocket handshakes, gorilla's way.
 //! - [`metrics`]: the Prometheus metrics of spec §10.2.
-//! - `admin`: `/health`, `/ready` and `/metrics`.
+//! - `admin`: `/health`, `/ready`, `/metrics` and the [`status`] routes; `advertise`: the
+//!   addresses the node publishes.
 //! - `serve`: the accept loop shared by the ports; `connection_deadlines` and
 //!   `request_body_idle`: the header read, idle and no-progress limits of client connections.
 
 mod admin;
+mod advertise;
 mod connection_deadlines;
+mod counted_io;
 mod json_error;
 pub mod metrics;
 pub mod proxy;
 mod request_body_idle;
 mod serve;
 mod server;
+pub mod status;
 mod tcp_route;
 pub mod upstream;
 pub mod upstreams;
 mod websocket_upgrade;
 
-pub use server::{Config, Server};
+pub use server::{Config, Server, generate_node_id};
 pub use upstreams::Upstreams;

@@ -3,6 +3,11 @@
 //! keep working: same names, types and labels.
 //!
 //! The cluster and gossip families report the single local node until the cluster exists.
+//!
+//! Beyond Piko's families, a few that operators of a tunnel need, none labelled by endpoint (an
+//! endpoint label multiplies series by the number of endpoints): how long requests and tunnels
+//! take by route and outcome, bytes relayed, streams open to upstreams, and why upstreams
+//! disconnect.
 
 use std::time::Duration;
 
@@ -41,6 +46,62 @@ struct CauseLabel {
     cause: &'static str,
 }
 
+/// The proxy port's routes, as the `route` label names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// A plain HTTP request.
+    Http,
+    /// An HTTP upgrade (WebSocket) relayed to an upstream.
+    Upgrade,
+    /// The TCP route.
+    Tcp,
+}
+
+impl Route {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Upgrade => "upgrade",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
+/// Marks a response that says the endpoint has no upstream here, so that its outcome is told
+/// apart from other 502s.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NoUpstream;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BytesLabels {
+    route: &'static str,
+    /// `in`: from clients towards upstreams; `out`: towards clients.
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// What became of a request, from its response.
+fn outcome(status: u16, no_upstream: bool) -> &'static str {
+    match status {
+        _ if no_upstream => "no_upstream",
+        ..400 => "success",
+        504 => "timeout",
+        400..500 => "client_error",
+        502 => "upstream_error",
+        _ => "server_error",
+    }
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
@@ -53,6 +114,9 @@ pub(crate) struct ProxyMetrics {
     latency: Family<RequestLabels, Histogram, fn() -> Histogram>,
     pub(crate) request_size: Histogram,
     response_size: Histogram,
+    route_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    bytes: Family<BytesLabels, Counter>,
+    active_streams: Gauge,
 }
 
 impl ProxyMetrics {
@@ -66,6 +130,25 @@ impl ProxyMetrics {
         self.response_size
             .observe(written.map_or(-1.0, |bytes| bytes as f64));
     }
+
+    fn route_finished(&self, route: Route, outcome: &'static str, elapsed: Duration) {
+        self.route_duration
+            .get_or_create(&RouteLabels {
+                route: route.label(),
+                outcome,
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The counter of bytes relayed on `route` in `direction` (`in` or `out`).
+    pub(crate) fn bytes(&self, route: Route, direction: &'static str) -> Counter {
+        self.bytes
+            .get_or_create(&BytesLabels {
+                route: route.label(),
+                direction,
+            })
+            .clone()
+    }
 }
 
 /// A server node's metrics.
@@ -78,6 +161,8 @@ pub struct Metrics {
     pub(crate) upstream_requests: Counter,
     cluster_nodes: Family<StatusLabel, Gauge>,
     handler_errors: Family<CauseLabel, Counter>,
+    upstream_connects: Counter,
+    upstream_disconnects: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -90,6 +175,9 @@ impl Metrics {
             latency: Family::new_with_constructor(latency_histogram),
             request_size: Histogram::new(SIZE_BUCKETS),
             response_size: Histogram::new(SIZE_BUCKETS),
+            route_duration: Family::new_with_constructor(latency_histogram),
+            bytes: Family::default(),
+            active_streams: Gauge::default(),
         };
         // Counters are registered without `_total`: the encoder appends it.
         registry.register(
@@ -117,8 +205,25 @@ impl Metrics {
             "Response size",
             proxy.response_size.clone(),
         );
+        registry.register(
+            "piko_proxy_route_duration_seconds",
+            "Time from a request's arrival to the end of its response, or of its tunnel, by route (http, upgrade, tcp) and outcome",
+            proxy.route_duration.clone(),
+        );
+        registry.register(
+            "piko_proxy_bytes",
+            "Body and tunnel bytes relayed, by route and direction (in: from clients, out: to clients)",
+            proxy.bytes.clone(),
+        );
+        registry.register(
+            "piko_proxy_active_streams",
+            "Streams open to upstreams connected to this node",
+            proxy.active_streams.clone(),
+        );
         let metrics = Self {
             proxy,
+            upstream_connects: Counter::default(),
+            upstream_disconnects: Family::default(),
             connected_upstreams: Gauge::default(),
             registered_endpoints: Gauge::default(),
             upstream_requests: Counter::default(),
@@ -142,6 +247,16 @@ impl Metrics {
             "piko_upstreams_upstream_requests",
             "Number of requests sent to an upstream connected to this node",
             metrics.upstream_requests.clone(),
+        );
+        registry.register(
+            "piko_upstreams_connects",
+            "Upstream connections accepted by this node",
+            metrics.upstream_connects.clone(),
+        );
+        registry.register(
+            "piko_upstreams_disconnects",
+            "Upstream connections ended, by reason",
+            metrics.upstream_disconnects.clone(),
         );
         registry.register(
             "piko_upstreams_remote_requests",
@@ -173,11 +288,28 @@ impl Metrics {
         let (endpoints, connected) = upstreams.totals();
         self.connected_upstreams.set(connected as i64);
         self.registered_endpoints.set(endpoints as i64);
+        self.proxy
+            .active_streams
+            .set(i64::try_from(upstreams.open_streams()).unwrap_or(i64::MAX));
         prometheus_text::encode(&self.registry).inspect_err(|_| {
             self.handler_errors
                 .get_or_create(&CauseLabel { cause: "encoding" })
                 .inc();
         })
+    }
+}
+
+impl Metrics {
+    /// An upstream connected.
+    pub(crate) fn upstream_connected(&self) {
+        self.upstream_connects.inc();
+    }
+
+    /// An upstream's connection ended, for `reason`.
+    pub(crate) fn upstream_disconnected(&self, reason: &'static str) {
+        self.upstream_disconnects
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 }
 
@@ -226,11 +358,13 @@ const GOSSIP_COUNTERS: [(&str, &str); 10] = [
 ];
 
 /// One proxy-port request in the metrics, from its arrival: in flight until it is dropped,
-/// whether with its response body or before any response (the client went away).
+/// whether with its response body, at the end of its tunnel, or before any response (the client
+/// went away).
 pub(crate) struct RequestMeter {
     metrics: std::sync::Arc<Metrics>,
     method: http::Method,
     started: std::time::Instant,
+    route: Route,
 }
 
 impl RequestMeter {
@@ -244,7 +378,13 @@ impl RequestMeter {
             metrics,
             method: request.method().clone(),
             started: std::time::Instant::now(),
+            route: Route::Http,
         }
+    }
+
+    /// The request turned out to be on `route`.
+    pub(crate) fn set_route(&mut self, route: Route) {
+        self.route = route;
     }
 
     /// Records the request once `response`'s body has been written (or abandoned): latency
@@ -254,17 +394,38 @@ impl RequestMeter {
         response: http::Response<piko_http::body::Body>,
     ) -> http::Response<piko_http::body::Body> {
         use http_body_util::BodyExt;
+        let status = response.status().as_u16();
         let labels = RequestLabels {
-            status: response.status().as_u16(),
+            status,
             method: MethodLabel(self.method.clone()),
         };
+        let outcome = outcome(status, response.extensions().get::<NoUpstream>().is_some());
         response.map(|body| {
             CountedBody::new(body, move |written| {
                 let proxy = &self.metrics.proxy;
-                proxy.finished(&labels, self.started.elapsed(), written);
+                let elapsed = self.started.elapsed();
+                proxy.finished(&labels, elapsed, written);
+                proxy.route_finished(self.route, outcome, elapsed);
+                if let Some(written) = written {
+                    proxy.bytes(self.route, "out").inc_by(written);
+                }
             })
             .boxed()
         })
+    }
+
+    /// Records a tunnel (an upgrade or the TCP route) when it ends, as Piko does: with the
+    /// `status` Piko's handler reports for it and the tunnel's lifetime, no response body. The
+    /// tunnel's bytes are counted as they pass.
+    pub(crate) fn finish_tunnel(self, status: u16) {
+        let labels = RequestLabels {
+            status,
+            method: MethodLabel(self.method.clone()),
+        };
+        let proxy = &self.metrics.proxy;
+        let elapsed = self.started.elapsed();
+        proxy.finished(&labels, elapsed, None);
+        proxy.route_finished(self.route, "success", elapsed);
     }
 }
 

@@ -37,8 +37,9 @@ use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::{
     connection_deadlines::WatchedIo,
+    counted_io::CountedReads,
     json_error::{gin_error, proxy_error},
-    metrics::{Metrics, RequestMeter},
+    metrics::{self, Metrics, RequestMeter},
     request_body_idle::{BodyProgress, IdleLimitedBody, caused_by_idle_body},
     serve::{Body, BoxError, set_write_stall_limit},
     tcp_route::{self, Route},
@@ -101,9 +102,13 @@ impl Handler {
         peer: SocketAddr,
     ) -> Response<Body> {
         let record = RequestRecord::start(&self.config.access_log, &request);
-        let meter = RequestMeter::start(self.metrics.clone(), &request);
-        let response = self.clone().proxy(request, peer).await;
-        let response = meter.finish(response);
+        // A tunnel takes the meter and finishes it when it ends.
+        let mut meter = Some(RequestMeter::start(self.metrics.clone(), &request));
+        let response = self.clone().proxy(request, peer, &mut meter).await;
+        let response = match meter {
+            Some(meter) => meter.finish(response),
+            None => response,
+        };
         match record {
             Some(record) => record.finish(&self.config.access_log, response),
             None => response,
@@ -114,9 +119,12 @@ impl Handler {
         self: Arc<Self>,
         mut request: Request<Incoming>,
         peer: SocketAddr,
+        meter: &mut Option<RequestMeter>,
     ) -> Response<Body> {
         match tcp_route::route(request.method(), request.uri().path()) {
-            Route::Tunnel(endpoint) => return tcp_route::tunnel(&self, request, &endpoint).await,
+            Route::Tunnel(endpoint) => {
+                return tcp_route::tunnel(&self, request, &endpoint, meter).await;
+            }
             Route::Redirect(location) => return tcp_route::redirect(&location),
             Route::Http => {}
         }
@@ -125,6 +133,9 @@ impl Handler {
             return gin_error(StatusCode::BAD_REQUEST, "missing endpoint id");
         };
         let upgrade_protocol = upgrade_protocol(request.headers());
+        if let (Some(meter), Some(_)) = (meter.as_mut(), &upgrade_protocol) {
+            meter.set_route(metrics::Route::Upgrade);
+        }
         let timeout = match upgrade_protocol.as_ref() {
             Some(protocol) if protocol == "websocket" => None,
             _ => self.config.timeout,
@@ -141,7 +152,11 @@ impl Handler {
             .then(|| hyper::upgrade::on(&mut request));
         prepare_request(&mut request, peer, upgrade_protocol.as_ref());
         let (parts, body) = request.into_parts();
-        let (body, body_progress) = IdleLimitedBody::new(body, self.config.read_timeout);
+        let (body, body_progress) = IdleLimitedBody::new(
+            body,
+            self.config.read_timeout,
+            self.metrics.proxy.bytes(metrics::Route::Http, "in"),
+        );
         let request = Request::from_parts(parts, body);
 
         let (mut sender, connection) = match hyper::client::conn::http1::Builder::new()
@@ -198,29 +213,51 @@ impl Handler {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut response);
+                let meter = meter.take();
+                let proxy = &self.metrics.proxy;
+                let bytes_in = proxy.bytes(metrics::Route::Upgrade, "in");
+                let bytes_out = proxy.bytes(metrics::Route::Upgrade, "out");
                 self.exchanges.spawn(async move {
-                    let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade)
-                    else {
-                        return;
-                    };
-                    let mut upstream = TokioIo::new(upstream);
-                    match downcast_upgrade::<TokioIo<WatchedIo<TcpStream>>>(client) {
-                        Ok(parts) => {
-                            // A tunnel may be quiet, or its client slow to read, for as long as
-                            // it likes (Go clears a hijacked connection's deadlines too).
-                            let mut client = parts.io.into_inner().into_inner();
-                            set_write_stall_limit(&client, None);
-                            if !parts.read_buf.is_empty()
-                                && upstream.write_all(&parts.read_buf).await.is_err()
-                            {
-                                return;
+                    let relay = async {
+                        let (Ok(client), Ok(upstream)) =
+                            tokio::join!(client_upgrade, upstream_upgrade)
+                        else {
+                            return;
+                        };
+                        let mut upstream = CountedReads {
+                            inner: TokioIo::new(upstream),
+                            read: bytes_out,
+                        };
+                        match downcast_upgrade::<TokioIo<WatchedIo<TcpStream>>>(client) {
+                            Ok(parts) => {
+                                // A tunnel may be quiet, or its client slow to read, for as long
+                                // as it likes (Go clears a hijacked connection's deadlines too).
+                                let client = parts.io.into_inner().into_inner();
+                                set_write_stall_limit(&client, None);
+                                bytes_in.inc_by(parts.read_buf.len() as u64);
+                                if !parts.read_buf.is_empty()
+                                    && upstream.write_all(&parts.read_buf).await.is_err()
+                                {
+                                    return;
+                                }
+                                let mut client = CountedReads {
+                                    inner: client,
+                                    read: bytes_in,
+                                };
+                                let _ = piko_protocol::relay(&mut client, &mut upstream).await;
                             }
-                            let _ = piko_protocol::relay(&mut client, &mut upstream).await;
+                            Err(client) => {
+                                let mut client = CountedReads {
+                                    inner: TokioIo::new(client),
+                                    read: bytes_in,
+                                };
+                                let _ = piko_protocol::relay(&mut client, &mut upstream).await;
+                            }
                         }
-                        Err(client) => {
-                            let mut client = TokioIo::new(client);
-                            let _ = piko_protocol::relay(&mut client, &mut upstream).await;
-                        }
+                    };
+                    relay.await;
+                    if let Some(meter) = meter {
+                        meter.finish_tunnel(StatusCode::SWITCHING_PROTOCOLS.as_u16());
                     }
                 });
             }
@@ -264,11 +301,16 @@ impl Handler {
             }
         }
         tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, "no available upstreams");
-        Err(proxy_error(
-            StatusCode::BAD_GATEWAY,
-            "no available upstreams",
-        ))
+        Err(no_available_upstreams())
     }
+}
+
+/// Piko's 502 for an endpoint without an upstream here, marked so that the metrics tell it
+/// apart from an upstream that failed.
+pub(crate) fn no_available_upstreams() -> Response<Body> {
+    let mut response = proxy_error(StatusCode::BAD_GATEWAY, "no available upstreams");
+    response.extensions_mut().insert(metrics::NoUpstream);
+    response
 }
 
 /// Awaits `future`, giving up at `deadline` if there is one.

@@ -19,6 +19,7 @@ use std::{
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::{Instant, Sleep};
 
 /// The client sent nothing of its request body for the read timeout.
@@ -78,6 +79,8 @@ impl BodyProgress {
 /// A request body that fails with [`RequestBodyIdle`] once the client has been silent too long.
 pub(crate) struct IdleLimitedBody {
     body: Incoming,
+    /// Body bytes taken from the client, for the metrics.
+    bytes_taken: Counter,
     limit: Option<Duration>,
     /// Absent for a body that was empty from the start.
     progress: Option<Arc<BodyProgress>>,
@@ -93,10 +96,12 @@ impl IdleLimitedBody {
     pub(crate) fn new(
         body: Incoming,
         limit: Option<Duration>,
+        bytes_taken: Counter,
     ) -> (Self, Option<Arc<BodyProgress>>) {
         let progress = (!body.is_end_stream()).then(BodyProgress::new);
         let body = Self {
             body,
+            bytes_taken,
             limit,
             progress: progress.clone(),
             waiting_since: None,
@@ -146,6 +151,9 @@ impl Body for IdleLimitedBody {
                 this.waiting_since = None;
                 if let Some(progress) = &this.progress {
                     progress.frame_taken();
+                }
+                if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
+                    this.bytes_taken.inc_by(data.len() as u64);
                 }
                 Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
             }

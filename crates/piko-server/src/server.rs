@@ -16,10 +16,12 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     admin,
+    advertise::advertise_addr,
     connection_deadlines::Deadlines,
     metrics::Metrics,
     proxy,
     serve::{Limits, Protocols, serve},
+    status::LocalNode,
     upstream,
     upstreams::Upstreams,
 };
@@ -27,12 +29,22 @@ use crate::{
 /// Settings of a server node.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The node's ID (Piko generates one per start: see [`generate_node_id`]).
+    pub node_id: String,
     /// Proxy port address (`host:port`; an empty host means every interface).
     pub proxy_bind_addr: String,
     /// Upstream port address.
     pub upstream_bind_addr: String,
     /// Admin port address.
     pub admin_bind_addr: String,
+    /// Where other nodes reach the proxy port; `None` derives it from the bound address.
+    pub proxy_advertise_addr: Option<String>,
+    /// Where other nodes reach the admin port; `None` derives it.
+    pub admin_advertise_addr: Option<String>,
+    /// The gossip port's address (reported by the status routes until the cluster exists).
+    pub gossip_bind_addr: String,
+    /// Where other nodes reach the gossip port; `None` derives it.
+    pub gossip_advertise_addr: Option<String>,
     /// Proxy port settings.
     pub proxy: proxy::Config,
     /// Upstream port settings.
@@ -44,14 +56,32 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            node_id: generate_node_id(""),
             proxy_bind_addr: ":8000".into(),
             upstream_bind_addr: ":8001".into(),
             admin_bind_addr: ":8002".into(),
+            proxy_advertise_addr: None,
+            admin_advertise_addr: None,
+            gossip_bind_addr: ":8003".into(),
+            gossip_advertise_addr: None,
             proxy: proxy::Config::default(),
             upstream: upstream::Config::default(),
             grace_period: Duration::from_secs(60),
         }
     }
+}
+
+/// A node ID as Piko makes them: `prefix` followed by 7 random characters of `[a-z0-9]`, new on
+/// every start (so a restarted node is a new node to the cluster).
+pub fn generate_node_id(prefix: &str) -> String {
+    use std::hash::{BuildHasher, RandomState};
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz1234567890";
+    // The standard library's randomly seeded hasher is random enough for a name.
+    let random = RandomState::new();
+    let suffix: String = (0..7u8)
+        .map(|i| ALPHABET[(random.hash_one(i) % ALPHABET.len() as u64) as usize] as char)
+        .collect();
+    format!("{prefix}{suffix}")
 }
 
 /// Go's `:8000` means every interface; Rust's resolver wants a host.
@@ -77,6 +107,7 @@ pub struct Server {
     admin: TcpListener,
     upstreams: Arc<Upstreams>,
     metrics: Arc<Metrics>,
+    local: LocalNode,
 }
 
 impl Server {
@@ -86,14 +117,48 @@ impl Server {
     /// # Errors
     /// A port cannot be bound (the message names the port and address).
     pub async fn bind(config: Config) -> io::Result<Self> {
+        let proxy = bind("proxy", &config.proxy_bind_addr).await?;
+        let upstream = bind("upstream", &config.upstream_bind_addr).await?;
+        let admin = bind("admin", &config.admin_bind_addr).await?;
+        let gossip_addr = match listen_addr(&config.gossip_bind_addr).parse() {
+            Ok(addr) => advertise_addr(config.gossip_advertise_addr.as_deref(), addr),
+            // A host name: advertised as configured.
+            Err(_) => config
+                .gossip_advertise_addr
+                .clone()
+                .filter(|addr| !addr.is_empty())
+                .unwrap_or_else(|| config.gossip_bind_addr.clone()),
+        };
+        let local = LocalNode {
+            id: config.node_id.clone(),
+            proxy_addr: advertise_addr(config.proxy_advertise_addr.as_deref(), proxy.local_addr()?),
+            admin_addr: advertise_addr(config.admin_advertise_addr.as_deref(), admin.local_addr()?),
+            gossip_addr,
+        };
         Ok(Self {
-            proxy: bind("proxy", &config.proxy_bind_addr).await?,
-            upstream: bind("upstream", &config.upstream_bind_addr).await?,
-            admin: bind("admin", &config.admin_bind_addr).await?,
+            proxy,
+            upstream,
+            admin,
             upstreams: Arc::default(),
             metrics: Arc::default(),
+            local,
             config,
         })
+    }
+
+    /// The node's ID.
+    pub fn node_id(&self) -> &str {
+        &self.local.id
+    }
+
+    /// The proxy address this node publishes to others.
+    pub fn proxy_advertise_addr(&self) -> &str {
+        &self.local.proxy_addr
+    }
+
+    /// The admin address this node publishes to others.
+    pub fn admin_advertise_addr(&self) -> &str {
+        &self.local.admin_addr
     }
 
     /// The bound proxy port.
@@ -139,6 +204,7 @@ impl Server {
             ready: ready.clone(),
             metrics: self.metrics.clone(),
             upstreams: self.upstreams.clone(),
+            local: self.local.clone(),
         });
         tracing::info!(subsystem = "admin", addr = %self.admin_addr(), "starting admin server");
         let admin_server = serve(
@@ -157,6 +223,7 @@ impl Server {
         let upstream = Arc::new(upstream::Handler {
             config: self.config.upstream.clone(),
             upstreams: self.upstreams.clone(),
+            metrics: self.metrics.clone(),
             sessions: sessions.clone(),
             shutdown: upstream_stop.clone(),
             drain: upstream_drain.clone(),
@@ -237,6 +304,7 @@ impl Server {
         }
         admin_stop.cancel();
         let _ = admin_server.await;
+        tracing::info!(subsystem = "server", "shutdown admin server");
         tracing::info!(subsystem = "server", "shutdown complete");
     }
 }

@@ -18,12 +18,15 @@ use piko_protocol::{
     WsByteStream, websocket_config,
     wire::{HALF_CLOSE_HEADER, MAX_ENDPOINT_ID_LEN, TCP_PATH},
 };
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::Role};
 
 use crate::{
-    json_error::{full, gin_error, proxy_error},
-    proxy::Handler,
+    counted_io::CountedReads,
+    json_error::{full, gin_error},
+    metrics::{RequestMeter, Route as MeteredRoute},
+    proxy::{Handler, no_available_upstreams},
     serve::Body,
     upstream::endpoint_from_path,
     websocket_upgrade,
@@ -76,7 +79,11 @@ pub(crate) async fn tunnel(
     handler: &Handler,
     request: Request<Incoming>,
     endpoint: &str,
+    meter: &mut Option<RequestMeter>,
 ) -> Response<Body> {
+    if let Some(meter) = meter.as_mut() {
+        meter.set_route(MeteredRoute::Tcp);
+    }
     if endpoint.len() > MAX_ENDPOINT_ID_LEN {
         return gin_error(StatusCode::BAD_REQUEST, "endpoint id too long");
     }
@@ -85,7 +92,7 @@ pub(crate) async fn tunnel(
     // that is not a tunnel never reaches an upstream.
     if handler.upstreams.count(endpoint) == 0 {
         tracing::warn!(subsystem = "proxy.tcp", endpoint_id = %endpoint, "no available upstreams");
-        return proxy_error(StatusCode::BAD_GATEWAY, "no available upstreams");
+        return no_available_upstreams();
     }
     let accept_key = match websocket_upgrade::check(request.headers()) {
         Ok(key) => key,
@@ -101,22 +108,35 @@ pub(crate) async fn tunnel(
     };
     let half_close = request.headers().contains_key(HALF_CLOSE_HEADER);
     let upgrade = hyper::upgrade::on(request);
+    let meter = meter.take();
+    let proxy = &handler.metrics.proxy;
+    let bytes = (
+        proxy.bytes(MeteredRoute::Tcp, "in"),
+        proxy.bytes(MeteredRoute::Tcp, "out"),
+    );
     handler.exchanges.spawn(async move {
-        let Ok(upgraded) = upgrade.await else {
-            return;
-        };
-        let config = Some(websocket_config(MAX_MESSAGE));
-        match websocket_upgrade::into_tcp(upgraded) {
-            Ok((tcp, read_buf)) => {
-                let ws = websocket_upgrade::server_websocket(tcp, read_buf, config).await;
-                relay(ws, stream, half_close).await;
+        if let Ok(upgraded) = upgrade.await {
+            let config = Some(websocket_config(MAX_MESSAGE));
+            match websocket_upgrade::into_tcp(upgraded) {
+                Ok((tcp, read_buf)) => {
+                    let ws = websocket_upgrade::server_websocket(tcp, read_buf, config).await;
+                    relay(ws, stream, half_close, bytes).await;
+                }
+                Err(upgraded) => {
+                    let ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        config,
+                    )
+                    .await;
+                    relay(ws, stream, half_close, bytes).await;
+                }
             }
-            Err(upgraded) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, config)
-                        .await;
-                relay(ws, stream, half_close).await;
-            }
+        }
+        // Piko's handler reports a tunnel as a 200 (the upgrade is written past its response
+        // writer) once the tunnel is over.
+        if let Some(meter) = meter {
+            meter.finish_tunnel(StatusCode::OK.as_u16());
         }
     });
     let mut response = websocket_upgrade::switching_protocols(&accept_key);
@@ -128,23 +148,46 @@ pub(crate) async fn tunnel(
     response
 }
 
-/// Copies bytes both ways until the tunnel is over. The client's socket is then closed without a
-/// close frame, as Piko's peers do (spec §4.2).
-async fn relay<S>(ws: WebSocketStream<S>, mut stream: piko_mux::Stream, half_close: bool)
-where
+/// Copies bytes both ways until the tunnel is over, counting them (`in`, `out`). The client's
+/// socket is then closed without a close frame, as Piko's peers do (spec §4.2).
+async fn relay<S>(
+    ws: WebSocketStream<S>,
+    stream: piko_mux::Stream,
+    half_close: bool,
+    (bytes_in, bytes_out): (Counter, Counter),
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     if half_close {
-        let mut ws = WsByteStream::with_half_close(ws);
-        if let Err(err) = piko_protocol::relay(&mut ws, &mut stream).await {
+        let mut client = CountedReads {
+            inner: WsByteStream::with_half_close(ws),
+            read: bytes_in,
+        };
+        let mut upstream = CountedReads {
+            inner: stream,
+            read: bytes_out,
+        };
+        if let Err(err) = piko_protocol::relay(&mut client, &mut upstream).await {
             tracing::debug!(subsystem = "proxy.tcp", error = %err, "tunnel ended with an error");
         }
         return;
     }
     let (client_read, mut client_write) = tokio::io::split(WsByteStream::new(ws));
     let (upstream_read, mut upstream_write) = tokio::io::split(stream);
-    let mut client_read = BufReader::with_capacity(RELAY_BUFFER, client_read);
-    let mut upstream_read = BufReader::with_capacity(RELAY_BUFFER, upstream_read);
+    let mut client_read = BufReader::with_capacity(
+        RELAY_BUFFER,
+        CountedReads {
+            inner: client_read,
+            read: bytes_in,
+        },
+    );
+    let mut upstream_read = BufReader::with_capacity(
+        RELAY_BUFFER,
+        CountedReads {
+            inner: upstream_read,
+            read: bytes_out,
+        },
+    );
     tokio::select! {
         _ = tokio::io::copy_buf(&mut client_read, &mut upstream_write) => {}
         _ = tokio::io::copy_buf(&mut upstream_read, &mut client_write) => {}

@@ -11,7 +11,7 @@ use std::{net::SocketAddr, sync::Arc};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use piko_mux::Session;
+use piko_mux::{Session, SessionEnd};
 use piko_protocol::{
     WsByteStream, websocket_config,
     wire::{MAX_ENDPOINT_ID_LEN, TENANT_HEADER, UPSTREAM_PATH},
@@ -21,6 +21,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     json_error::{gin_error, not_found},
+    metrics::Metrics,
     serve::Body,
     upstreams::Upstreams,
     websocket_upgrade,
@@ -38,6 +39,7 @@ pub struct Config {
 pub(crate) struct Handler {
     pub(crate) config: Config,
     pub(crate) upstreams: Arc<Upstreams>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Sessions outlive their HTTP connection (hyper lets go of an upgraded connection): they
     /// are tracked here so shutdown can wait for them.
     pub(crate) sessions: TaskTracker,
@@ -129,6 +131,7 @@ impl Handler {
     /// Serves one upstream until it goes away.
     async fn run_upstream(&self, session: Session, endpoint: &str, client_ip: &str, tenant: &str) {
         let id = self.upstreams.add(endpoint, session.clone());
+        self.metrics.upstream_connected();
         tracing::info!(
             subsystem = "upstream",
             endpoint_id = endpoint,
@@ -162,8 +165,22 @@ impl Handler {
                 () = self.hard_stop.cancelled() => {}
             }
         }
+        let node_shutdown = self.drain.is_cancelled();
+        // Read from the session, not from which branch above won: a GoAway and the end of the
+        // connection often arrive together.
+        let agent_left = session.is_remote_go_away();
         session.close();
         let reason = session.closed().await;
+        self.metrics.upstream_disconnected(match &reason {
+            _ if agent_left => "agent_go_away",
+            _ if node_shutdown => "node_shutdown",
+            SessionEnd::PeerClosed => "agent_closed",
+            SessionEnd::KeepAliveTimeout => "keep_alive_timeout",
+            SessionEnd::WriteTimeout => "write_timeout",
+            SessionEnd::Protocol(_) | SessionEnd::GoAway(_) => "protocol_error",
+            SessionEnd::Io(_) => "connection_error",
+            SessionEnd::LocalClose => "closed",
+        });
         tracing::info!(
             subsystem = "upstream",
             endpoint_id = endpoint,

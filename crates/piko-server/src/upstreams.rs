@@ -155,6 +155,18 @@ impl<S: Clone> Upstreams<S> {
     }
 }
 
+impl Upstreams {
+    /// Streams open on every upstream session (a scrape's reading, not kept up to date).
+    pub fn open_streams(&self) -> usize {
+        self.table()
+            .endpoints
+            .values()
+            .flat_map(|e| &e.upstreams)
+            .map(|(_, session)| session.num_streams())
+            .sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

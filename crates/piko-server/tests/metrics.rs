@@ -5,7 +5,7 @@ mod common;
 
 use std::{process::Stdio, time::Duration};
 
-use common::{start_node, wait_upstreams};
+use common::{get, start_node, wait_upstreams};
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -49,19 +49,6 @@ async fn parse(text: &str) -> Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()
-}
-
-async fn get(addr: std::net::SocketAddr, path: &str, host: &str) -> (String, String) {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    (head.to_owned(), body.to_owned())
 }
 
 /// The value of the sample `name` with exactly `labels`.
@@ -142,6 +129,10 @@ async fn metrics_have_piko_s_names_and_follow_the_traffic() {
         ("piko_gossip_digest_entries_outbound", "counter"),
         ("piko_gossip_delta_entries_inbound", "counter"),
         ("piko_gossip_delta_entries_outbound", "counter"),
+        ("piko_proxy_route_duration_seconds", "histogram"),
+        ("piko_proxy_bytes", "counter"),
+        ("piko_proxy_active_streams", "gauge"),
+        ("piko_upstreams_connects", "counter"),
     ] {
         assert_eq!(families[family]["type"], kind, "{family} in {families}");
     }
@@ -193,6 +184,157 @@ async fn metrics_have_piko_s_names_and_follow_the_traffic() {
         ),
         Some(1.0)
     );
+    let routed = |outcome: &str| {
+        sample(
+            &families,
+            "piko_proxy_route_duration_seconds",
+            "piko_proxy_route_duration_seconds_count",
+            &[("route", "http"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(routed("success"), Some(2.0), "{families}");
+    assert_eq!(routed("no_upstream"), Some(1.0), "{families}");
+    assert_eq!(
+        sample(
+            &families,
+            "piko_proxy_bytes",
+            "piko_proxy_bytes_total",
+            &[("route", "http"), ("direction", "out")]
+        ),
+        Some(10.0 + error_body)
+    );
+    assert_eq!(gauge("piko_proxy_active_streams"), Some(0.0));
+    assert_eq!(
+        sample(
+            &families,
+            "piko_upstreams_connects",
+            "piko_upstreams_connects_total",
+            &[]
+        ),
+        Some(1.0)
+    );
+}
+
+/// A TCP tunnel counts as Piko counts it, once it is over (status 200, its lifetime), and the
+/// operator metrics follow its bytes, its stream and its upstream's departure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_are_counted_when_they_end() {
+    let node = start_node().await;
+    let mut listener = piko::Upstream::new(format!("http://{}", node.upstream))
+        .listen("echo")
+        .await
+        .unwrap();
+    let (close_listener, closed) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let accept = async {
+            while let Ok(mut stream) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 1024];
+                    while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                        if stream.write_all(&buf[..n]).await.is_err()
+                            || stream.flush().await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+        };
+        tokio::select! {
+            () = accept => {}
+            _ = closed => {}
+        }
+        listener.close();
+        // Keep the listener until the server closes the session.
+        let _ = listener.accept().await;
+    });
+    wait_upstreams(&node, "echo", 1).await;
+    let scrape = async || {
+        let (_, text) = get(node.admin, "/metrics", "admin").await;
+        parse(&text).await
+    };
+    let tunnels = |families: &Value| {
+        sample(
+            families,
+            "piko_proxy_requests",
+            "piko_proxy_requests_total",
+            &[("status", "200"), ("method", "GET")],
+        )
+    };
+
+    let mut tunnel = piko::Dialer::new(format!("http://{}", node.proxy))
+        .dial("echo")
+        .await
+        .unwrap();
+    tunnel.write_all(b"hello").await.unwrap();
+    tunnel.flush().await.unwrap();
+    let mut echoed = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(10), tunnel.read_exact(&mut echoed))
+        .await
+        .expect("no echo")
+        .unwrap();
+    assert_eq!(&echoed, b"hello");
+    let open = scrape().await;
+    assert_eq!(tunnels(&open), None, "counted before it ended: {open}");
+    let gauge = |families: &Value, family: &str| sample(families, family, family, &[]);
+    assert_eq!(gauge(&open, "piko_proxy_requests_in_flight"), Some(1.0));
+    assert_eq!(gauge(&open, "piko_proxy_active_streams"), Some(1.0));
+
+    drop(tunnel);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let ended = loop {
+        let families = scrape().await;
+        if tunnels(&families) == Some(1.0)
+            && gauge(&families, "piko_proxy_active_streams") == Some(0.0)
+        {
+            break families;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never counted: {families}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(gauge(&ended, "piko_proxy_requests_in_flight"), Some(0.0));
+    assert_eq!(
+        sample(
+            &ended,
+            "piko_proxy_route_duration_seconds",
+            "piko_proxy_route_duration_seconds_count",
+            &[("route", "tcp"), ("outcome", "success")]
+        ),
+        Some(1.0)
+    );
+    for direction in ["in", "out"] {
+        assert_eq!(
+            sample(
+                &ended,
+                "piko_proxy_bytes",
+                "piko_proxy_bytes_total",
+                &[("route", "tcp"), ("direction", direction)]
+            ),
+            Some(5.0),
+            "{direction}"
+        );
+    }
+
+    close_listener.send(()).unwrap();
+    wait_upstreams(&node, "echo", 0).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let families = scrape().await;
+        let left = sample(
+            &families,
+            "piko_upstreams_disconnects",
+            "piko_upstreams_disconnects_total",
+            &[("reason", "agent_go_away")],
+        );
+        if left == Some(1.0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{families}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

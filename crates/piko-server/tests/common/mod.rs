@@ -7,6 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 use piko_server::{Config, Server, Upstreams};
 
 pub(crate) struct Node {
+    pub(crate) id: String,
     pub(crate) proxy: SocketAddr,
     pub(crate) upstream: SocketAddr,
     pub(crate) admin: SocketAddr,
@@ -36,10 +37,12 @@ pub(crate) async fn start_node_with(proxy: piko_server::proxy::Config) -> Node {
         server.admin_addr(),
     );
     let upstreams = server.upstreams();
+    let id = server.node_id().to_owned();
     let task = tokio::spawn(server.run(async move {
         let _ = stopped.await;
     }));
     Node {
+        id,
         proxy,
         upstream,
         admin,
@@ -59,4 +62,19 @@ pub(crate) async fn wait_upstreams(node: &Node, endpoint: &str, count: usize) {
     .await
     .unwrap_or_else(|_| panic!("{endpoint} never had {count} upstreams"))
     .unwrap();
+}
+
+/// A `GET` on a fresh connection: the response head and body.
+pub(crate) async fn get(addr: SocketAddr, path: &str, host: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
 }

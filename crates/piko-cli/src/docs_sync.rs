@@ -1,0 +1,224 @@
+//! Keeps `docs/config.md` true: every key it documents loads into its command's file format,
+//! and every command has exactly the flags it documents for it, no more, no fewer.
+//!
+//! The page marks each table with `<!-- sync: commands="..." file="..." ports="..." -->`:
+//! `commands` are the command paths its flags belong to, `file` the file format its keys load
+//! into (`all`: every command's), and `ports` the values `<port>` stands for in its rows.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use clap::CommandFactory as _;
+use serde_json::{Map, Value};
+
+const PAGE: &str = include_str!("../../../docs/config.md");
+
+/// One documented setting.
+struct Row {
+    key: Option<String>,
+    flag: Option<String>,
+    default: String,
+}
+
+struct Table {
+    attributes: BTreeMap<String, String>,
+    rows: Vec<Row>,
+}
+
+fn attributes(marker: &str) -> BTreeMap<String, String> {
+    let mut attributes = BTreeMap::new();
+    let mut rest = marker;
+    while let Some((name, after)) = rest.split_once("=\"") {
+        let (value, after) = after.split_once('"').expect("closed attribute");
+        attributes.insert(name.trim().to_owned(), value.to_owned());
+        rest = after;
+    }
+    attributes
+}
+
+fn cell(text: &str) -> Option<String> {
+    let text = text.trim().trim_matches('`');
+    (text != "—").then(|| text.to_owned())
+}
+
+fn tables() -> Vec<Table> {
+    let mut tables = Vec::new();
+    let mut lines = PAGE.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(marker) = line
+            .strip_prefix("<!-- sync:")
+            .and_then(|l| l.strip_suffix("-->"))
+        else {
+            continue;
+        };
+        let attributes = attributes(marker);
+        let ports: Vec<String> = attributes
+            .get("ports")
+            .map(|p| p.split(',').map(str::to_owned).collect())
+            .unwrap_or_else(|| vec![String::new()]);
+        let mut rows = Vec::new();
+        // Header and separator first.
+        for line in lines.by_ref().take(2) {
+            assert!(line.starts_with('|'), "a table follows its marker: {line}");
+        }
+        while let Some(line) = lines.next_if(|l| l.starts_with('|')) {
+            let cells: Vec<&str> = line.trim_matches('|').split(" | ").collect();
+            assert_eq!(cells.len(), 4, "four columns: {line}");
+            for port in &ports {
+                let expand = |c: Option<String>| c.map(|c| c.replace("<port>", port));
+                rows.push(Row {
+                    key: expand(cell(cells[0])),
+                    flag: expand(cell(cells[1])),
+                    default: cells[2].trim().trim_matches('`').to_owned(),
+                });
+            }
+        }
+        tables.push(Table { attributes, rows });
+    }
+    tables
+}
+
+/// Long flags of every command that runs (leaves, and `server`, which also has subcommands),
+/// by command path; globals included.
+fn flags_by_command() -> BTreeMap<String, BTreeSet<String>> {
+    fn walk(command: &clap::Command, path: &str, out: &mut BTreeMap<String, BTreeSet<String>>) {
+        let subcommands: Vec<_> = command
+            .get_subcommands()
+            .filter(|c| c.get_name() != "help")
+            .collect();
+        if !path.is_empty() && (subcommands.is_empty() || path == "server") {
+            let flags = command
+                .get_arguments()
+                .filter_map(|a| a.get_long())
+                .filter(|l| *l != "help")
+                .map(|l| format!("--{l}"))
+                .collect();
+            out.insert(path.to_owned(), flags);
+        }
+        for sub in subcommands {
+            let path = if path.is_empty() {
+                sub.get_name().to_owned()
+            } else {
+                format!("{path} {}", sub.get_name())
+            };
+            walk(sub, &path, out);
+        }
+    }
+    let mut command = crate::Cli::command();
+    command.build();
+    let mut out = BTreeMap::new();
+    walk(&command, "", &mut out);
+    out
+}
+
+#[test]
+fn every_command_has_exactly_its_documented_flags() {
+    let mut documented: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for table in tables() {
+        let Some(commands) = table.attributes.get("commands") else {
+            continue;
+        };
+        for command in commands.split(',') {
+            let flags = documented.entry(command.to_owned()).or_default();
+            flags.extend(table.rows.iter().filter_map(|r| r.flag.clone()));
+        }
+    }
+    let actual = flags_by_command();
+    assert_eq!(
+        documented.keys().collect::<Vec<_>>(),
+        actual.keys().collect::<Vec<_>>(),
+        "documented commands"
+    );
+    for (command, flags) in &actual {
+        let documented = &documented[command];
+        let missing: Vec<_> = flags.difference(documented).collect();
+        let extra: Vec<_> = documented.difference(flags).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "piko {command}: undocumented {missing:?}, documented but absent {extra:?}"
+        );
+    }
+}
+
+/// The value a row's default stands for, as YAML would give it.
+fn sample(key: &str, default: &str) -> Value {
+    match default {
+        "\"\"" => Value::String(String::new()),
+        "[]" => Value::Array(Vec::new()),
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        "required" if key.ends_with("timeout") => Value::String("10s".into()),
+        "required" => Value::String("x".into()),
+        number if number.parse::<f64>().is_ok() => serde_json::from_str(number).unwrap(),
+        text => Value::String(text.to_owned()),
+    }
+}
+
+/// Sets `key` (dotted; `name[]` is a list whose one element holds every key under it).
+fn insert(tree: &mut Map<String, Value>, key: &str, value: Value) {
+    let (head, rest) = match key.split_once('.') {
+        Some((head, rest)) => (head, Some(rest)),
+        None => (key, None),
+    };
+    match (head.strip_suffix("[]"), rest) {
+        (Some(list), Some(rest)) => {
+            let list = tree
+                .entry(list)
+                .or_insert_with(|| Value::Array(vec![Value::Object(Map::new())]));
+            let element = list.as_array_mut().unwrap()[0].as_object_mut().unwrap();
+            insert(element, rest, value);
+        }
+        (None, Some(rest)) => {
+            let section = tree
+                .entry(head)
+                .or_insert_with(|| Value::Object(Map::new()));
+            insert(section.as_object_mut().unwrap(), rest, value);
+        }
+        _ => {
+            tree.insert(head.to_owned(), value);
+        }
+    }
+}
+
+#[test]
+fn every_documented_key_loads_with_its_default() {
+    let mut files: BTreeMap<String, Map<String, Value>> = ["agent", "bench", "forward", "server"]
+        .into_iter()
+        .map(|file| (file.to_owned(), Map::new()))
+        .collect();
+    for table in tables() {
+        let Some(file) = table.attributes.get("file") else {
+            assert!(
+                table.rows.iter().all(|r| r.key.is_none()),
+                "a table with keys names its file"
+            );
+            continue;
+        };
+        for (name, tree) in &mut files {
+            if file != "all" && file != name {
+                continue;
+            }
+            for row in &table.rows {
+                if let Some(key) = &row.key {
+                    insert(tree, key, sample(key, &row.default));
+                }
+            }
+        }
+        assert!(
+            file == "all" || files.contains_key(file),
+            "unknown file {file}"
+        );
+    }
+    for (file, tree) in files {
+        let yaml = serde_saphyr::to_string(&Value::Object(tree)).unwrap();
+        let loaded = match file.as_str() {
+            "server" => serde_saphyr::from_str::<crate::config_file::ServerFile>(&yaml).map(drop),
+            "agent" => serde_saphyr::from_str::<crate::config_file::AgentFile>(&yaml).map(drop),
+            "forward" => serde_saphyr::from_str::<crate::config_file::ForwardFile>(&yaml).map(drop),
+            "bench" => serde_saphyr::from_str::<crate::bench::BenchFile>(&yaml).map(drop),
+            other => panic!("unknown file {other}"),
+        };
+        if let Err(err) = loaded {
+            panic!("{file}: documented keys do not load: {err}\n{yaml}");
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! `piko server`'s `--<port>.auth.*` and `--<port>.tls.*` flags (spec §7.1, §8.1) for the proxy,
+//! upstream and admin ports. They are accepted so existing command lines parse, and refused
+//! with `not supported yet` when they would turn authentication or TLS on: serving in the clear
+//! or unauthenticated when the operator asked otherwise would be a silent security downgrade.
+
+use std::time::Duration;
+
+use crate::duration;
+
+/// Declares the flags of one port, named `--<port>.auth.*` and `--<port>.tls.*`.
+macro_rules! port_security_flags {
+    ($name:ident, $port:literal, $heading:literal) => {
+        #[doc = concat!("`--", $port, ".auth.*` and `--", $port, ".tls.*`.")]
+        #[derive(Debug, clap::Args)]
+        #[command(next_help_heading = $heading)]
+        #[allow(dead_code, reason = "read when authentication and TLS are built")]
+        pub(crate) struct $name {
+            /// Secret key verifying HS256/384/512 tokens.
+            #[arg(long = concat!($port, ".auth.hmac-secret-key"),
+                id = concat!($port, ".auth.hmac-secret-key"))]
+            hmac_secret_key: Option<String>,
+            /// PEM public key verifying RS256/384/512 tokens.
+            #[arg(long = concat!($port, ".auth.rsa-public-key"),
+                id = concat!($port, ".auth.rsa-public-key"))]
+            rsa_public_key: Option<String>,
+            /// PEM public key verifying ES256/384/512 tokens.
+            #[arg(long = concat!($port, ".auth.ecdsa-public-key"),
+                id = concat!($port, ".auth.ecdsa-public-key"))]
+            ecdsa_public_key: Option<String>,
+            /// Required token audience (`aud`).
+            #[arg(long = concat!($port, ".auth.audience"),
+                id = concat!($port, ".auth.audience"))]
+            audience: Option<String>,
+            /// Required token issuer (`iss`).
+            #[arg(long = concat!($port, ".auth.issuer"),
+                id = concat!($port, ".auth.issuer"))]
+            issuer: Option<String>,
+            /// Keep sessions open after their token expires.
+            #[arg(
+                long = concat!($port, ".auth.disable-disconnect-on-expiry"),
+                id = concat!($port, ".auth.disable-disconnect-on-expiry"),
+                num_args = 0..=1,
+                default_missing_value = "true"
+            )]
+            disable_disconnect_on_expiry: Option<bool>,
+            /// URL of a JWKS with the token verification keys.
+            #[arg(long = concat!($port, ".auth.jwks.endpoint"),
+                id = concat!($port, ".auth.jwks.endpoint"))]
+            jwks_endpoint: Option<String>,
+            /// How long fetched JWKS keys are cached [default: 0s = 1h].
+            #[arg(long = concat!($port, ".auth.jwks.cache-ttl"),
+                id = concat!($port, ".auth.jwks.cache-ttl"), value_parser = duration::parse)]
+            jwks_cache_ttl: Option<Duration>,
+            /// Timeout of a JWKS fetch [default: 0s = 1m].
+            #[arg(long = concat!($port, ".auth.jwks.timeout"),
+                id = concat!($port, ".auth.jwks.timeout"), value_parser = duration::parse)]
+            jwks_timeout: Option<Duration>,
+            /// Certificate (PEM file) the port serves TLS with.
+            #[arg(long = concat!($port, ".tls.cert"),
+                id = concat!($port, ".tls.cert"))]
+            tls_cert: Option<String>,
+            /// Private key (PEM file) of the certificate.
+            #[arg(long = concat!($port, ".tls.key"),
+                id = concat!($port, ".tls.key"))]
+            tls_key: Option<String>,
+            /// CA bundle (PEM file) client certificates must chain to.
+            #[arg(long = concat!($port, ".tls.client-cas"),
+                id = concat!($port, ".tls.client-cas"))]
+            tls_client_cas: Option<String>,
+            /// Client certificate (PEM file) for connections this node makes.
+            #[arg(long = concat!($port, ".tls.client.cert"),
+                id = concat!($port, ".tls.client.cert"))]
+            tls_client_cert: Option<String>,
+            /// Private key (PEM file) of the client certificate.
+            #[arg(long = concat!($port, ".tls.client.key"),
+                id = concat!($port, ".tls.client.key"))]
+            tls_client_key: Option<String>,
+            /// CA bundle (PEM file) verifying the nodes this node connects to.
+            #[arg(long = concat!($port, ".tls.client.root-cas"),
+                id = concat!($port, ".tls.client.root-cas"))]
+            tls_client_root_cas: Option<String>,
+            /// Skip verifying the nodes this node connects to.
+            #[arg(
+                long = concat!($port, ".tls.client.insecure-skip-verify"),
+                id = concat!($port, ".tls.client.insecure-skip-verify"),
+                num_args = 0..=1,
+                default_missing_value = "true"
+            )]
+            tls_client_insecure_skip_verify: Option<bool>,
+            /// Server name expected in the certificates of the nodes this node connects to.
+            #[arg(long = concat!($port, ".tls.client.server-name"),
+                id = concat!($port, ".tls.client.server-name"))]
+            tls_client_server_name: Option<String>,
+        }
+
+        impl $name {
+            /// Refuses flags that would turn authentication or TLS on.
+            pub(crate) fn refuse_unsupported(&self) -> anyhow::Result<()> {
+                let set = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.is_empty());
+                let auth = [
+                    &self.hmac_secret_key,
+                    &self.rsa_public_key,
+                    &self.ecdsa_public_key,
+                    &self.jwks_endpoint,
+                ];
+                if auth.into_iter().any(set) {
+                    anyhow::bail!(concat!($port, ".auth: not supported yet"));
+                }
+                let tls = [
+                    &self.tls_cert,
+                    &self.tls_key,
+                    &self.tls_client_cas,
+                    &self.tls_client_cert,
+                    &self.tls_client_key,
+                    &self.tls_client_root_cas,
+                ];
+                if tls.into_iter().any(set) {
+                    anyhow::bail!(concat!($port, ".tls: not supported yet"));
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+port_security_flags!(
+    ProxySecurityFlags,
+    "proxy",
+    "Proxy port authentication and TLS (not supported yet)"
+);
+port_security_flags!(
+    UpstreamSecurityFlags,
+    "upstream",
+    "Upstream port authentication and TLS (not supported yet)"
+);
+port_security_flags!(
+    AdminSecurityFlags,
+    "admin",
+    "Admin port authentication and TLS (not supported yet)"
+);

@@ -1,0 +1,232 @@
+//! `piko server status ...` (spec §1.4): reads a node's admin status routes and prints them,
+//! as YAML by default (Piko's output), or as JSON or a table.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use http::Uri;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use piko_server::status::{GossipNode, GossipNodeState, NodeRecord, NodeSummary};
+use serde::de::DeserializeOwned;
+
+use crate::status_output::{Format, Output};
+
+/// What Go's `url.QueryEscape` leaves as is.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Piko's status client gives a request this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `piko server status`'s flags, valid on every status command.
+#[derive(Debug, clap::Args)]
+#[command(arg_required_else_help = true)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    command: Command,
+    /// Base URL of the node's admin port.
+    #[arg(
+        long = "server.url",
+        global = true,
+        default_value = "http://localhost:8002"
+    )]
+    server_url: String,
+    /// Have the contacted node answer for this node (by ID).
+    #[arg(long = "forward", global = true)]
+    forward: Option<String>,
+    /// Output format.
+    #[arg(long = "output", global = true, value_enum, default_value = "yaml")]
+    output: Format,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Upstreams connected to the node.
+    #[command(subcommand)]
+    Upstream(UpstreamCommand),
+    /// The node's view of the cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// The node's gossip state.
+    #[command(subcommand)]
+    Gossip(GossipCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum UpstreamCommand {
+    /// Endpoints with the number of upstreams connected to the node for each.
+    Endpoints,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ClusterCommand {
+    /// Every node the node knows, sorted by ID.
+    Nodes {
+        /// Only nodes in this status (active, unreachable or left).
+        #[arg(long = "status")]
+        status: Option<String>,
+    },
+    /// One node, with its upstreams per endpoint (`local` is the contacted node).
+    Node {
+        /// Node ID.
+        id: String,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum GossipCommand {
+    /// Every node's gossip metadata, sorted by ID.
+    Nodes,
+    /// One node's gossip state with its entries.
+    Node {
+        /// Node ID.
+        id: String,
+    },
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    if args.server_url.is_empty() {
+        anyhow::bail!("config: server: missing url");
+    }
+    let base: Uri = args
+        .server_url
+        .parse()
+        .map_err(|err| anyhow::anyhow!("config: server: invalid url: {err}"))?;
+    let client = StatusClient {
+        base,
+        forward: args.forward,
+    };
+    let output = match args.command {
+        Command::Upstream(UpstreamCommand::Endpoints) => Output::Endpoints(
+            client
+                .get("/status/upstream/endpoints")
+                .await
+                .context("failed to get endpoints")?,
+        ),
+        Command::Cluster(ClusterCommand::Nodes { status }) => {
+            let mut nodes: Vec<NodeSummary> = client
+                .get("/status/cluster/nodes")
+                .await
+                .context("failed to get nodes")?;
+            nodes.retain(|node| status.as_ref().is_none_or(|s| node.status == *s));
+            nodes.sort_by(|a, b| a.id.cmp(&b.id));
+            Output::ClusterNodes(nodes)
+        }
+        Command::Cluster(ClusterCommand::Node { id }) => {
+            let node: NodeRecord = client
+                .get(&format!("/status/cluster/nodes/{id}"))
+                .await
+                .context("failed to get node")?;
+            Output::ClusterNode(node)
+        }
+        Command::Gossip(GossipCommand::Nodes) => {
+            let mut nodes: Vec<GossipNode> = client
+                .get("/status/gossip/nodes")
+                .await
+                .context("failed to get nodes")?;
+            nodes.sort_by(|a, b| a.id.cmp(&b.id));
+            Output::GossipNodes(nodes)
+        }
+        Command::Gossip(GossipCommand::Node { id }) => {
+            let node: GossipNodeState = client
+                .get(&format!("/status/gossip/nodes/{id}"))
+                .await
+                .context("failed to get node")?;
+            Output::GossipNode(node)
+        }
+    };
+    print!("{}", output.render(args.output)?);
+    Ok(())
+}
+
+/// Piko's status client: `GET` on the admin port, plain HTTP or HTTPS with the system's roots.
+struct StatusClient {
+    base: Uri,
+    forward: Option<String>,
+}
+
+impl StatusClient {
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let uri = self.uri(path)?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_platform_verifier()
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector);
+        let exchange = async {
+            let response = client
+                .get(uri)
+                .await
+                .map_err(|err| anyhow::anyhow!("request: {err}"))?;
+            let status = response.status();
+            if status != http::StatusCode::OK {
+                anyhow::bail!("request: bad status: {}", status.as_u16());
+            }
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|err| anyhow::anyhow!("request: read body: {err}"))?
+                .to_bytes();
+            serde_json::from_slice(&body).map_err(|err| anyhow::anyhow!("decode: {err}"))
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| anyhow::anyhow!("request: timeout"))?
+    }
+
+    /// The base URL's path joined with `path`; the query is `forward=<id>` when forwarding.
+    fn uri(&self, path: &str) -> anyhow::Result<Uri> {
+        let base_path = self.base.path().trim_end_matches('/');
+        let path_and_query = match &self.forward {
+            Some(node) => format!(
+                "{base_path}{path}?forward={}",
+                percent_encoding::utf8_percent_encode(node, QUERY_VALUE)
+            ),
+            None => format!("{base_path}{path}"),
+        };
+        let mut parts = self.base.clone().into_parts();
+        parts.path_and_query = Some(
+            path_and_query
+                .parse()
+                .map_err(|err| anyhow::anyhow!("request: invalid path: {err}"))?,
+        );
+        Uri::from_parts(parts).map_err(|err| anyhow::anyhow!("config: server: invalid url: {err}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(base: &str, forward: Option<&str>) -> StatusClient {
+        StatusClient {
+            base: base.parse().unwrap(),
+            forward: forward.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn paths_join_the_base_path_and_forward_replaces_the_query() {
+        let uri = client("http://localhost:8002", None)
+            .uri("/status/upstream/endpoints")
+            .unwrap();
+        assert_eq!(
+            uri.to_string(),
+            "http://localhost:8002/status/upstream/endpoints"
+        );
+        let uri = client("http://admin.example.com/piko/?x=1", Some("piko-0-abc/x"))
+            .uri("/status/cluster/nodes")
+            .unwrap();
+        assert_eq!(
+            uri.to_string(),
+            "http://admin.example.com/piko/status/cluster/nodes?forward=piko-0-abc%2Fx"
+        );
+    }
+}

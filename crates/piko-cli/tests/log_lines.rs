@@ -1,0 +1,123 @@
+//! The lifecycle log lines of Piko's Appendix C, with their subsystems and fields, in the order
+//! a server and an agent write them: operators' log-based alerts keep matching.
+
+mod common;
+
+use common::{Process, start_server};
+use serde_json::Value;
+
+/// The next line with `msg`, checked for its subsystem and fields.
+async fn expect(process: &mut Process, subsystem: &str, msg: &str, fields: &[&str]) -> Value {
+    let line = process.wait_log(msg).await;
+    assert_eq!(line["subsystem"], subsystem, "{line}");
+    for field in fields {
+        assert!(!line[*field].is_null(), "{msg}: no {field}: {line}");
+    }
+    line
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_and_agent_lifecycle_lines() {
+    let (mut server, _admin, upstream, _proxy) =
+        start_server(&["--cluster.node-id", "node-a"]).await;
+    let url = format!("http://{upstream}");
+    let mut agent = Process::start(&[
+        "agent",
+        "http",
+        "my-endpoint",
+        "3000",
+        "--connect.url",
+        &url,
+    ]);
+    let started = expect(&mut agent, "main", "starting piko agent", &["version"]).await;
+    assert_eq!(started["level"], "info");
+    expect(
+        &mut agent,
+        "proxy.http",
+        "starting reverse proxy",
+        &["endpoint-id"],
+    )
+    .await;
+    let connected = expect(
+        &mut server,
+        "upstream",
+        "upstream connected",
+        &["endpoint-id", "client-ip", "tenant-id"],
+    )
+    .await;
+    assert_eq!(connected["endpoint-id"], "my-endpoint");
+
+    assert_eq!(agent.terminate().await, 0);
+    expect(&mut agent, "main", "received shutdown signal", &["signal"]).await;
+    expect(
+        &mut server,
+        "upstream",
+        "upstream disconnected",
+        &["endpoint-id", "client-ip", "tenant-id"],
+    )
+    .await;
+
+    assert_eq!(server.terminate().await, 0);
+    expect(&mut server, "main", "received shutdown signal", &["signal"]).await;
+    for msg in [
+        "starting shutdown",
+        "shutdown proxy server",
+        "shutdown upstream server",
+        "shutdown admin server",
+        "shutdown complete",
+    ] {
+        expect(&mut server, "server", msg, &[]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_s_first_lines_name_the_node_and_its_ports() {
+    let mut server = Process::start(&[
+        "server",
+        "--cluster.node-id",
+        "node-b",
+        "--proxy.bind-addr",
+        "127.0.0.1:0",
+        "--upstream.bind-addr",
+        "127.0.0.1:0",
+        "--admin.bind-addr",
+        "127.0.0.1:0",
+    ]);
+    let line = expect(&mut server, "server", "starting piko server", &["version"]).await;
+    assert_eq!(line["node-id"], "node-b");
+    for (subsystem, msg) in [
+        ("admin", "starting admin server"),
+        ("upstream", "starting upstream server"),
+        ("proxy", "starting proxy server"),
+    ] {
+        expect(&mut server, subsystem, msg, &["addr"]).await;
+    }
+    assert_eq!(server.terminate().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_after_start_up_is_logged_as_failed_to_run() {
+    // The admin port is taken: the server fails once logging is up.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let mut server = Process::start(&[
+        "server",
+        "--proxy.bind-addr",
+        "127.0.0.1:0",
+        "--upstream.bind-addr",
+        "127.0.0.1:0",
+        "--admin.bind-addr",
+        &taken,
+    ]);
+    let line = server.wait_log("failed to run server").await;
+    assert_eq!(line["level"], "error");
+    assert!(
+        line["error"].as_str().unwrap().contains(&taken),
+        "names the address: {line}"
+    );
+    let status = tokio::time::timeout(common::PATIENCE, server.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+}
