@@ -189,7 +189,8 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
     let target = load::Target::new(&settings)?;
     target.wait_until_routable().await;
     let outcome = load::run(&target, settings.requests, settings.clients).await?;
-    print!("{}", report(settings.requests, &outcome));
+    crate::stdout::write(report(settings.requests, &outcome).as_bytes())
+        .map_err(|err| anyhow::anyhow!("write report: {err}"))?;
     upstreams.stop(settings.timeout).await;
     Ok(())
 }

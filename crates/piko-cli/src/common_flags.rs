@@ -43,12 +43,24 @@ pub(crate) struct LogFlags {
 }
 
 impl LogFlags {
+    /// The level in effect: flag, else the file's, else `info`.
+    fn level(&self, file: &config_file::Log) -> String {
+        self.log_level
+            .clone()
+            .or_else(|| file.level.clone())
+            .unwrap_or_else(|| "info".into())
+    }
+
+    /// Checks the settings without installing anything (validation comes before start-up).
+    pub(crate) fn check(&self, file: &config_file::Log) -> anyhow::Result<()> {
+        logging::parse_level(&self.level(file))
+            .map(drop)
+            .map_err(|err| anyhow::anyhow!("config: log: {err}"))
+    }
+
     /// Installs the process's logger: flags over the file's `log:` section over defaults.
     pub(crate) fn init(self, file: &config_file::Log) -> anyhow::Result<()> {
-        let level = self
-            .log_level
-            .or_else(|| file.level.clone())
-            .unwrap_or_else(|| "info".into());
+        let level = self.level(file);
         let subsystems = if self.log_subsystems.is_empty() {
             file.subsystems.clone().unwrap_or_default()
         } else {

@@ -1,5 +1,6 @@
 //! Keeps `docs/config.md` true: every key it documents loads into its command's file format,
-//! and every command has exactly the flags it documents for it, no more, no fewer.
+//! every command has exactly the flags it documents for it, no more, no fewer, and a default
+//! the page gives is the one `--help` gives.
 //!
 //! The page marks each table with `<!-- sync: commands="..." file="..." ports="..." -->`:
 //! `commands` are the command paths its flags belong to, `file` the file format its keys load
@@ -75,6 +76,61 @@ fn tables() -> Vec<Table> {
         tables.push(Table { attributes, rows });
     }
     tables
+}
+
+/// Every flag's default as `--help` states it (clap's own, or `[default: ...]` in its help), by
+/// command path.
+fn help_defaults() -> BTreeMap<(String, String), String> {
+    fn walk(command: &clap::Command, path: &str, out: &mut BTreeMap<(String, String), String>) {
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let stated = match arg.get_default_values() {
+                [value] => Some(value.to_string_lossy().into_owned()),
+                _ => arg.get_help().and_then(|help| {
+                    let help = help.to_string();
+                    let (_, rest) = help.split_once("[default: ")?;
+                    Some(rest.split_once(']')?.0.to_owned())
+                }),
+            };
+            if let Some(default) = stated {
+                out.insert((path.to_owned(), format!("--{long}")), default);
+            }
+        }
+        for sub in command.get_subcommands() {
+            let path = if path.is_empty() {
+                sub.get_name().to_owned()
+            } else {
+                format!("{path} {}", sub.get_name())
+            };
+            walk(sub, &path, out);
+        }
+    }
+    let mut command = crate::Cli::command();
+    command.build();
+    let mut out = BTreeMap::new();
+    walk(&command, "", &mut out);
+    out
+}
+
+#[test]
+fn documented_defaults_are_the_help_s() {
+    let defaults = help_defaults();
+    for table in tables() {
+        let Some(commands) = table.attributes.get("commands") else {
+            continue;
+        };
+        for command in commands.split(',') {
+            for row in &table.rows {
+                let Some(flag) = &row.flag else { continue };
+                if let Some(stated) = defaults.get(&(command.to_owned(), flag.clone())) {
+                    assert_eq!(
+                        &row.default, stated,
+                        "piko {command} {flag}: page vs --help"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// Long flags of every command that runs (leaves, and `server`, which also has subcommands),

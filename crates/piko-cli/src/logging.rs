@@ -25,17 +25,22 @@ pub(crate) enum Format {
     Text,
 }
 
+/// A `log.level` value.
+pub(crate) fn parse_level(level: &str) -> Result<Level, String> {
+    match level {
+        "debug" => Ok(Level::DEBUG),
+        "info" => Ok(Level::INFO),
+        "warn" => Ok(Level::WARN),
+        "error" => Ok(Level::ERROR),
+        "" => Err("missing level".into()),
+        other => Err(format!("unsupported log level: {other}")),
+    }
+}
+
 /// Installs the logger for the process. Events of the `subsystems` named (exact names, as
 /// Piko matches them) are written at every level, whatever `level` says.
 pub(crate) fn init(level: &str, subsystems: Vec<String>, format: Format) -> Result<(), String> {
-    let level = match level {
-        "debug" => Level::DEBUG,
-        "info" => Level::INFO,
-        "warn" => Level::WARN,
-        "error" => Level::ERROR,
-        "" => return Err("missing level".into()),
-        other => return Err(format!("unsupported log level: {other}")),
-    };
+    let level = parse_level(level)?;
     tracing_subscriber::registry()
         .with(Lines {
             level,

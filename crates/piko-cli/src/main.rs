@@ -19,6 +19,7 @@ mod server;
 mod server_status;
 mod signal;
 mod status_output;
+mod stdout;
 
 use std::process::ExitCode;
 
@@ -78,16 +79,15 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     };
     if let Command::Completion { shell } = command {
-        // Written in one piece so that a closed pipe (`| head`) is an error to ignore, not a
-        // panic inside the generator.
+        // Generated in memory: the generator panics when its writer fails (`| head`).
         let mut script = Vec::new();
         clap_complete::generate(shell, &mut Cli::command(), "piko", &mut script);
-        return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
-            Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+        return match stdout::write(&script) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
                 eprintln!("write completion script: {err}");
                 ExitCode::FAILURE
             }
-            _ => ExitCode::SUCCESS,
         };
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -47,11 +47,11 @@ macro_rules! port_security_flags {
             #[arg(long = concat!($port, ".auth.jwks.endpoint"),
                 id = concat!($port, ".auth.jwks.endpoint"))]
             jwks_endpoint: Option<String>,
-            /// How long fetched JWKS keys are cached [default: 0s = 1h].
+            /// How long fetched JWKS keys are cached; 0 is an hour [default: 0s].
             #[arg(long = concat!($port, ".auth.jwks.cache-ttl"),
                 id = concat!($port, ".auth.jwks.cache-ttl"), value_parser = duration::parse)]
             jwks_cache_ttl: Option<Duration>,
-            /// Timeout of a JWKS fetch [default: 0s = 1m].
+            /// Timeout of a JWKS fetch; 0 is a minute [default: 0s].
             #[arg(long = concat!($port, ".auth.jwks.timeout"),
                 id = concat!($port, ".auth.jwks.timeout"), value_parser = duration::parse)]
             jwks_timeout: Option<Duration>,

@@ -149,7 +149,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .refuse_unsupported()
         .context("config")?;
     args.admin_security.refuse_unsupported().context("config")?;
-    // Piko's validation order (spec §1.3.2): cluster, proxy, upstream, admin, log, grace period.
+    // Piko's validation order (spec §1.3.2): cluster, proxy, upstream, admin, log, grace period
+    // (after our refusal of what is not built).
     let cluster = args.cluster.resolve(std::mem::take(&mut file.cluster))?;
     let defaults = Config::default();
     let proxy_bind_addr = bind_addr("proxy", args.proxy_bind_addr, file.proxy.bind_addr, ":8000")?;
@@ -246,6 +247,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         grace_period,
         ..defaults
     };
+    args.log.check(&file.log)?;
     if grace_period.is_zero() {
         anyhow::bail!("config: missing grace period");
     }

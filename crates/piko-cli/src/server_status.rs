@@ -119,7 +119,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
         Command::Cluster(ClusterCommand::Node { id }) => {
             let node: NodeRecord = client
-                .get(&format!("/status/cluster/nodes/{id}"))
+                .get(&format!("/status/cluster/nodes/{}", path_segment(&id)))
                 .await
                 .context("failed to get node")?;
             Output::ClusterNode(node)
@@ -134,14 +134,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
         Command::Gossip(GossipCommand::Node { id }) => {
             let node: GossipNodeState = client
-                .get(&format!("/status/gossip/nodes/{id}"))
+                .get(&format!("/status/gossip/nodes/{}", path_segment(&id)))
                 .await
                 .context("failed to get node")?;
             Output::GossipNode(node)
         }
     };
-    print!("{}", output.render(args.output)?);
-    Ok(())
+    crate::stdout::write(output.render(args.output)?.as_bytes())
+        .map_err(|err| anyhow::anyhow!("write output: {err}"))
 }
 
 /// Piko's status client: `GET` on the admin port, plain HTTP or HTTPS with the system's roots.
@@ -181,15 +181,17 @@ impl StatusClient {
             .map_err(|_| anyhow::anyhow!("request: timeout"))?
     }
 
-    /// The base URL's path joined with `path`; the query is `forward=<id>` when forwarding.
+    /// The base URL's path joined with `path`; the query is replaced by `forward=<id>` when
+    /// forwarding, else kept.
     fn uri(&self, path: &str) -> anyhow::Result<Uri> {
         let base_path = self.base.path().trim_end_matches('/');
-        let path_and_query = match &self.forward {
-            Some(node) => format!(
+        let path_and_query = match (&self.forward, self.base.query()) {
+            (Some(node), _) => format!(
                 "{base_path}{path}?forward={}",
                 percent_encoding::utf8_percent_encode(node, QUERY_VALUE)
             ),
-            None => format!("{base_path}{path}"),
+            (None, Some(query)) => format!("{base_path}{path}?{query}"),
+            (None, None) => format!("{base_path}{path}"),
         };
         let mut parts = self.base.clone().into_parts();
         parts.path_and_query = Some(
@@ -199,6 +201,11 @@ impl StatusClient {
         );
         Uri::from_parts(parts).map_err(|err| anyhow::anyhow!("config: server: invalid url: {err}"))
     }
+}
+
+/// A node ID as one path segment.
+fn path_segment(id: &str) -> percent_encoding::PercentEncode<'_> {
+    percent_encoding::utf8_percent_encode(id, QUERY_VALUE)
 }
 
 #[cfg(test)]

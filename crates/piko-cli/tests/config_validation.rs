@@ -158,6 +158,42 @@ async fn server_rules() {
     }
 }
 
+/// With two mistakes, the one Piko checks first is reported (spec §1.3.2's order).
+#[tokio::test]
+async fn server_rules_are_checked_in_piko_s_order() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--proxy.bind-addr", "", "--cluster.gossip.interval", "0"],
+            "config: cluster: gossip: missing interval",
+        ),
+        (
+            &["--upstream.bind-addr", "", "--proxy.bind-addr", ""],
+            "config: proxy: missing bind addr",
+        ),
+        (
+            &[
+                "--admin.bind-addr",
+                "",
+                "--upstream.rebalance.shed-rate",
+                "2",
+            ],
+            "config: upstream: rebalance: shed-rate cannot exceed 1",
+        ),
+        (
+            &["--log.level", "loud", "--admin.bind-addr", ""],
+            "config: admin: missing bind addr",
+        ),
+        (
+            &["--grace-period", "0", "--log.level", "loud"],
+            "config: log: unsupported log level: loud",
+        ),
+    ];
+    for (args, expected) in cases {
+        let args: Vec<&str> = ["server"].iter().chain(args.iter()).copied().collect();
+        assert_refused(&args, None, expected).await;
+    }
+}
+
 #[tokio::test]
 async fn agent_rules() {
     let cases: &[(&[&str], Option<&str>, &str)] = &[

@@ -9,7 +9,7 @@
 //! take by route and outcome, bytes relayed, streams open to upstreams, and why upstreams
 //! disconnect.
 
-use std::time::Duration;
+use std::{sync::OnceLock, time::Duration};
 
 use piko_http::counted_body::CountedBody;
 use piko_http::prometheus_text::{
@@ -58,6 +58,8 @@ pub(crate) enum Route {
 }
 
 impl Route {
+    const ALL: [Self; 3] = [Self::Http, Self::Upgrade, Self::Tcp];
+
     fn label(self) -> &'static str {
         match self {
             Self::Http => "http",
@@ -65,6 +67,15 @@ impl Route {
             Self::Tcp => "tcp",
         }
     }
+}
+
+/// Which way relayed bytes went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// From clients towards upstreams.
+    In,
+    /// From upstreams towards clients.
+    Out,
 }
 
 /// Marks a response that says the endpoint has no upstream here, so that its outcome is told
@@ -90,15 +101,41 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
-/// What became of a request, from its response.
-fn outcome(status: u16, no_upstream: bool) -> &'static str {
-    match status {
-        _ if no_upstream => "no_upstream",
-        ..400 => "success",
-        504 => "timeout",
-        400..500 => "client_error",
-        502 => "upstream_error",
-        _ => "server_error",
+/// What became of a request or a tunnel, as the `outcome` label names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Success,
+    ClientError,
+    NoUpstream,
+    UpstreamError,
+    Timeout,
+    ServerError,
+}
+
+impl Outcome {
+    const COUNT: usize = 6;
+
+    /// A response's outcome.
+    fn of(status: u16, no_upstream: bool) -> Self {
+        match status {
+            _ if no_upstream => Self::NoUpstream,
+            ..400 => Self::Success,
+            504 => Self::Timeout,
+            400..500 => Self::ClientError,
+            502 => Self::UpstreamError,
+            _ => Self::ServerError,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::ClientError => "client_error",
+            Self::NoUpstream => "no_upstream",
+            Self::UpstreamError => "upstream_error",
+            Self::Timeout => "timeout",
+            Self::ServerError => "server_error",
+        }
     }
 }
 
@@ -115,7 +152,12 @@ pub(crate) struct ProxyMetrics {
     pub(crate) request_size: Histogram,
     response_size: Histogram,
     route_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// `route_duration`'s histograms, each looked up once (on first use, so that only the
+    /// combinations that happen are exposed).
+    route_histograms: [[OnceLock<Histogram>; Outcome::COUNT]; 3],
     bytes: Family<BytesLabels, Counter>,
+    /// `bytes`' counters by route and direction, looked up once rather than per request.
+    byte_counters: [[Counter; 2]; 3],
     active_streams: Gauge,
 }
 
@@ -131,23 +173,22 @@ impl ProxyMetrics {
             .observe(written.map_or(-1.0, |bytes| bytes as f64));
     }
 
-    fn route_finished(&self, route: Route, outcome: &'static str, elapsed: Duration) {
-        self.route_duration
-            .get_or_create(&RouteLabels {
-                route: route.label(),
-                outcome,
+    fn route_finished(&self, route: Route, outcome: Outcome, elapsed: Duration) {
+        self.route_histograms[route as usize][outcome as usize]
+            .get_or_init(|| {
+                self.route_duration
+                    .get_or_create(&RouteLabels {
+                        route: route.label(),
+                        outcome: outcome.label(),
+                    })
+                    .clone()
             })
             .observe(elapsed.as_secs_f64());
     }
 
-    /// The counter of bytes relayed on `route` in `direction` (`in` or `out`).
-    pub(crate) fn bytes(&self, route: Route, direction: &'static str) -> Counter {
-        self.bytes
-            .get_or_create(&BytesLabels {
-                route: route.label(),
-                direction,
-            })
-            .clone()
+    /// The counter of bytes relayed on `route` in `direction`.
+    pub(crate) fn bytes(&self, route: Route, direction: Direction) -> &Counter {
+        &self.byte_counters[route as usize][direction as usize]
     }
 }
 
@@ -169,6 +210,17 @@ impl Metrics {
     /// Every family of spec §10.2, registered under Piko's names.
     pub fn new() -> Self {
         let mut registry = Registry::default();
+        let bytes = Family::<BytesLabels, Counter>::default();
+        let byte_counters = Route::ALL.map(|route| {
+            ["in", "out"].map(|direction| {
+                bytes
+                    .get_or_create(&BytesLabels {
+                        route: route.label(),
+                        direction,
+                    })
+                    .clone()
+            })
+        });
         let proxy = ProxyMetrics {
             in_flight: Gauge::default(),
             requests: Family::default(),
@@ -176,7 +228,9 @@ impl Metrics {
             request_size: Histogram::new(SIZE_BUCKETS),
             response_size: Histogram::new(SIZE_BUCKETS),
             route_duration: Family::new_with_constructor(latency_histogram),
-            bytes: Family::default(),
+            route_histograms: Default::default(),
+            bytes,
+            byte_counters,
             active_streams: Gauge::default(),
         };
         // Counters are registered without `_total`: the encoder appends it.
@@ -399,7 +453,7 @@ impl RequestMeter {
             status,
             method: MethodLabel(self.method.clone()),
         };
-        let outcome = outcome(status, response.extensions().get::<NoUpstream>().is_some());
+        let outcome = Outcome::of(status, response.extensions().get::<NoUpstream>().is_some());
         response.map(|body| {
             CountedBody::new(body, move |written| {
                 let proxy = &self.metrics.proxy;
@@ -407,25 +461,26 @@ impl RequestMeter {
                 proxy.finished(&labels, elapsed, written);
                 proxy.route_finished(self.route, outcome, elapsed);
                 if let Some(written) = written {
-                    proxy.bytes(self.route, "out").inc_by(written);
+                    proxy.bytes(self.route, Direction::Out).inc_by(written);
                 }
             })
             .boxed()
         })
     }
 
-    /// Records a tunnel (an upgrade or the TCP route) when it ends, as Piko does: with the
-    /// `status` Piko's handler reports for it and the tunnel's lifetime, no response body. The
-    /// tunnel's bytes are counted as they pass.
-    pub(crate) fn finish_tunnel(self, status: u16) {
+    /// Records a tunnel (an upgrade or the TCP route) when it ends, as Piko does: status 200
+    /// (Piko's handlers write the upgrade past gin's response writer, which keeps its default),
+    /// the tunnel's lifetime, a response size of 0 (gin's on a hijack). The tunnel's bytes are
+    /// counted as they pass; `outcome` says whether it was ever established.
+    pub(crate) fn finish_tunnel(self, outcome: Outcome) {
         let labels = RequestLabels {
-            status,
+            status: 200,
             method: MethodLabel(self.method.clone()),
         };
         let proxy = &self.metrics.proxy;
         let elapsed = self.started.elapsed();
-        proxy.finished(&labels, elapsed, None);
-        proxy.route_finished(self.route, "success", elapsed);
+        proxy.finished(&labels, elapsed, Some(0));
+        proxy.route_finished(self.route, outcome, elapsed);
     }
 }
 

@@ -39,7 +39,7 @@ use crate::{
     connection_deadlines::WatchedIo,
     counted_io::CountedReads,
     json_error::{gin_error, proxy_error},
-    metrics::{self, Metrics, RequestMeter},
+    metrics::{self, Direction, Metrics, Outcome, RequestMeter},
     request_body_idle::{BodyProgress, IdleLimitedBody, caused_by_idle_body},
     serve::{Body, BoxError, set_write_stall_limit},
     tcp_route::{self, Route},
@@ -152,10 +152,14 @@ impl Handler {
             .then(|| hyper::upgrade::on(&mut request));
         prepare_request(&mut request, peer, upgrade_protocol.as_ref());
         let (parts, body) = request.into_parts();
+        let route = match upgrade_protocol {
+            Some(_) => metrics::Route::Upgrade,
+            None => metrics::Route::Http,
+        };
         let (body, body_progress) = IdleLimitedBody::new(
             body,
             self.config.read_timeout,
-            self.metrics.proxy.bytes(metrics::Route::Http, "in"),
+            self.metrics.proxy.bytes(route, Direction::In),
         );
         let request = Request::from_parts(parts, body);
 
@@ -215,14 +219,15 @@ impl Handler {
                 let upstream_upgrade = hyper::upgrade::on(&mut response);
                 let meter = meter.take();
                 let proxy = &self.metrics.proxy;
-                let bytes_in = proxy.bytes(metrics::Route::Upgrade, "in");
-                let bytes_out = proxy.bytes(metrics::Route::Upgrade, "out");
+                let bytes_in = proxy.bytes(metrics::Route::Upgrade, Direction::In).clone();
+                let bytes_out = proxy.bytes(metrics::Route::Upgrade, Direction::Out).clone();
                 self.exchanges.spawn(async move {
                     let relay = async {
                         let (Ok(client), Ok(upstream)) =
                             tokio::join!(client_upgrade, upstream_upgrade)
                         else {
-                            return;
+                            // The client went before its side of the upgrade completed.
+                            return Outcome::ClientError;
                         };
                         let mut upstream = CountedReads {
                             inner: TokioIo::new(upstream),
@@ -238,13 +243,14 @@ impl Handler {
                                 if !parts.read_buf.is_empty()
                                     && upstream.write_all(&parts.read_buf).await.is_err()
                                 {
-                                    return;
+                                    return Outcome::UpstreamError;
                                 }
                                 let mut client = CountedReads {
                                     inner: client,
                                     read: bytes_in,
                                 };
                                 let _ = piko_protocol::relay(&mut client, &mut upstream).await;
+                                Outcome::Success
                             }
                             Err(client) => {
                                 let mut client = CountedReads {
@@ -252,12 +258,13 @@ impl Handler {
                                     read: bytes_in,
                                 };
                                 let _ = piko_protocol::relay(&mut client, &mut upstream).await;
+                                Outcome::Success
                             }
                         }
                     };
-                    relay.await;
+                    let outcome = relay.await;
                     if let Some(meter) = meter {
-                        meter.finish_tunnel(StatusCode::SWITCHING_PROTOCOLS.as_u16());
+                        meter.finish_tunnel(outcome);
                     }
                 });
             }

@@ -79,8 +79,8 @@ impl BodyProgress {
 /// A request body that fails with [`RequestBodyIdle`] once the client has been silent too long.
 pub(crate) struct IdleLimitedBody {
     body: Incoming,
-    /// Body bytes taken from the client, for the metrics.
-    bytes_taken: Counter,
+    /// Body bytes taken from the client, for the metrics (none for an empty body).
+    bytes_taken: Option<Counter>,
     limit: Option<Duration>,
     /// Absent for a body that was empty from the start.
     progress: Option<Arc<BodyProgress>>,
@@ -96,12 +96,12 @@ impl IdleLimitedBody {
     pub(crate) fn new(
         body: Incoming,
         limit: Option<Duration>,
-        bytes_taken: Counter,
+        bytes_taken: &Counter,
     ) -> (Self, Option<Arc<BodyProgress>>) {
         let progress = (!body.is_end_stream()).then(BodyProgress::new);
         let body = Self {
+            bytes_taken: progress.as_ref().map(|_| bytes_taken.clone()),
             body,
-            bytes_taken,
             limit,
             progress: progress.clone(),
             waiting_since: None,
@@ -152,8 +152,11 @@ impl Body for IdleLimitedBody {
                 if let Some(progress) = &this.progress {
                     progress.frame_taken();
                 }
-                if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
-                    this.bytes_taken.inc_by(data.len() as u64);
+                if let (Some(bytes_taken), Some(data)) = (
+                    &this.bytes_taken,
+                    frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()),
+                ) {
+                    bytes_taken.inc_by(data.len() as u64);
                 }
                 Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
             }

@@ -25,7 +25,7 @@ use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::Role};
 use crate::{
     counted_io::CountedReads,
     json_error::{full, gin_error},
-    metrics::{RequestMeter, Route as MeteredRoute},
+    metrics::{Direction, Outcome, RequestMeter, Route as MeteredRoute},
     proxy::{Handler, no_available_upstreams},
     serve::Body,
     upstream::endpoint_from_path,
@@ -111,11 +111,17 @@ pub(crate) async fn tunnel(
     let meter = meter.take();
     let proxy = &handler.metrics.proxy;
     let bytes = (
-        proxy.bytes(MeteredRoute::Tcp, "in"),
-        proxy.bytes(MeteredRoute::Tcp, "out"),
+        proxy.bytes(MeteredRoute::Tcp, Direction::In).clone(),
+        proxy.bytes(MeteredRoute::Tcp, Direction::Out).clone(),
     );
     handler.exchanges.spawn(async move {
-        if let Ok(upgraded) = upgrade.await {
+        let upgraded = upgrade.await;
+        let outcome = match &upgraded {
+            Ok(_) => Outcome::Success,
+            // The client went before its side of the upgrade completed.
+            Err(_) => Outcome::ClientError,
+        };
+        if let Ok(upgraded) = upgraded {
             let config = Some(websocket_config(MAX_MESSAGE));
             match websocket_upgrade::into_tcp(upgraded) {
                 Ok((tcp, read_buf)) => {
@@ -133,10 +139,8 @@ pub(crate) async fn tunnel(
                 }
             }
         }
-        // Piko's handler reports a tunnel as a 200 (the upgrade is written past its response
-        // writer) once the tunnel is over.
         if let Some(meter) = meter {
-            meter.finish_tunnel(StatusCode::OK.as_u16());
+            meter.finish_tunnel(outcome);
         }
     });
     let mut response = websocket_upgrade::switching_protocols(&accept_key);

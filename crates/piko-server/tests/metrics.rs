@@ -95,6 +95,16 @@ async fn metrics_have_piko_s_names_and_follow_the_traffic() {
     }
     let (head, _) = get(node.proxy, "/x", "nobody.example.com").await;
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    // A request with a body: its bytes are counted coming in.
+    let mut tcp = TcpStream::connect(node.proxy).await.unwrap();
+    tcp.write_all(
+        b"POST /x HTTP/1.1\r\nhost: e.example.com\r\ncontent-length: 4\r\nconnection: close\r\n\r\nabcd",
+    )
+    .await
+    .unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 
     let (head, text) = get(node.admin, "/metrics", "admin").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -145,6 +155,15 @@ async fn metrics_have_piko_s_names_and_follow_the_traffic() {
         )
     };
     assert_eq!(requests("200"), Some(2.0), "{families}");
+    assert_eq!(
+        sample(
+            &families,
+            "piko_proxy_requests",
+            "piko_proxy_requests_total",
+            &[("status", "200"), ("method", "POST")],
+        ),
+        Some(1.0)
+    );
     assert_eq!(requests("502"), Some(1.0), "{families}");
     let latency_count = sample(
         &families,
@@ -159,9 +178,9 @@ async fn metrics_have_piko_s_names_and_follow_the_traffic() {
         "piko_proxy_response_size_bytes_sum",
         &[],
     );
-    // Two 5-byte bodies and one JSON error.
+    // Three 5-byte bodies and one JSON error.
     let error_body = br#"{"error":"no available upstreams"}"#.len() as f64 + 1.0;
-    assert_eq!(response_sizes, Some(10.0 + error_body));
+    assert_eq!(response_sizes, Some(15.0 + error_body));
     let gauge = |family: &str| sample(&families, family, family, &[]);
     assert_eq!(gauge("piko_upstreams_connected_upstreams"), Some(1.0));
     assert_eq!(gauge("piko_upstreams_registered_endpoints"), Some(1.0));
@@ -173,7 +192,7 @@ async fn metrics_have_piko_s_names_and_follow_the_traffic() {
             "piko_upstreams_upstream_requests_total",
             &[]
         ),
-        Some(2.0)
+        Some(3.0)
     );
     assert_eq!(
         sample(
@@ -192,7 +211,7 @@ async fn metrics_have_piko_s_names_and_follow_the_traffic() {
             &[("route", "http"), ("outcome", outcome)],
         )
     };
-    assert_eq!(routed("success"), Some(2.0), "{families}");
+    assert_eq!(routed("success"), Some(3.0), "{families}");
     assert_eq!(routed("no_upstream"), Some(1.0), "{families}");
     assert_eq!(
         sample(
@@ -201,7 +220,16 @@ async fn metrics_have_piko_s_names_and_follow_the_traffic() {
             "piko_proxy_bytes_total",
             &[("route", "http"), ("direction", "out")]
         ),
-        Some(10.0 + error_body)
+        Some(15.0 + error_body)
+    );
+    assert_eq!(
+        sample(
+            &families,
+            "piko_proxy_bytes",
+            "piko_proxy_bytes_total",
+            &[("route", "http"), ("direction", "in")]
+        ),
+        Some(4.0)
     );
     assert_eq!(gauge("piko_proxy_active_streams"), Some(0.0));
     assert_eq!(

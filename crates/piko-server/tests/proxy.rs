@@ -326,7 +326,45 @@ async fn websocket_upgrades_are_relayed_end_to_end() {
         client.next().await.unwrap().unwrap().into_data().as_ref(),
         &big[..]
     );
+    // Metered as Piko meters it: once the tunnel is over, as a 200 (Go's reverse proxy writes
+    // the 101 past gin's response writer), in flight until then.
+    let counted = "piko_proxy_requests_total{status=\"200\",method=\"GET\"} 1\n";
+    let (_, metrics) = common::get(node.admin, "/metrics", "admin").await;
+    assert!(!metrics.contains(counted), "counted while open");
+    assert!(
+        metrics.contains("piko_proxy_requests_in_flight 1\n"),
+        "{metrics}"
+    );
     client.close(None).await.unwrap();
+    drop(client);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = common::get(node.admin, "/metrics", "admin").await;
+        if metrics.contains(counted) {
+            assert!(
+                metrics.contains("piko_proxy_requests_in_flight 0\n"),
+                "{metrics}"
+            );
+            assert!(
+                metrics.contains(
+                    "piko_proxy_route_duration_seconds_count{route=\"upgrade\",outcome=\"success\"} 1\n"
+                ),
+                "{metrics}"
+            );
+            let bytes_in: f64 = metrics
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("piko_proxy_bytes_total{route=\"upgrade\",direction=\"in\"} ")
+                })
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(bytes_in > f64::from(1 << 20), "{metrics}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
