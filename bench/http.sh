@@ -60,7 +60,7 @@ EOF
 nginx -c "$work/nginx.conf" -p "$work" &
 pids+=($!)
 "$piko" server --proxy.bind-addr "127.0.0.1:$proxy_port" --upstream.bind-addr "127.0.0.1:$upstream_port" \
-  --admin.bind-addr "127.0.0.1:$admin_port" --log.level warn 2>"$work/server.log" &
+  --admin.bind-addr "127.0.0.1:$admin_port" --cluster.gossip.bind-addr 127.0.0.1:0 --log.level warn 2>"$work/server.log" &
 server_pid=$!
 pids+=($server_pid)
 "$piko" agent http bench "$nginx_port" --connect.url "http://127.0.0.1:$upstream_port" --log.level warn \

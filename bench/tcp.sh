@@ -51,7 +51,7 @@ pids+=($!)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
 pids+=($!)
 "$piko" server --proxy.bind-addr "127.0.0.1:$proxy_port" --upstream.bind-addr "127.0.0.1:$upstream_port" \
-  --admin.bind-addr "127.0.0.1:$admin_port" --log.level warn 2>"$work/server.log" &
+  --admin.bind-addr "127.0.0.1:$admin_port" --cluster.gossip.bind-addr 127.0.0.1:0 --log.level warn 2>"$work/server.log" &
 server_pid=$!
 pids+=($server_pid)
 agent_file="$work/agent.yaml"

@@ -100,6 +100,7 @@ async fn tunnel(
         proxy_bind_addr: "127.0.0.1:0".into(),
         upstream_bind_addr: "127.0.0.1:0".into(),
         admin_bind_addr: "127.0.0.1:0".into(),
+        gossip_bind_addr: "127.0.0.1:0".into(),
         ..Config::default()
     };
     let server = Server::bind(config).await.unwrap();

@@ -46,7 +46,11 @@ pub(crate) struct Cluster {
     pub(crate) join: Vec<String>,
     pub(crate) gossip_bind_addr: String,
     pub(crate) gossip_advertise_addr: Option<String>,
-    #[allow(dead_code, reason = "read once joining exists (the cluster issue)")]
+    pub(crate) gossip_interval: Duration,
+    #[allow(
+        dead_code,
+        reason = "read once joining reports failure (the cluster issue)"
+    )]
     pub(crate) abort_if_join_fails: bool,
 }
 
@@ -104,6 +108,7 @@ impl ClusterFlags {
                 .gossip_advertise_addr
                 .or(file.gossip.advertise_addr)
                 .filter(|addr| !addr.is_empty()),
+            gossip_interval: interval,
             abort_if_join_fails: self
                 .abort_if_join_fails
                 .or(file.abort_if_join_fails)

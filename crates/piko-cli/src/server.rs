@@ -214,6 +214,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             .filter(|addr| !addr.is_empty()),
         gossip_bind_addr: cluster.gossip_bind_addr,
         gossip_advertise_addr: cluster.gossip_advertise_addr,
+        cluster: piko_server::cluster::ClusterConfig {
+            join: cluster.join,
+            gossip_interval: cluster.gossip_interval,
+            ..piko_server::cluster::ClusterConfig::default()
+        },
         proxy: piko_server::proxy::Config {
             timeout: proxy_timeout,
             access_log,
@@ -253,13 +258,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     args.log.init(&file.log)?;
     tracing::info!(subsystem = "server", node_id = %config.node_id, version = crate::VERSION, "starting piko server");
-    if !cluster.join.is_empty() {
-        tracing::warn!(
-            subsystem = "server",
-            key = "cluster.join",
-            "config key not supported yet; ignored"
-        );
-    }
     if rebalance_threshold > 0.0 {
         tracing::warn!(
             subsystem = "server",

@@ -82,6 +82,8 @@ async fn the_server_s_first_lines_name_the_node_and_its_ports() {
         "127.0.0.1:0",
         "--admin.bind-addr",
         "127.0.0.1:0",
+        "--cluster.gossip.bind-addr",
+        "127.0.0.1:0",
     ]);
     let line = expect(&mut server, "server", "starting piko server", &["version"]).await;
     assert_eq!(line["node-id"], "node-b");
@@ -108,6 +110,8 @@ async fn a_failure_after_start_up_is_logged_as_failed_to_run() {
         "127.0.0.1:0",
         "--admin.bind-addr",
         &taken,
+        "--cluster.gossip.bind-addr",
+        "127.0.0.1:0",
     ]);
     let line = server.wait_log("failed to run server").await;
     assert_eq!(line["level"], "error");

@@ -410,6 +410,8 @@ async fn flags_override_the_file_which_overrides_defaults() {
         "127.0.0.1:0",
         "--admin.bind-addr",
         "127.0.0.1:0",
+        "--cluster.gossip.bind-addr",
+        "127.0.0.1:0",
     ]);
     server.wait_log("starting proxy server").await;
     assert_eq!(server.terminate().await, 0);
@@ -538,6 +540,8 @@ async fn text_logs_for_terminals() {
             "127.0.0.1:0",
             "--admin.bind-addr",
             "127.0.0.1:0",
+            "--cluster.gossip.bind-addr",
+            "127.0.0.1:0",
         ])
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -566,6 +570,8 @@ async fn log_subsystems_are_logged_at_every_level() {
         "--upstream.bind-addr",
         "127.0.0.1:0",
         "--admin.bind-addr",
+        "127.0.0.1:0",
+        "--cluster.gossip.bind-addr",
         "127.0.0.1:0",
         "--log.level",
         "warn",

@@ -16,6 +16,7 @@ async fn start_server() -> (
         proxy_bind_addr: "127.0.0.1:0".into(),
         upstream_bind_addr: "127.0.0.1:0".into(),
         admin_bind_addr: "127.0.0.1:0".into(),
+        gossip_bind_addr: "127.0.0.1:0".into(),
         ..Config::default()
     })
     .await

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use piko_http::prometheus_text;
 
 use crate::{
+    cluster::Membership,
     json_error::{full, not_found},
     metrics::Metrics,
     serve::Body,
@@ -29,10 +30,11 @@ pub(crate) struct Handler {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) upstreams: Arc<Upstreams>,
     pub(crate) local: LocalNode,
+    pub(crate) membership: Arc<Membership>,
 }
 
 impl Handler {
-    pub(crate) fn handle(&self, request: &Request<Incoming>) -> Response<Body> {
+    pub(crate) async fn handle(&self, request: &Request<Incoming>) -> Response<Body> {
         if request.method() != Method::GET {
             return not_found();
         }
@@ -41,14 +43,21 @@ impl Handler {
         {
             return status::empty(StatusCode::NOT_FOUND);
         }
-        if let Some(response) = status::route(request.uri().path(), &self.local, &self.upstreams) {
+        if let Some(response) = status::route(
+            request.uri().path(),
+            &self.local,
+            &self.upstreams,
+            &self.membership,
+        )
+        .await
+        {
             return response;
         }
         let status = match request.uri().path() {
             "/health" => StatusCode::OK,
             "/ready" if self.ready.load(Ordering::Acquire) => StatusCode::OK,
             "/ready" => StatusCode::SERVICE_UNAVAILABLE,
-            "/metrics" => return self.metrics(),
+            "/metrics" => return self.metrics().await,
             _ => return not_found(),
         };
         let mut response = Response::new(full(""));
@@ -56,8 +65,9 @@ impl Handler {
         response
     }
 
-    fn metrics(&self) -> Response<Body> {
-        prometheus_text::scrape_response(self.metrics.render(&self.upstreams))
+    async fn metrics(&self) -> Response<Body> {
+        let nodes = self.membership.nodes().await;
+        prometheus_text::scrape_response(self.metrics.render(&self.upstreams, &nodes))
     }
 }
 

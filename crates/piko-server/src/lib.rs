@@ -29,6 +29,7 @@
 
 mod admin;
 mod advertise;
+pub mod cluster;
 mod connection_deadlines;
 mod counted_io;
 mod json_error;

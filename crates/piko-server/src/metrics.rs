@@ -2,7 +2,7 @@
 //! Prometheus text format Piko serves (0.0.4), so existing scrapes, alerts and Grafana dashboards
 //! keep working: same names, types and labels.
 //!
-//! The cluster and gossip families report the single local node until the cluster exists.
+//! The gossip traffic counters stay at zero: chitchat does not report its traffic.
 //!
 //! Beyond Piko's families, a few that operators of a tunnel need, none labelled by endpoint (an
 //! endpoint label multiplies series by the number of endpoints): how long requests and tunnels
@@ -22,7 +22,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::upstreams::Upstreams;
+use crate::{cluster::NodeStatus, upstreams::Upstreams};
 
 /// `status` and `method` of a proxied request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -322,10 +322,6 @@ impl Metrics {
             "Number of nodes in the cluster state",
             metrics.cluster_nodes.clone(),
         );
-        metrics
-            .cluster_nodes
-            .get_or_create(&StatusLabel { status: "active" })
-            .set(1);
         for (name, help) in GOSSIP_COUNTERS {
             registry.register(name, help, Counter::<u64>::default());
         }
@@ -338,7 +334,23 @@ impl Metrics {
     }
 
     /// The text a scrape gets, with the routing table's gauges read now.
-    pub(crate) fn render(&self, upstreams: &Upstreams) -> Result<String, std::fmt::Error> {
+    pub(crate) fn render(
+        &self,
+        upstreams: &Upstreams,
+        nodes: &[crate::cluster::Node],
+    ) -> Result<String, std::fmt::Error> {
+        for status in [
+            NodeStatus::Active,
+            NodeStatus::Unreachable,
+            NodeStatus::Left,
+        ] {
+            let count = nodes.iter().filter(|node| node.status == status).count();
+            self.cluster_nodes
+                .get_or_create(&StatusLabel {
+                    status: status.as_str(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
         let (endpoints, connected) = upstreams.totals();
         self.connected_upstreams.set(connected as i64);
         self.registered_endpoints.set(endpoints as i64);

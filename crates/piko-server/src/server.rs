@@ -17,6 +17,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     admin,
     advertise::advertise_addr,
+    cluster::{ClusterConfig, Membership, Resolver, SystemResolver},
     connection_deadlines::Deadlines,
     metrics::Metrics,
     proxy,
@@ -41,7 +42,7 @@ pub struct Config {
     pub proxy_advertise_addr: Option<String>,
     /// Where other nodes reach the admin port; `None` derives it.
     pub admin_advertise_addr: Option<String>,
-    /// The gossip port's address (reported by the status routes until the cluster exists).
+    /// The gossip port's address (UDP).
     pub gossip_bind_addr: String,
     /// Where other nodes reach the gossip port; `None` derives it.
     pub gossip_advertise_addr: Option<String>,
@@ -51,6 +52,10 @@ pub struct Config {
     pub upstream: upstream::Config,
     /// How long shutdown may take before what is left is cut.
     pub grace_period: Duration,
+    /// Gossip and membership settings.
+    pub cluster: ClusterConfig,
+    /// Resolves `cluster.join` names (replaced in tests).
+    pub resolver: Arc<dyn Resolver>,
 }
 
 impl Default for Config {
@@ -67,6 +72,8 @@ impl Default for Config {
             proxy: proxy::Config::default(),
             upstream: upstream::Config::default(),
             grace_period: Duration::from_secs(60),
+            cluster: ClusterConfig::default(),
+            resolver: Arc::new(SystemResolver),
         }
     }
 }
@@ -108,6 +115,8 @@ pub struct Server {
     upstreams: Arc<Upstreams>,
     metrics: Arc<Metrics>,
     local: LocalNode,
+    membership: Arc<Membership>,
+    gossip_addr: String,
 }
 
 impl Server {
@@ -120,21 +129,38 @@ impl Server {
         let proxy = bind("proxy", &config.proxy_bind_addr).await?;
         let upstream = bind("upstream", &config.upstream_bind_addr).await?;
         let admin = bind("admin", &config.admin_bind_addr).await?;
-        let gossip_addr = match listen_addr(&config.gossip_bind_addr).parse() {
-            Ok(addr) => advertise_addr(config.gossip_advertise_addr.as_deref(), addr),
-            // A host name: advertised as configured.
-            Err(_) => config
-                .gossip_advertise_addr
-                .clone()
-                .filter(|addr| !addr.is_empty())
-                .unwrap_or_else(|| config.gossip_bind_addr.clone()),
-        };
+        let gossip =
+            std::net::UdpSocket::bind(listen_addr(&config.gossip_bind_addr)).map_err(|err| {
+                io::Error::new(
+                    err.kind(),
+                    format!("gossip listen: {}: {err}", config.gossip_bind_addr),
+                )
+            })?;
+        let gossip_addr = advertise_addr(
+            config.gossip_advertise_addr.as_deref(),
+            gossip.local_addr()?,
+        );
         let local = LocalNode {
             id: config.node_id.clone(),
             proxy_addr: advertise_addr(config.proxy_advertise_addr.as_deref(), proxy.local_addr()?),
             admin_addr: advertise_addr(config.admin_advertise_addr.as_deref(), admin.local_addr()?),
-            gossip_addr,
         };
+        let gossip_advertised = gossip_addr.parse().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("gossip advertise addr: {gossip_addr}: not an ip:port"),
+            )
+        })?;
+        let membership = Membership::start(
+            &config.cluster,
+            &config.node_id,
+            gossip_advertised,
+            gossip,
+            (&local.proxy_addr, &local.admin_addr),
+            config.resolver.clone(),
+        )
+        .await
+        .map_err(|err| io::Error::other(format!("gossip: {err:#}")))?;
         Ok(Self {
             proxy,
             upstream,
@@ -142,6 +168,8 @@ impl Server {
             upstreams: Arc::default(),
             metrics: Arc::default(),
             local,
+            membership: Arc::new(membership),
+            gossip_addr,
             config,
         })
     }
@@ -182,6 +210,16 @@ impl Server {
             .expect("bound listener has an address")
     }
 
+    /// The gossip address this node publishes to others.
+    pub fn gossip_advertise_addr(&self) -> &str {
+        &self.gossip_addr
+    }
+
+    /// The node's view of the cluster.
+    pub fn membership(&self) -> Arc<Membership> {
+        self.membership.clone()
+    }
+
     /// The node's routing table.
     pub fn upstreams(&self) -> Arc<Upstreams> {
         self.upstreams.clone()
@@ -205,6 +243,7 @@ impl Server {
             metrics: self.metrics.clone(),
             upstreams: self.upstreams.clone(),
             local: self.local.clone(),
+            membership: self.membership.clone(),
         });
         tracing::info!(subsystem = "admin", addr = %self.admin_addr(), "starting admin server");
         let admin_server = serve(
@@ -213,7 +252,7 @@ impl Server {
             Limits::default(),
             move |request, _| {
                 let admin = admin.clone();
-                async move { admin.handle(&request) }
+                async move { admin.handle(&request).await }
             },
             admin_stop.clone(),
             admin_tasks.clone(),
@@ -262,6 +301,11 @@ impl Server {
             proxy_tasks.clone(),
         ));
 
+        let publisher = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(publish_endpoints(
+            self.upstreams.clone(),
+            self.membership.clone(),
+        )));
+
         ready.store(true, Ordering::Release);
         shutdown.await;
 
@@ -302,9 +346,26 @@ impl Server {
             sessions.close();
             let _ = tokio::time::timeout(Duration::from_secs(1), sessions.wait()).await;
         }
+        drop(publisher);
+        self.membership.leave().await;
+        // Chitchat has no leave message: the peers learn it at their next exchanges with us.
+        tokio::time::sleep(self.config.cluster.gossip_interval * 3).await;
+        tracing::info!(subsystem = "server", "left cluster");
+        self.membership.shutdown();
         admin_stop.cancel();
         let _ = admin_server.await;
         tracing::info!(subsystem = "server", "shutdown admin server");
         tracing::info!(subsystem = "server", "shutdown complete");
+    }
+}
+
+/// Keeps this node's published upstream counts equal to its routing table.
+async fn publish_endpoints(upstreams: Arc<Upstreams>, membership: Arc<Membership>) {
+    let mut changes = upstreams.subscribe();
+    loop {
+        membership.publish_endpoints(&upstreams.endpoints()).await;
+        if changes.changed().await.is_err() {
+            return;
+        }
     }
 }

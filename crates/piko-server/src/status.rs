@@ -2,18 +2,23 @@
 //! `piko server status` and operators' scripts read them unchanged. The same types decode them
 //! in our `piko server status`.
 //!
-//! Until the cluster exists the node knows only itself: the cluster routes list the local node
-//! and the gossip routes its own state (its published keys, versioned in publication order).
+//! The local node is described from its own routing table (always current); other nodes from
+//! what they gossip.
 
 use std::collections::BTreeMap;
 
 use http::{HeaderValue, Response, StatusCode, header};
 use serde::{Deserialize, Serialize};
 
-use crate::{json_error::full, serve::Body, upstreams::Upstreams};
+use crate::{
+    cluster::{Membership, Node},
+    json_error::full,
+    serve::Body,
+    upstreams::Upstreams,
+};
 
 /// Piko's zero `time.Time`, meaning "no expiry".
-const NO_EXPIRY: &str = "0001-01-01T00:00:00Z";
+pub(crate) const NO_EXPIRY: &str = "0001-01-01T00:00:00Z";
 
 /// A node of the cluster as listed by `GET /status/cluster/nodes`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +101,6 @@ pub(crate) struct LocalNode {
     pub(crate) id: String,
     pub(crate) proxy_addr: String,
     pub(crate) admin_addr: String,
-    pub(crate) gossip_addr: String,
 }
 
 impl LocalNode {
@@ -122,65 +126,90 @@ impl LocalNode {
             endpoints: (!endpoints.is_empty()).then(|| endpoints.into_iter().collect()),
         }
     }
+}
 
-    /// The keys Piko's nodes publish, in the order they publish them.
-    fn gossip_state(&self, upstreams: &Upstreams) -> GossipNodeState {
-        let published = [
-            ("proxy_addr".to_owned(), self.proxy_addr.clone()),
-            ("admin_addr".to_owned(), self.admin_addr.clone()),
-        ]
-        .into_iter()
-        .chain(
-            upstreams
-                .endpoints()
-                .into_iter()
-                .map(|(endpoint, count)| (format!("endpoint:{endpoint}"), count.to_string())),
-        );
-        let entries: Vec<GossipEntry> = published
-            .zip(1..)
-            .map(|((key, value), version)| GossipEntry {
-                key,
-                value,
-                version,
-                internal: false,
-                deleted: false,
-            })
-            .collect();
-        GossipNodeState {
-            node: GossipNode {
-                id: self.id.clone(),
-                addr: self.gossip_addr.clone(),
-                version: entries.last().map_or(0, |entry| entry.version),
-                left: false,
-                unreachable: false,
-                expiry: NO_EXPIRY.into(),
-            },
-            entries: Some(entries),
-        }
+/// A remote node's summary.
+fn summary(node: &Node) -> NodeSummary {
+    NodeSummary {
+        id: node.id.clone(),
+        status: node.status.as_str().into(),
+        proxy_addr: node.proxy_addr.clone(),
+        admin_addr: node.admin_addr.clone(),
+        endpoints: node.endpoints.len(),
+        upstreams: node.endpoints.values().sum(),
+    }
+}
+
+fn record(node: &Node) -> NodeRecord {
+    NodeRecord {
+        id: node.id.clone(),
+        status: node.status.as_str().into(),
+        proxy_addr: node.proxy_addr.clone(),
+        admin_addr: node.admin_addr.clone(),
+        endpoints: (!node.endpoints.is_empty()).then(|| node.endpoints.clone()),
     }
 }
 
 /// Answers a `GET` on a status route, or `None` when `path` is not one.
-pub(crate) fn route(
+pub(crate) async fn route(
     path: &str,
     local: &LocalNode,
     upstreams: &Upstreams,
+    membership: &Membership,
 ) -> Option<Response<Body>> {
     let path = path.strip_prefix("/status/")?;
-    let response = match path.split('/').collect::<Vec<_>>().as_slice() {
+    let segments: Vec<&str> = path.split('/').collect();
+    let response = match segments.as_slice() {
         ["upstream", "endpoints"] => json(
             &upstreams
                 .endpoints()
                 .into_iter()
                 .collect::<BTreeMap<_, _>>(),
         ),
-        ["cluster", "nodes"] => json(&[local.summary(upstreams)]),
+        ["cluster", "nodes"] => {
+            let nodes: Vec<NodeSummary> = membership
+                .nodes()
+                .await
+                .iter()
+                .map(|node| {
+                    if node.id == local.id {
+                        local.summary(upstreams)
+                    } else {
+                        summary(node)
+                    }
+                })
+                .collect();
+            json(&nodes)
+        }
         ["cluster", "nodes", id] if *id == "local" || *id == local.id => {
             json(&local.record(upstreams))
         }
-        ["gossip", "nodes"] => json(&[local.gossip_state(upstreams).node]),
-        ["gossip", "nodes", id] if *id == local.id => json(&local.gossip_state(upstreams)),
-        ["cluster" | "gossip", "nodes", _] => empty(StatusCode::NOT_FOUND),
+        ["cluster", "nodes", id] => {
+            match membership.nodes().await.iter().find(|node| node.id == *id) {
+                Some(node) => json(&record(node)),
+                None => empty(StatusCode::NOT_FOUND),
+            }
+        }
+        ["gossip", "nodes"] => {
+            let nodes: Vec<GossipNode> = membership
+                .gossip_states()
+                .await
+                .into_iter()
+                .map(|state| state.node)
+                .collect();
+            json(&nodes)
+        }
+        ["gossip", "nodes", id] => {
+            match membership
+                .gossip_states()
+                .await
+                .into_iter()
+                .find(|state| state.node.id == *id)
+            {
+                Some(state) => json(&state),
+                None => empty(StatusCode::NOT_FOUND),
+            }
+        }
         _ => return None,
     };
     Some(response)

@@ -268,6 +268,7 @@ async fn listeners_reconnect_after_the_server_restarts() {
         proxy_bind_addr: ports.0.to_string(),
         upstream_bind_addr: ports.1.to_string(),
         admin_bind_addr: ports.2.to_string(),
+        gossip_bind_addr: "127.0.0.1:0".into(),
         ..Config::default()
     };
     let server = Server::bind(config).await.unwrap();
@@ -565,6 +566,7 @@ async fn shutdown_gives_up_after_the_grace_period() {
         proxy_bind_addr: "127.0.0.1:0".into(),
         upstream_bind_addr: "127.0.0.1:0".into(),
         admin_bind_addr: "127.0.0.1:0".into(),
+        gossip_bind_addr: "127.0.0.1:0".into(),
         proxy: piko_server::proxy::Config {
             timeout: None,
             ..Default::default()

@@ -94,6 +94,8 @@ pub(crate) async fn start_server(extra: &[&str]) -> (Process, String, String, St
         "127.0.0.1:0",
         "--admin.bind-addr",
         "127.0.0.1:0",
+        "--cluster.gossip.bind-addr",
+        "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
     let mut server = Process::start(&args);

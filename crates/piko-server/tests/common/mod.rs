@@ -8,6 +8,8 @@ use piko_server::{Config, Server, Upstreams};
 
 pub(crate) struct Node {
     pub(crate) id: String,
+    pub(crate) membership: std::sync::Arc<piko_server::cluster::Membership>,
+    pub(crate) gossip: String,
     pub(crate) proxy: SocketAddr,
     pub(crate) upstream: SocketAddr,
     pub(crate) admin: SocketAddr,
@@ -21,13 +23,22 @@ pub(crate) async fn start_node() -> Node {
 }
 
 pub(crate) async fn start_node_with(proxy: piko_server::proxy::Config) -> Node {
+    start_node_from(Config {
+        proxy,
+        ..Config::default()
+    })
+    .await
+}
+
+/// A node from `config`, every port on loopback port 0.
+pub(crate) async fn start_node_from(config: Config) -> Node {
     let config = Config {
         proxy_bind_addr: "127.0.0.1:0".into(),
         upstream_bind_addr: "127.0.0.1:0".into(),
         admin_bind_addr: "127.0.0.1:0".into(),
-        proxy,
+        gossip_bind_addr: "127.0.0.1:0".into(),
         grace_period: Duration::from_secs(10),
-        ..Config::default()
+        ..config
     };
     let server = Server::bind(config).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -38,11 +49,15 @@ pub(crate) async fn start_node_with(proxy: piko_server::proxy::Config) -> Node {
     );
     let upstreams = server.upstreams();
     let id = server.node_id().to_owned();
+    let membership = server.membership();
+    let gossip = server.gossip_advertise_addr().to_owned();
     let task = tokio::spawn(server.run(async move {
         let _ = stopped.await;
     }));
     Node {
         id,
+        membership,
+        gossip,
         proxy,
         upstream,
         admin,

@@ -1,0 +1,120 @@
+//! Finding the cluster: `cluster.join` entries (addresses or DNS names, such as a Kubernetes
+//! headless service) resolved again and again by our own loop, every address gossiped to. A
+//! node that started alone (the first pod of a StatefulSet cannot resolve the service until it
+//! is ready), or a cluster that started split, joins up at the next resolution.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+/// Resolves a host name to its addresses; replaced in tests.
+#[async_trait::async_trait]
+pub trait Resolver: Send + Sync + fmt::Debug + 'static {
+    /// Every address of `host` with `port`.
+    async fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>>;
+}
+
+/// The system's resolver (A and AAAA records).
+#[derive(Debug, Default)]
+pub struct SystemResolver;
+
+#[async_trait::async_trait]
+impl Resolver for SystemResolver {
+    async fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        Ok(tokio::net::lookup_host((host, port)).await?.collect())
+    }
+}
+
+/// A join entry: an address, or a host to resolve, with the gossip port when it has none.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Seed {
+    Addr(SocketAddr),
+    Host(String, u16),
+}
+
+impl Seed {
+    /// `host`, `host:port`, `ip`, `ip:port` or `[ipv6]:port`; `default_port` where none is
+    /// given (IPv6 literals without brackets included, unlike Piko).
+    pub(crate) fn parse(entry: &str, default_port: u16) -> Self {
+        let entry = entry.trim();
+        if let Ok(addr) = entry.parse::<SocketAddr>() {
+            return Self::Addr(addr);
+        }
+        if let Ok(ip) = entry.trim_matches(['[', ']']).parse::<IpAddr>() {
+            return Self::Addr(SocketAddr::new(ip, default_port));
+        }
+        match entry.rsplit_once(':') {
+            Some((host, port)) => match port.parse() {
+                Ok(port) => Self::Host(host.to_owned(), port),
+                Err(_) => Self::Host(entry.to_owned(), default_port),
+            },
+            None => Self::Host(entry.to_owned(), default_port),
+        }
+    }
+
+    async fn addrs(&self, resolver: &dyn Resolver) -> Vec<SocketAddr> {
+        match self {
+            Self::Addr(addr) => vec![*addr],
+            Self::Host(host, port) => match resolver.resolve(host, *port).await {
+                Ok(addrs) if addrs.is_empty() => {
+                    tracing::warn!(
+                        subsystem = "gossip",
+                        host,
+                        "join: domain did not resolve any addresses"
+                    );
+                    addrs
+                }
+                Ok(addrs) => addrs,
+                Err(err) => {
+                    tracing::warn!(subsystem = "gossip", host, error = %err, "failed to join node");
+                    Vec::new()
+                }
+            },
+        }
+    }
+}
+
+/// Every `interval`, resolves the seeds and asks chitchat to gossip with each address that is
+/// not this node's.
+pub(crate) async fn join_loop(
+    seeds: Vec<Seed>,
+    resolver: std::sync::Arc<dyn Resolver>,
+    interval: Duration,
+    own_addr: SocketAddr,
+    gossip: impl Fn(SocketAddr),
+) {
+    loop {
+        for seed in &seeds {
+            for addr in seed.addrs(resolver.as_ref()).await {
+                if addr != own_addr {
+                    gossip(addr);
+                }
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_get_the_gossip_port_when_they_have_none() {
+        let addr = |s: &str| Seed::Addr(s.parse().unwrap());
+        assert_eq!(Seed::parse("10.0.0.1", 8003), addr("10.0.0.1:8003"));
+        assert_eq!(Seed::parse("10.0.0.1:9000", 8003), addr("10.0.0.1:9000"));
+        assert_eq!(Seed::parse("::1", 8003), addr("[::1]:8003"));
+        assert_eq!(Seed::parse("[::1]:9000", 8003), addr("[::1]:9000"));
+        assert_eq!(
+            Seed::parse("piko.default.svc", 8003),
+            Seed::Host("piko.default.svc".into(), 8003)
+        );
+        assert_eq!(
+            Seed::parse("piko-0.piko:7000", 8003),
+            Seed::Host("piko-0.piko".into(), 7000)
+        );
+    }
+}
