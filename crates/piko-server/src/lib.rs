@@ -32,6 +32,7 @@ mod advertise;
 pub mod cluster;
 mod connection_deadlines;
 mod counted_io;
+mod forward;
 mod json_error;
 pub mod metrics;
 pub mod proxy;

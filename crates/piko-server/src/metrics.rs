@@ -55,16 +55,19 @@ pub(crate) enum Route {
     Upgrade,
     /// The TCP route.
     Tcp,
+    /// A request relayed to another node, which holds the endpoint's upstreams.
+    Forwarded,
 }
 
 impl Route {
-    const ALL: [Self; 3] = [Self::Http, Self::Upgrade, Self::Tcp];
+    const ALL: [Self; 4] = [Self::Http, Self::Upgrade, Self::Tcp, Self::Forwarded];
 
     fn label(self) -> &'static str {
         match self {
             Self::Http => "http",
             Self::Upgrade => "upgrade",
             Self::Tcp => "tcp",
+            Self::Forwarded => "forwarded",
         }
     }
 }
@@ -154,10 +157,10 @@ pub(crate) struct ProxyMetrics {
     route_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     /// `route_duration`'s histograms, each looked up once (on first use, so that only the
     /// combinations that happen are exposed).
-    route_histograms: [[OnceLock<Histogram>; Outcome::COUNT]; 3],
+    route_histograms: [[OnceLock<Histogram>; Outcome::COUNT]; 4],
     bytes: Family<BytesLabels, Counter>,
     /// `bytes`' counters by route and direction, looked up once rather than per request.
-    byte_counters: [[Counter; 2]; 3],
+    byte_counters: [[Counter; 2]; 4],
     active_streams: Gauge,
 }
 
@@ -204,6 +207,7 @@ pub struct Metrics {
     handler_errors: Family<CauseLabel, Counter>,
     upstream_connects: Counter,
     upstream_disconnects: Family<ReasonLabel, Counter>,
+    remote_requests: Family<NodeLabel, Counter>,
 }
 
 impl Metrics {
@@ -278,6 +282,7 @@ impl Metrics {
             proxy,
             upstream_connects: Counter::default(),
             upstream_disconnects: Family::default(),
+            remote_requests: Family::default(),
             connected_upstreams: Gauge::default(),
             registered_endpoints: Gauge::default(),
             upstream_requests: Counter::default(),
@@ -315,7 +320,7 @@ impl Metrics {
         registry.register(
             "piko_upstreams_remote_requests",
             "Number of requests forwarded to another node",
-            Family::<NodeLabel, Counter>::default(),
+            metrics.remote_requests.clone(),
         );
         registry.register(
             "piko_cluster_nodes",
@@ -366,6 +371,15 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// A request was forwarded to `node_id`.
+    pub(crate) fn remote_request(&self, node_id: &str) {
+        self.remote_requests
+            .get_or_create(&NodeLabel {
+                node_id: node_id.to_owned(),
+            })
+            .inc();
+    }
+
     /// An upstream connected.
     pub(crate) fn upstream_connected(&self) {
         self.upstream_connects.inc();

@@ -36,8 +36,10 @@ use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::{
+    cluster::{RemoteEndpoints, RemoteNode},
     connection_deadlines::WatchedIo,
     counted_io::CountedReads,
+    forward::{self, Forwarder},
     json_error::{gin_error, proxy_error},
     metrics::{self, Direction, Metrics, Outcome, RequestMeter},
     request_body_idle::{BodyProgress, IdleLimitedBody, caused_by_idle_body},
@@ -93,6 +95,9 @@ pub(crate) struct Handler {
     pub(crate) metrics: Arc<Metrics>,
     /// Upstream connections and upgraded tunnels, which outlive the request handler.
     pub(crate) exchanges: TaskTracker,
+    /// Other nodes' endpoints, for requests this node has no upstream for.
+    pub(crate) remotes: Arc<RemoteEndpoints>,
+    pub(crate) forwarder: Forwarder,
 }
 
 impl Handler {
@@ -104,7 +109,11 @@ impl Handler {
         let record = RequestRecord::start(&self.config.access_log, &request);
         // A tunnel takes the meter and finishes it when it ends.
         let mut meter = Some(RequestMeter::start(self.metrics.clone(), &request));
-        let response = self.clone().proxy(request, peer, &mut meter).await;
+        let forwarded = request.headers().contains_key(FORWARD_HEADER);
+        let mut response = self.clone().proxy(request, peer, &mut meter).await;
+        if forwarded && response.extensions().get::<metrics::NoUpstream>().is_some() {
+            forward::mark_no_upstream(&mut response);
+        }
         let response = match meter {
             Some(meter) => meter.finish(response),
             None => response,
@@ -135,6 +144,18 @@ impl Handler {
         let upgrade_protocol = upgrade_protocol(request.headers());
         if let (Some(meter), Some(_)) = (meter.as_mut(), &upgrade_protocol) {
             meter.set_route(metrics::Route::Upgrade);
+        }
+        // Not here: another node may hold the endpoint. A request that was forwarded already
+        // is served from this node's upstreams only, so it never travels further.
+        if upgrade_protocol.is_none()
+            && !request.headers().contains_key(FORWARD_HEADER)
+            && self.upstreams.count(&endpoint) == 0
+            && let Some(node) = self.remotes.pick(&endpoint, None)
+        {
+            if let Some(meter) = meter.as_mut() {
+                meter.set_route(metrics::Route::Forwarded);
+            }
+            return self.forward(request, peer, &endpoint, node).await;
         }
         let timeout = match upgrade_protocol.as_ref() {
             Some(protocol) if protocol == "websocket" => None,
@@ -279,6 +300,71 @@ impl Handler {
                 exchanges,
             }
             .boxed()
+        })
+    }
+
+    /// Relays a request to `node`; if that node answers that it has no upstream for the
+    /// endpoint any more (its upstreams moved before the gossip did), tries one other node,
+    /// when the request has no body to replay.
+    async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        peer: SocketAddr,
+        endpoint: &str,
+        node: RemoteNode,
+    ) -> Response<Body> {
+        prepare_request(&mut request, peer, None);
+        let (parts, body) = request.into_parts();
+        let retry = hyper::body::Body::is_end_stream(&body).then(|| forward::empty_copy(&parts));
+        let (body, _) = IdleLimitedBody::new(
+            body,
+            self.config.read_timeout,
+            self.metrics
+                .proxy
+                .bytes(metrics::Route::Forwarded, Direction::In),
+        );
+        let request = Request::from_parts(parts, body.boxed());
+        let mut response = match self.send_to(&node, request, endpoint).await {
+            Ok(response) => response,
+            Err(response) => return response,
+        };
+        if forward::had_no_upstream(&response)
+            && let Some(retry) = retry
+            && let Some(other) = self.remotes.pick(endpoint, Some(&node.id))
+        {
+            response = match self.send_to(&other, retry, endpoint).await {
+                Ok(response) => response,
+                Err(response) => return response,
+            };
+        }
+        let no_upstream = forward::had_no_upstream(&response);
+        let mut response = forward::boxed(response);
+        remove_hop_by_hop(response.headers_mut());
+        response.headers_mut().remove(forward::NO_UPSTREAM_HEADER);
+        if no_upstream {
+            response.extensions_mut().insert(metrics::NoUpstream);
+        }
+        response
+    }
+
+    /// One attempt at a forwarded request: the node's response head within the proxy timeout.
+    async fn send_to(
+        &self,
+        node: &RemoteNode,
+        request: Request<Body>,
+        endpoint: &str,
+    ) -> Result<Response<Incoming>, Response<Body>> {
+        self.metrics.remote_request(&node.id);
+        let sent = self.forwarder.send(&node.proxy_addr, request);
+        let result = match self.config.timeout {
+            Some(limit) => tokio::time::timeout(limit, sent)
+                .await
+                .map_err(|_| upstream_timeout(endpoint))?,
+            None => sent.await,
+        };
+        result.map_err(|err| {
+            tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, node_id = %node.id, error = %err, "proxy request");
+            proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable")
         })
     }
 

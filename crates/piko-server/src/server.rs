@@ -17,8 +17,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     admin,
     advertise::advertise_addr,
-    cluster::{ClusterConfig, Membership, Resolver, SystemResolver},
+    cluster::{self, ClusterConfig, Membership, RemoteEndpoints, Resolver, SystemResolver},
     connection_deadlines::Deadlines,
+    forward::Forwarder,
     metrics::Metrics,
     proxy,
     serve::{Limits, Protocols, serve},
@@ -278,11 +279,19 @@ impl Server {
             upstream_tasks.clone(),
         ));
 
+        let remotes = Arc::new(RemoteEndpoints::default());
+        let routing = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(cluster::follow(
+            remotes.clone(),
+            self.membership.clone(),
+            self.local.id.clone(),
+        )));
         let proxy = Arc::new(proxy::Handler {
             config: self.config.proxy.clone(),
             upstreams: self.upstreams.clone(),
             metrics: self.metrics.clone(),
             exchanges: exchanges.clone(),
+            remotes,
+            forwarder: Forwarder::default(),
         });
         tracing::info!(subsystem = "proxy", addr = %self.proxy.local_addr().expect("bound"), "starting proxy server");
         let proxy_server = tokio::spawn(serve(
@@ -347,6 +356,7 @@ impl Server {
             let _ = tokio::time::timeout(Duration::from_secs(1), sessions.wait()).await;
         }
         drop(publisher);
+        drop(routing);
         self.membership.leave().await;
         // Chitchat has no leave message: the peers learn it at their next exchanges with us.
         tokio::time::sleep(self.config.cluster.gossip_interval * 3).await;

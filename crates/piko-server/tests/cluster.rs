@@ -97,3 +97,138 @@ async fn nodes_join_share_endpoints_and_forget_the_dead() {
     .await;
     task.await.unwrap();
 }
+
+/// A resolver whose answer the test changes.
+#[derive(Debug, Default)]
+struct FakeResolver(std::sync::Mutex<Vec<std::net::SocketAddr>>);
+
+#[async_trait::async_trait]
+impl piko_server::cluster::Resolver for FakeResolver {
+    async fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        assert_eq!((host, port), ("piko.example.internal", 7946));
+        Ok(self.0.lock().unwrap().clone())
+    }
+}
+
+/// A node whose join name resolves to nothing at first (the first pod of a StatefulSet) joins
+/// as soon as the name resolves: names are resolved again, not once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_resolves_later_still_joins() {
+    let a = start_node_from(config(Vec::new())).await;
+    let resolver = std::sync::Arc::new(FakeResolver::default());
+    let b = start_node_from(Config {
+        resolver: resolver.clone(),
+        ..config(vec!["piko.example.internal:7946".into()])
+    })
+    .await;
+    // Several resolutions find nothing: B runs alone.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(b.membership.nodes().await.len(), 1);
+    *resolver.0.lock().unwrap() = vec![a.gossip.parse().unwrap()];
+    for node in [&a, &b] {
+        until(node, "both nodes", |nodes| {
+            nodes.len() == 2 && nodes.iter().all(|n| n.status == NodeStatus::Active)
+        })
+        .await;
+    }
+}
+
+/// An upstream on `node` for `endpoint` that answers `<name>: <request body>`.
+async fn serve(node: &Node, endpoint: &str, name: &'static str) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut listener = piko::Upstream::new(format!("http://{}", node.upstream))
+        .listen(endpoint)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok(mut stream) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                let head_end = loop {
+                    let n = stream.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "request cut short");
+                    request.extend_from_slice(&buf[..n]);
+                    if let Some(at) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&request[..head_end]).to_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                while request.len() < head_end + length {
+                    let n = stream.read(&mut buf).await.unwrap();
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let body = format!("{name}: {}", String::from_utf8_lossy(&request[head_end..]));
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(response.as_bytes()).await.unwrap();
+                // A FIN, not the reset a dropped stream sends.
+                stream.shutdown().await.unwrap();
+            });
+        }
+    })
+}
+
+/// A request with a body to `endpoint` through `node`'s proxy port: (status, head, body).
+async fn post(node: &Node, endpoint: &str, body: &str, extra: &str) -> (u16, String, String) {
+    let request = format!(
+        "POST /x HTTP/1.1\r\nhost: {endpoint}.example.com\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n{body}",
+        body.len()
+    );
+    let (head, body) = common::exchange(node.proxy, &request).await;
+    (head[9..12].parse().unwrap(), head.to_lowercase(), body)
+}
+
+/// A request reaching a node without the endpoint's upstreams is relayed, in one hop, to the
+/// node that has them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_upstreams_on_another_node() {
+    let a = start_node_from(config(Vec::new())).await;
+    let b = start_node_from(config(vec![a.gossip.clone()])).await;
+    let _service = serve(&b, "e", "b").await;
+    wait_upstreams(&b, "e", 1).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, head, body) = post(&a, "e", "hello", "").await;
+        if status == 200 {
+            assert_eq!(body, "b: hello");
+            assert!(!head.contains("x-piko-no-upstream"), "{head}");
+            break;
+        }
+        assert_eq!(status, 502, "{head}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never routed: {head}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, metrics) = common::get(a.admin, "/metrics", "admin").await;
+    let forwarded = format!(
+        "piko_upstreams_remote_requests_total{{node_id=\"{}\"}} ",
+        b.id
+    );
+    assert!(metrics.contains(&forwarded), "{metrics}");
+    assert!(
+        metrics.contains(
+            "piko_proxy_route_duration_seconds_count{route=\"forwarded\",outcome=\"success\"}"
+        ),
+        "{metrics}"
+    );
+
+    // A forwarded request is served from the receiving node's upstreams only, and a node that
+    // has none says so in a way the sender can act on.
+    let (status, head, _) = post(&a, "e", "", "x-piko-forward: true\r\n").await;
+    assert_eq!(status, 502, "{head}");
+    assert!(head.contains("x-piko-no-upstream: 1"), "{head}");
+    // An unknown endpoint is a plain 502 for a client.
+    let (status, head, body) = post(&a, "nowhere", "", "").await;
+    assert_eq!(status, 502);
+    assert!(!head.contains("x-piko-no-upstream"), "{head}");
+    assert_eq!(body, "{\"error\":\"no available upstreams\"}\n");
+}

@@ -216,8 +216,8 @@ impl Membership {
             .await;
     }
 
-    /// Stops gossiping, without a word to the peers (after [`Membership::leave`], or as a
-    /// crash would).
+    /// Stops gossiping, without a word to the peers (after the node announced it is leaving,
+    /// or as a crash would).
     pub fn shutdown(&self) {
         let _ = self.handle.initiate_shutdown();
     }

@@ -2,9 +2,13 @@
 //!
 //! - `membership`: chitchat gossip, this node's published keys, and the nodes it hears of.
 //! - `join`: `cluster.join` entries, resolved again every interval.
+//! - `routing`: which other nodes hold an endpoint, for the proxy's lookups.
 
 mod join;
 mod membership;
+mod routing;
 
 pub use join::{Resolver, SystemResolver};
 pub use membership::{ClusterConfig, Membership, Node, NodeStatus};
+pub(crate) use routing::follow;
+pub use routing::{RemoteEndpoints, RemoteNode};

@@ -81,9 +81,18 @@ pub(crate) async fn wait_upstreams(node: &Node, endpoint: &str, count: usize) {
 
 /// A `GET` on a fresh connection: the response head and body.
 pub(crate) async fn get(addr: SocketAddr, path: &str, host: &str) -> (String, String) {
+    exchange(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// Sends `request` (which asks for `connection: close`) on a fresh connection: the response
+/// head and body.
+pub(crate) async fn exchange(addr: SocketAddr, request: &str) -> (String, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut response))

@@ -1,0 +1,120 @@
+//! Which other nodes hold upstreams of an endpoint, kept ready for the proxy's lookups (a read
+//! lock and a hash lookup per request; rebuilt from the gossip state whenever it changes).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, PoisonError, RwLock},
+};
+
+use super::membership::{Membership, NodeStatus};
+
+/// A node holding upstreams of an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteNode {
+    /// Node ID.
+    pub id: String,
+    /// Its proxy port.
+    pub proxy_addr: String,
+    /// How many upstreams of the endpoint it holds.
+    pub upstreams: usize,
+}
+
+/// Active remote nodes by the endpoints they hold.
+#[derive(Debug, Default)]
+pub struct RemoteEndpoints {
+    by_endpoint: RwLock<HashMap<String, Vec<RemoteNode>>>,
+}
+
+impl RemoteEndpoints {
+    /// A node holding `endpoint`, chosen in proportion to its upstreams (Piko picks uniformly,
+    /// which overloads the node with fewer upstreams), other than `excluded`.
+    pub fn pick(&self, endpoint: &str, excluded: Option<&str>) -> Option<RemoteNode> {
+        let table = self
+            .by_endpoint
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let candidates: Vec<&RemoteNode> = table
+            .get(endpoint)?
+            .iter()
+            .filter(|node| Some(node.id.as_str()) != excluded)
+            .collect();
+        let total: usize = candidates.iter().map(|node| node.upstreams).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut ticket = rand::random_range(0..total);
+        for node in candidates {
+            if ticket < node.upstreams {
+                return Some(node.clone());
+            }
+            ticket -= node.upstreams;
+        }
+        None
+    }
+
+    /// Rebuilds the table from the cluster's current state.
+    async fn refresh(&self, membership: &Membership, own_id: &str) {
+        let mut by_endpoint: HashMap<String, Vec<RemoteNode>> = HashMap::new();
+        for node in membership.nodes().await {
+            if node.id == own_id || node.status != NodeStatus::Active {
+                continue;
+            }
+            for (endpoint, upstreams) in node.endpoints {
+                if upstreams > 0 {
+                    by_endpoint.entry(endpoint).or_default().push(RemoteNode {
+                        id: node.id.clone(),
+                        proxy_addr: node.proxy_addr.clone(),
+                        upstreams,
+                    });
+                }
+            }
+        }
+        *self
+            .by_endpoint
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = by_endpoint;
+    }
+}
+
+/// Keeps `table` equal to the cluster's state until the membership ends.
+pub(crate) async fn follow(
+    table: Arc<RemoteEndpoints>,
+    membership: Arc<Membership>,
+    own_id: String,
+) {
+    let mut changes = membership.changes().await;
+    loop {
+        table.refresh(&membership, &own_id).await;
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_follow_upstream_counts_and_skip_the_excluded() {
+        let table = RemoteEndpoints::default();
+        let node = |id: &str, upstreams| RemoteNode {
+            id: id.into(),
+            proxy_addr: format!("{id}:8000"),
+            upstreams,
+        };
+        table
+            .by_endpoint
+            .write()
+            .unwrap()
+            .insert("e".into(), vec![node("a", 1), node("b", 3)]);
+        let mut picks = HashMap::new();
+        for _ in 0..4000 {
+            *picks.entry(table.pick("e", None).unwrap().id).or_insert(0) += 1;
+        }
+        // 1:3, well within chance.
+        assert!((800..1200).contains(&picks["a"]), "{picks:?}");
+        assert_eq!(table.pick("e", Some("b")).unwrap().id, "a");
+        assert_eq!(table.pick("other", None), None);
+    }
+}

@@ -1,0 +1,89 @@
+//! Relaying a request to another node that holds its endpoint's upstreams (spec §6.6): one hop,
+//! to that node's proxy port, over pooled keep-alive connections (Piko dials a new connection per
+//! request). The receiving node sees `x-piko-forward` and serves the request from its own
+//! upstreams only, so a request never travels further.
+
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, Uri, header};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+
+use crate::serve::{Body, BoxError};
+
+/// Marks the reply of a node that was forwarded a request but holds no upstream for it any more
+/// (its routing table moved on before the gossip did), so that the sender may try another node.
+pub(crate) const NO_UPSTREAM_HEADER: &str = "x-piko-no-upstream";
+
+/// Idle connections to other nodes are kept this long.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+
+/// The client side of node-to-node forwarding.
+#[derive(Debug)]
+pub(crate) struct Forwarder {
+    client: Client<HttpConnector, Body>,
+}
+
+impl Default for Forwarder {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(15)));
+        Self {
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(POOL_IDLE)
+                .build(connector),
+        }
+    }
+}
+
+impl Forwarder {
+    /// Sends `request` (already rewritten for an upstream) to the proxy port at `proxy_addr`.
+    pub(crate) async fn send(
+        &self,
+        proxy_addr: &str,
+        mut request: Request<Body>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        *request.uri_mut() = format!("http://{proxy_addr}{path}").parse::<Uri>()?;
+        // The rewrite asked for `Connection: close` (one request per upstream stream); between
+        // nodes the connection is worth keeping.
+        request.headers_mut().remove(header::CONNECTION);
+        Ok(self.client.request(request).await?)
+    }
+}
+
+/// A copy of `parts` with an empty body, for a retry on another node.
+pub(crate) fn empty_copy(parts: &http::request::Parts) -> Request<Body> {
+    let mut request = Request::new(crate::json_error::full(""));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    request
+}
+
+/// Whether a forwarded request's reply says the node had no upstream for it.
+pub(crate) fn had_no_upstream<B>(response: &Response<B>) -> bool {
+    response.headers().contains_key(NO_UPSTREAM_HEADER)
+}
+
+/// Marks a reply as [`NO_UPSTREAM_HEADER`] says.
+pub(crate) fn mark_no_upstream<B>(response: &mut Response<B>) {
+    response
+        .headers_mut()
+        .insert(NO_UPSTREAM_HEADER, HeaderValue::from_static("1"));
+}
+
+/// The reply's body, in the proxy's body type.
+pub(crate) fn boxed(response: Response<Incoming>) -> Response<Body> {
+    response.map(|body| body.map_err(Into::into).boxed())
+}
