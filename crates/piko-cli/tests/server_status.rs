@@ -74,7 +74,7 @@ async fn status_commands_print_yaml_json_and_tables() {
     assert!(lines[0].starts_with("ID      ADDR"), "{out}");
     assert!(lines[1].starts_with("node-a  "), "{out}");
 
-    // `--forward` to this node answers; to another it is unknown (no cluster yet).
+    // `--forward` to this node answers; to a node the cluster does not know, 404.
     let forward = [&["upstream", "endpoints", "--forward", "node-a"][..], &url].concat();
     assert_eq!(status(&forward).await, (Some(0), "my-endpoint: 1\n".into()));
     let forward = [&["upstream", "endpoints", "--forward", "node-b"][..], &url].concat();

@@ -2,8 +2,8 @@
 //! 503 while starting and shutting down, so a load balancer stops sending traffic before the node
 //! goes), `GET /metrics` (Prometheus text) and the `/status/...` routes.
 //!
-//! Every route honours Piko's `?forward=<node-id>`: absent or this node's ID answers here; any
-//! other node is unknown (404) until the cluster exists.
+//! Every route honours Piko's `?forward=<node-id>`: absent or this node's ID answers here;
+//! another node's ID relays the request to that node's admin port; an unknown ID is a 404.
 
 use std::sync::{
     Arc,
@@ -16,7 +16,8 @@ use piko_http::prometheus_text;
 
 use crate::{
     cluster::Membership,
-    json_error::{full, not_found},
+    forward::Forwarder,
+    json_error::{full, not_found, proxy_error},
     metrics::Metrics,
     serve::Body,
     status::{self, LocalNode},
@@ -31,17 +32,25 @@ pub(crate) struct Handler {
     pub(crate) upstreams: Arc<Upstreams>,
     pub(crate) local: LocalNode,
     pub(crate) membership: Arc<Membership>,
+    pub(crate) forwarder: Forwarder,
 }
+
+/// How long a forwarded admin request may take (Piko's).
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Handler {
     pub(crate) async fn handle(&self, request: &Request<Incoming>) -> Response<Body> {
         if request.method() != Method::GET {
             return not_found();
         }
-        if let Some(node) = forward_target(request.uri().query())
-            && node != self.local.id
+        if let Some(target) = forward_target(request.uri().query())
+            && target != self.local.id
         {
-            return status::empty(StatusCode::NOT_FOUND);
+            let nodes = self.membership.nodes().await;
+            return match nodes.iter().find(|node| node.id == target) {
+                Some(node) => self.forward(&node.admin_addr, request).await,
+                None => status::empty(StatusCode::NOT_FOUND),
+            };
         }
         if let Some(response) = status::route(
             request.uri().path(),
@@ -63,6 +72,23 @@ impl Handler {
         let mut response = Response::new(full(""));
         *response.status_mut() = status;
         response
+    }
+
+    /// Piko's admin forwarding (spec §9.3): the same request, `forward` included (the target
+    /// answers it itself), to the node's admin port, within 15 seconds.
+    async fn forward(&self, admin_addr: &str, request: &Request<Incoming>) -> Response<Body> {
+        let mut copy = Request::new(full(""));
+        *copy.method_mut() = request.method().clone();
+        *copy.uri_mut() = request.uri().clone();
+        *copy.headers_mut() = request.headers().clone();
+        match tokio::time::timeout(FORWARD_TIMEOUT, self.forwarder.send(admin_addr, copy)).await {
+            Ok(Ok(response)) => crate::forward::boxed(response),
+            Ok(Err(err)) => {
+                tracing::warn!(subsystem = "admin", addr = admin_addr, error = %err, "forward request");
+                proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable")
+            }
+            Err(_) => proxy_error(StatusCode::GATEWAY_TIMEOUT, "upstream timeout"),
+        }
     }
 
     async fn metrics(&self) -> Response<Body> {

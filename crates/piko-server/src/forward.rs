@@ -55,8 +55,14 @@ impl Forwarder {
             .to_owned();
         *request.uri_mut() = format!("http://{proxy_addr}{path}").parse::<Uri>()?;
         // The rewrite asked for `Connection: close` (one request per upstream stream); between
-        // nodes the connection is worth keeping.
-        request.headers_mut().remove(header::CONNECTION);
+        // nodes the connection is worth keeping. (An upgrade keeps its `Connection: Upgrade`.)
+        if request
+            .headers()
+            .get(header::CONNECTION)
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"))
+        {
+            request.headers_mut().remove(header::CONNECTION);
+        }
         Ok(self.client.request(request).await?)
     }
 }

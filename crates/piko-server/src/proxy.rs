@@ -132,7 +132,7 @@ impl Handler {
     ) -> Response<Body> {
         match tcp_route::route(request.method(), request.uri().path()) {
             Route::Tunnel(endpoint) => {
-                return tcp_route::tunnel(&self, request, &endpoint, meter).await;
+                return tcp_route::tunnel(&self, request, peer, &endpoint, meter).await;
             }
             Route::Redirect(location) => return tcp_route::redirect(&location),
             Route::Http => {}
@@ -147,15 +147,8 @@ impl Handler {
         }
         // Not here: another node may hold the endpoint. A request that was forwarded already
         // is served from this node's upstreams only, so it never travels further.
-        if upgrade_protocol.is_none()
-            && !request.headers().contains_key(FORWARD_HEADER)
-            && self.upstreams.count(&endpoint) == 0
-            && let Some(node) = self.remotes.pick(&endpoint, None)
-        {
-            if let Some(meter) = meter.as_mut() {
-                meter.set_route(metrics::Route::Forwarded);
-            }
-            return self.forward(request, peer, &endpoint, node).await;
+        if let Some(node) = self.remote_for(&request, &endpoint) {
+            return self.forward(request, peer, &endpoint, node, meter).await;
         }
         let timeout = match upgrade_protocol.as_ref() {
             Some(protocol) if protocol == "websocket" => None,
@@ -305,17 +298,25 @@ impl Handler {
 
     /// Relays a request to `node`; if that node answers that it has no upstream for the
     /// endpoint any more (its upstreams moved before the gossip did), tries one other node,
-    /// when the request has no body to replay.
-    async fn forward(
+    /// when the request has no body to replay. An upgrade (WebSocket, or the TCP route) is
+    /// spliced to the node once it accepts: the bytes pass through this node untouched.
+    pub(crate) async fn forward(
         &self,
         mut request: Request<Incoming>,
         peer: SocketAddr,
         endpoint: &str,
         node: RemoteNode,
+        meter: &mut Option<RequestMeter>,
     ) -> Response<Body> {
-        prepare_request(&mut request, peer, None);
+        if let Some(meter) = meter.as_mut() {
+            meter.set_route(metrics::Route::Forwarded);
+        }
+        let upgrade = upgrade_protocol(request.headers());
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+        prepare_request(&mut request, peer, upgrade.as_ref());
         let (parts, body) = request.into_parts();
-        let retry = hyper::body::Body::is_end_stream(&body).then(|| forward::empty_copy(&parts));
+        let retry = (upgrade.is_none() && hyper::body::Body::is_end_stream(&body))
+            .then(|| forward::empty_copy(&parts));
         let (body, _) = IdleLimitedBody::new(
             body,
             self.config.read_timeout,
@@ -337,6 +338,40 @@ impl Handler {
                 Err(response) => return response,
             };
         }
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            let node_upgrade = hyper::upgrade::on(&mut response);
+            let meter = meter.take();
+            let proxy = &self.metrics.proxy;
+            let bytes_in = proxy
+                .bytes(metrics::Route::Forwarded, Direction::In)
+                .clone();
+            let bytes_out = proxy
+                .bytes(metrics::Route::Forwarded, Direction::Out)
+                .clone();
+            self.exchanges.spawn(async move {
+                let outcome = match tokio::join!(client_upgrade, node_upgrade) {
+                    (Ok(client), Ok(node)) => {
+                        let mut client = CountedReads {
+                            inner: TokioIo::new(client),
+                            read: bytes_in,
+                        };
+                        let mut node = CountedReads {
+                            inner: TokioIo::new(node),
+                            read: bytes_out,
+                        };
+                        let _ = piko_protocol::relay(&mut client, &mut node).await;
+                        Outcome::Success
+                    }
+                    _ => Outcome::ClientError,
+                };
+                if let Some(meter) = meter {
+                    meter.finish_tunnel(outcome);
+                }
+            });
+            return forward::boxed(response);
+        }
         let no_upstream = forward::had_no_upstream(&response);
         let mut response = forward::boxed(response);
         remove_hop_by_hop(response.headers_mut());
@@ -345,6 +380,15 @@ impl Handler {
             response.extensions_mut().insert(metrics::NoUpstream);
         }
         response
+    }
+
+    /// The node to relay `request` to: one holding `endpoint`'s upstreams when this node holds
+    /// none and the request was not relayed here already.
+    pub(crate) fn remote_for<B>(&self, request: &Request<B>, endpoint: &str) -> Option<RemoteNode> {
+        if request.headers().contains_key(FORWARD_HEADER) || self.upstreams.count(endpoint) > 0 {
+            return None;
+        }
+        self.remotes.pick(endpoint, None)
     }
 
     /// One attempt at a forwarded request: the node's response head within the proxy timeout.

@@ -245,6 +245,7 @@ impl Server {
             upstreams: self.upstreams.clone(),
             local: self.local.clone(),
             membership: self.membership.clone(),
+            forwarder: Forwarder::default(),
         });
         tracing::info!(subsystem = "admin", addr = %self.admin_addr(), "starting admin server");
         let admin_server = serve(

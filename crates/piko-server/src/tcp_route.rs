@@ -78,6 +78,7 @@ pub(crate) fn redirect(location: &str) -> Response<Body> {
 pub(crate) async fn tunnel(
     handler: &Handler,
     request: Request<Incoming>,
+    peer: std::net::SocketAddr,
     endpoint: &str,
     meter: &mut Option<RequestMeter>,
 ) -> Response<Body> {
@@ -90,6 +91,10 @@ pub(crate) async fn tunnel(
     // Piko's order of answers: no upstream (502) before a bad handshake (400), so a client
     // learns the first; but the handshake is checked before a stream is opened, so a request
     // that is not a tunnel never reaches an upstream.
+    // Another node holds the endpoint: the tunnel is relayed there, handshake and all.
+    if let Some(node) = handler.remote_for(&request, endpoint) {
+        return handler.forward(request, peer, endpoint, node, meter).await;
+    }
     if handler.upstreams.count(endpoint) == 0 {
         tracing::warn!(subsystem = "proxy.tcp", endpoint_id = %endpoint, "no available upstreams");
         return no_available_upstreams();

@@ -226,9 +226,103 @@ async fn requests_reach_upstreams_on_another_node() {
     let (status, head, _) = post(&a, "e", "", "x-piko-forward: true\r\n").await;
     assert_eq!(status, 502, "{head}");
     assert!(head.contains("x-piko-no-upstream: 1"), "{head}");
+    // Admin requests for another node are answered by that node.
+    let (head, body) = common::get(
+        a.admin,
+        &format!("/status/cluster/nodes/local?forward={}", b.id),
+        "admin",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let record: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(record["id"], b.id.as_str());
+    assert_eq!(record["endpoints"]["e"], 1);
+    let (head, _) = common::get(a.admin, "/status/upstream/endpoints?forward=ghost", "admin").await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+
     // An unknown endpoint is a plain 502 for a client.
     let (status, head, body) = post(&a, "nowhere", "", "").await;
     assert_eq!(status, 502);
     assert!(!head.contains("x-piko-no-upstream"), "{head}");
     assert_eq!(body, "{\"error\":\"no available upstreams\"}\n");
+}
+
+/// WebSocket upgrades and TCP tunnels reaching a node without the endpoint's upstreams are
+/// relayed to the node that has them, and spliced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_reach_upstreams_on_another_node() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let a = start_node_from(config(Vec::new())).await;
+    let b = start_node_from(config(vec![a.gossip.clone()])).await;
+    // On B: a TCP echo service for "tcp" and a WebSocket echo service for "ws".
+    let mut tcp_listener = piko::Upstream::new(format!("http://{}", b.upstream))
+        .listen("tcp")
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok(mut stream) = tcp_listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    stream.write_all(&buf[..n]).await.unwrap();
+                    stream.flush().await.unwrap();
+                }
+            });
+        }
+    });
+    let mut ws_listener = piko::Upstream::new(format!("http://{}", b.upstream))
+        .listen("ws")
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok(stream) = ws_listener.accept().await {
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+                while let Some(Ok(message)) = ws.next().await {
+                    if message.is_close() {
+                        break;
+                    }
+                    ws.send(message).await.unwrap();
+                }
+            });
+        }
+    });
+    wait_upstreams(&b, "tcp", 1).await;
+    wait_upstreams(&b, "ws", 1).await;
+
+    let dialer = piko::Dialer::new(format!("http://{}", a.proxy));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut tunnel = loop {
+        match dialer.dial("tcp").await {
+            Ok(tunnel) => break tunnel,
+            Err(err) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "never routed: {err}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tunnel.write_all(b"over two nodes").await.unwrap();
+    tunnel.flush().await.unwrap();
+    let mut echoed = [0u8; 14];
+    tokio::time::timeout(Duration::from_secs(10), tunnel.read_exact(&mut echoed))
+        .await
+        .expect("no echo")
+        .unwrap();
+    assert_eq!(&echoed, b"over two nodes");
+
+    let tcp = tokio::net::TcpStream::connect(a.proxy).await.unwrap();
+    let (mut client, response) = tokio_tungstenite::client_async("ws://ws.example.com/chat", tcp)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    client.send(Message::text("hello")).await.unwrap();
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        Message::text("hello")
+    );
+    client.close(None).await.unwrap();
 }
