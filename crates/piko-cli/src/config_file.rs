@@ -161,6 +161,8 @@ pub(crate) struct ServerFile {
     pub(crate) admin: Admin,
     pub(crate) log: Log,
     pub(crate) grace_period: Option<GoDuration>,
+    /// Ours: how long to keep serving after SIGTERM before refusing connections.
+    pub(crate) shutdown_delay: Option<GoDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -108,6 +108,10 @@ pub(crate) struct Args {
     /// Longest a graceful shutdown may take [default: 1m].
     #[arg(long = "grace-period", value_parser = duration::parse)]
     grace_period: Option<Duration>,
+    /// How long to keep serving, not ready, after SIGTERM, before refusing connections (for
+    /// load balancers' health checks to notice) [default: 0s].
+    #[arg(long = "shutdown-delay", value_parser = duration::parse)]
+    shutdown_delay: Option<Duration>,
     #[command(flatten)]
     log: LogFlags,
     #[command(flatten)]
@@ -250,6 +254,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 }),
         },
         grace_period,
+        shutdown_delay: args
+            .shutdown_delay
+            .or(file.shutdown_delay.map(|d| d.0))
+            .unwrap_or(defaults.shutdown_delay),
         ..defaults
     };
     args.log.check(&file.log)?;

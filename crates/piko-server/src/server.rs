@@ -53,6 +53,10 @@ pub struct Config {
     pub upstream: upstream::Config,
     /// How long shutdown may take before what is left is cut.
     pub grace_period: Duration,
+    /// How long the node keeps serving, not ready, once told to stop, before it stops accepting
+    /// connections: the time a load balancer needs to see `/ready` fail and send traffic
+    /// elsewhere. (Not part of the grace period.)
+    pub shutdown_delay: Duration,
     /// Gossip and membership settings.
     pub cluster: ClusterConfig,
     /// Resolves `cluster.join` names (replaced in tests).
@@ -73,6 +77,7 @@ impl Default for Config {
             proxy: proxy::Config::default(),
             upstream: upstream::Config::default(),
             grace_period: Duration::from_secs(60),
+            shutdown_delay: Duration::ZERO,
             cluster: ClusterConfig::default(),
             resolver: Arc::new(SystemResolver),
         }
@@ -321,6 +326,11 @@ impl Server {
 
         tracing::info!(subsystem = "server", "starting shutdown");
         ready.store(false, Ordering::Release);
+        if !self.config.shutdown_delay.is_zero() {
+            // Connections keep being accepted and served meanwhile: a balancer that has not
+            // seen `/ready` fail yet still sends some, and they must not be refused.
+            tokio::time::sleep(self.config.shutdown_delay).await;
+        }
         let graceful = async {
             // New upstreams are refused with a retryable 503 from here on.
             proxy_stop.cancel();

@@ -17,7 +17,7 @@ fn config(join: Vec<String>) -> Config {
         cluster: ClusterConfig {
             join,
             join_interval: Duration::from_millis(200),
-            gossip_interval: Duration::from_millis(20),
+            gossip_interval: Duration::from_millis(50),
             dead_node_grace_period: Duration::from_secs(2),
             ..ClusterConfig::default()
         },
@@ -273,23 +273,11 @@ async fn tunnels_reach_upstreams_on_another_node() {
             });
         }
     });
-    let mut ws_listener = piko::Upstream::new(format!("http://{}", b.upstream))
+    let ws_listener = piko::Upstream::new(format!("http://{}", b.upstream))
         .listen("ws")
         .await
         .unwrap();
-    tokio::spawn(async move {
-        while let Ok(stream) = ws_listener.accept().await {
-            tokio::spawn(async move {
-                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
-                while let Some(Ok(message)) = ws.next().await {
-                    if message.is_close() {
-                        break;
-                    }
-                    ws.send(message).await.unwrap();
-                }
-            });
-        }
-    });
+    tokio::spawn(common::serve_websocket_echo(ws_listener));
     wait_upstreams(&b, "tcp", 1).await;
     wait_upstreams(&b, "ws", 1).await;
 
@@ -314,10 +302,18 @@ async fn tunnels_reach_upstreams_on_another_node() {
         .unwrap();
     assert_eq!(&echoed, b"over two nodes");
 
-    let tcp = tokio::net::TcpStream::connect(a.proxy).await.unwrap();
-    let (mut client, response) = tokio_tungstenite::client_async("ws://ws.example.com/chat", tcp)
-        .await
-        .unwrap();
+    // "ws" may reach A's routing table a gossip round after "tcp".
+    let (mut client, response) = loop {
+        let tcp = tokio::net::TcpStream::connect(a.proxy).await.unwrap();
+        match tokio_tungstenite::client_async("ws://ws.example.com/chat", tcp).await {
+            Ok(connected) => break connected,
+            Err(err) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "never routed: {err}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(response.status(), 101);
     client.send(Message::text("hello")).await.unwrap();
     assert_eq!(

@@ -293,24 +293,11 @@ async fn websocket_upgrades_are_relayed_end_to_end() {
     use tokio_tungstenite::tungstenite::Message;
 
     let node = start_node().await;
-    let mut listener = piko::Upstream::new(format!("http://{}", node.upstream))
+    let listener = piko::Upstream::new(format!("http://{}", node.upstream))
         .listen("ws")
         .await
         .unwrap();
-    tokio::spawn(async move {
-        while let Ok(stream) = listener.accept().await {
-            tokio::spawn(async move {
-                // The upstream service is a WebSocket echo server.
-                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
-                while let Some(Ok(message)) = ws.next().await {
-                    if message.is_close() {
-                        break;
-                    }
-                    ws.send(message).await.unwrap();
-                }
-            });
-        }
-    });
+    tokio::spawn(common::serve_websocket_echo(listener));
     wait_upstreams(&node, "ws", 1).await;
     let tcp = TcpStream::connect(node.proxy).await.unwrap();
     let (mut client, response) = tokio_tungstenite::client_async("ws://ws.example.com/chat", tcp)
@@ -901,4 +888,43 @@ async fn upstream_connections_end_with_a_reset_on_shutdown() {
         }
         other => panic!("closed without a reset: {other:?}"),
     }
+}
+
+/// With a shutdown delay, a stopping node turns not-ready at once but keeps accepting and
+/// serving new connections for the delay: a load balancer that has not noticed yet loses none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_keeps_serving_for_its_shutdown_delay() {
+    let mut node = common::start_node_from(Config {
+        shutdown_delay: Duration::from_secs(2),
+        ..Config::default()
+    })
+    .await;
+    let listener = piko::Upstream::new(format!("http://{}", node.upstream))
+        .listen("delay")
+        .await
+        .unwrap();
+    tokio::spawn(serve_listener(listener, "delay"));
+    wait_upstreams(&node, "delay", 1).await;
+    node.stop.take().unwrap().send(()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (head, _) = common::get(node.admin, "/ready", "admin").await;
+        if head.starts_with("HTTP/1.1 503") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never not-ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Not ready, and still serving new connections.
+    let (head, body) = common::get(node.proxy, "/late", "delay.example.com").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.starts_with("delay GET /late"), "{body}");
+    tokio::time::timeout(Duration::from_secs(20), &mut node.task)
+        .await
+        .expect("the node stops after its delay")
+        .unwrap();
+    assert!(
+        TcpStream::connect(node.proxy).await.is_err(),
+        "still accepting"
+    );
 }

@@ -102,3 +102,19 @@ pub(crate) async fn exchange(addr: SocketAddr, request: &str) -> (String, String
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     (head.to_owned(), body.to_owned())
 }
+
+/// Serves every stream of `listener` as a WebSocket echo server.
+pub(crate) async fn serve_websocket_echo(mut listener: piko::Listener) {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    while let Ok(stream) = listener.accept().await {
+        tokio::spawn(async move {
+            let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+            while let Some(Ok(message)) = ws.next().await {
+                if message.is_close() {
+                    break;
+                }
+                ws.send(message).await.unwrap();
+            }
+        });
+    }
+}
