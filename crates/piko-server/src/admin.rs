@@ -13,9 +13,10 @@ use std::sync::{
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use piko_http::prometheus_text;
+use piko_protocol::wire::FORWARD_HEADER;
 
 use crate::{
-    cluster::Membership,
+    cluster::{Membership, NodeStatus},
     forward::Forwarder,
     json_error::{full, not_found, proxy_error},
     metrics::Metrics,
@@ -46,8 +47,16 @@ impl Handler {
         if let Some(target) = forward_target(request.uri().query())
             && target != self.local.id
         {
+            // One hop only: a node that restarted at the same address is listed under its old
+            // ID for a while, and a request for that ID must not come back here forever.
+            if request.headers().contains_key(FORWARD_HEADER) {
+                return status::empty(StatusCode::NOT_FOUND);
+            }
             let nodes = self.membership.nodes().await;
-            return match nodes.iter().find(|node| node.id == target) {
+            return match nodes
+                .iter()
+                .find(|node| node.id == target && node.status == NodeStatus::Active)
+            {
                 Some(node) => self.forward(&node.admin_addr, request).await,
                 None => status::empty(StatusCode::NOT_FOUND),
             };
@@ -81,6 +90,8 @@ impl Handler {
         *copy.method_mut() = request.method().clone();
         *copy.uri_mut() = request.uri().clone();
         *copy.headers_mut() = request.headers().clone();
+        copy.headers_mut()
+            .insert(FORWARD_HEADER, http::HeaderValue::from_static("true"));
         match tokio::time::timeout(FORWARD_TIMEOUT, self.forwarder.send(admin_addr, copy)).await {
             Ok(Ok(response)) => crate::forward::boxed(response),
             Ok(Err(err)) => {

@@ -19,6 +19,9 @@ use crate::serve::{Body, BoxError};
 /// (its routing table moved on before the gossip did), so that the sender may try another node.
 pub(crate) const NO_UPSTREAM_HEADER: &str = "x-piko-no-upstream";
 
+/// How long connecting to another node may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Idle connections to other nodes are kept this long.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
@@ -32,6 +35,9 @@ impl Default for Forwarder {
     fn default() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        // A node that crashed a moment ago is still listed: fail fast rather than wait out
+        // the proxy timeout (or forever, with none).
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_keepalive(Some(Duration::from_secs(15)));
         Self {
             client: Client::builder(TokioExecutor::new())

@@ -26,12 +26,14 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
 use hyper_util::{rt::TokioIo, server::conn::auto::upgrade::downcast as downcast_upgrade};
 use piko_http::{
     access_log::{self, RequestRecord},
     hop_by_hop::{remove as remove_hop_by_hop, upgrade_protocol},
 };
 use piko_protocol::wire::{ENDPOINT_HEADER, FORWARD_HEADER};
+use prometheus_client::metrics::counter::Counter;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
@@ -109,8 +111,11 @@ impl Handler {
         let record = RequestRecord::start(&self.config.access_log, &request);
         // A tunnel takes the meter and finishes it when it ends.
         let mut meter = Some(RequestMeter::start(self.metrics.clone(), &request));
-        let forwarded = request.headers().contains_key(FORWARD_HEADER);
+        let forwarded = is_forwarded(&request);
         let mut response = self.clone().proxy(request, peer, &mut meter).await;
+        // The mark is ours to give: an upstream's own would make the sending node replay the
+        // request elsewhere.
+        response.headers_mut().remove(forward::NO_UPSTREAM_HEADER);
         if forwarded && response.extensions().get::<metrics::NoUpstream>().is_some() {
             forward::mark_no_upstream(&mut response);
         }
@@ -243,38 +248,7 @@ impl Handler {
                             // The client went before its side of the upgrade completed.
                             return Outcome::ClientError;
                         };
-                        let mut upstream = CountedReads {
-                            inner: TokioIo::new(upstream),
-                            read: bytes_out,
-                        };
-                        match downcast_upgrade::<TokioIo<WatchedIo<TcpStream>>>(client) {
-                            Ok(parts) => {
-                                // A tunnel may be quiet, or its client slow to read, for as long
-                                // as it likes (Go clears a hijacked connection's deadlines too).
-                                let client = parts.io.into_inner().into_inner();
-                                set_write_stall_limit(&client, None);
-                                bytes_in.inc_by(parts.read_buf.len() as u64);
-                                if !parts.read_buf.is_empty()
-                                    && upstream.write_all(&parts.read_buf).await.is_err()
-                                {
-                                    return Outcome::UpstreamError;
-                                }
-                                let mut client = CountedReads {
-                                    inner: client,
-                                    read: bytes_in,
-                                };
-                                let _ = piko_protocol::relay(&mut client, &mut upstream).await;
-                                Outcome::Success
-                            }
-                            Err(client) => {
-                                let mut client = CountedReads {
-                                    inner: TokioIo::new(client),
-                                    read: bytes_in,
-                                };
-                                let _ = piko_protocol::relay(&mut client, &mut upstream).await;
-                                Outcome::Success
-                            }
-                        }
+                        splice(client, TokioIo::new(upstream), bytes_in, bytes_out).await
                     };
                     let outcome = relay.await;
                     if let Some(meter) = meter {
@@ -317,7 +291,7 @@ impl Handler {
         let (parts, body) = request.into_parts();
         let retry = (upgrade.is_none() && hyper::body::Body::is_end_stream(&body))
             .then(|| forward::empty_copy(&parts));
-        let (body, _) = IdleLimitedBody::new(
+        let (body, progress) = IdleLimitedBody::new(
             body,
             self.config.read_timeout,
             self.metrics
@@ -325,7 +299,7 @@ impl Handler {
                 .bytes(metrics::Route::Forwarded, Direction::In),
         );
         let request = Request::from_parts(parts, body.boxed());
-        let mut response = match self.send_to(&node, request, endpoint).await {
+        let mut response = match self.send_to(&node, request, endpoint, progress).await {
             Ok(response) => response,
             Err(response) => return response,
         };
@@ -333,7 +307,7 @@ impl Handler {
             && let Some(retry) = retry
             && let Some(other) = self.remotes.pick(endpoint, Some(&node.id))
         {
-            response = match self.send_to(&other, retry, endpoint).await {
+            response = match self.send_to(&other, retry, endpoint, None).await {
                 Ok(response) => response,
                 Err(response) => return response,
             };
@@ -353,16 +327,7 @@ impl Handler {
             self.exchanges.spawn(async move {
                 let outcome = match tokio::join!(client_upgrade, node_upgrade) {
                     (Ok(client), Ok(node)) => {
-                        let mut client = CountedReads {
-                            inner: TokioIo::new(client),
-                            read: bytes_in,
-                        };
-                        let mut node = CountedReads {
-                            inner: TokioIo::new(node),
-                            read: bytes_out,
-                        };
-                        let _ = piko_protocol::relay(&mut client, &mut node).await;
-                        Outcome::Success
+                        splice(client, TokioIo::new(node), bytes_in, bytes_out).await
                     }
                     _ => Outcome::ClientError,
                 };
@@ -385,27 +350,30 @@ impl Handler {
     /// The node to relay `request` to: one holding `endpoint`'s upstreams when this node holds
     /// none and the request was not relayed here already.
     pub(crate) fn remote_for<B>(&self, request: &Request<B>, endpoint: &str) -> Option<RemoteNode> {
-        if request.headers().contains_key(FORWARD_HEADER) || self.upstreams.count(endpoint) > 0 {
+        if is_forwarded(request) || self.upstreams.count(endpoint) > 0 {
             return None;
         }
         self.remotes.pick(endpoint, None)
     }
 
-    /// One attempt at a forwarded request: the node's response head within the proxy timeout.
+    /// One attempt at a forwarded request: the node's response head within the proxy timeout,
+    /// counted from the last piece of request body relayed, as for a local upstream.
     async fn send_to(
         &self,
         node: &RemoteNode,
         request: Request<Body>,
         endpoint: &str,
+        body_progress: Option<Arc<BodyProgress>>,
     ) -> Result<Response<Incoming>, Response<Body>> {
         self.metrics.remote_request(&node.id);
+        let deadline = self
+            .config
+            .timeout
+            .map(|limit| tokio::time::Instant::now() + limit);
         let sent = self.forwarder.send(&node.proxy_addr, request);
-        let result = match self.config.timeout {
-            Some(limit) => tokio::time::timeout(limit, sent)
-                .await
-                .map_err(|_| upstream_timeout(endpoint))?,
-            None => sent.await,
-        };
+        let result = response_within(self.config.timeout, deadline, body_progress, sent)
+            .await
+            .ok_or_else(|| upstream_timeout(endpoint))?;
         result.map_err(|err| {
             tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, node_id = %node.id, error = %err, "proxy request");
             proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable")
@@ -440,6 +408,51 @@ impl Handler {
         tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, "no available upstreams");
         Err(no_available_upstreams())
     }
+}
+
+/// Whether another node relayed `request` here (Piko's `X-Piko-Forward: true`).
+fn is_forwarded<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(FORWARD_HEADER)
+        .is_some_and(|value| value.as_bytes() == b"true")
+}
+
+/// Relays an upgraded client connection and the other side of its tunnel (an upstream's
+/// stream, or another node) until both ends are done, counting the bytes each way.
+async fn splice<T>(client: Upgraded, other: T, bytes_in: Counter, bytes_out: Counter) -> Outcome
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut other = CountedReads {
+        inner: other,
+        read: bytes_out,
+    };
+    match downcast_upgrade::<TokioIo<WatchedIo<TcpStream>>>(client) {
+        Ok(parts) => {
+            // A tunnel may be quiet, or its client slow to read, for as long as it likes (Go
+            // clears a hijacked connection's deadlines too).
+            let client = parts.io.into_inner().into_inner();
+            set_write_stall_limit(&client, None);
+            bytes_in.inc_by(parts.read_buf.len() as u64);
+            if !parts.read_buf.is_empty() && other.write_all(&parts.read_buf).await.is_err() {
+                return Outcome::UpstreamError;
+            }
+            let mut client = CountedReads {
+                inner: client,
+                read: bytes_in,
+            };
+            let _ = piko_protocol::relay(&mut client, &mut other).await;
+        }
+        Err(client) => {
+            let mut client = CountedReads {
+                inner: TokioIo::new(client),
+                read: bytes_in,
+            };
+            let _ = piko_protocol::relay(&mut client, &mut other).await;
+        }
+    }
+    Outcome::Success
 }
 
 /// Piko's 502 for an endpoint without an upstream here, marked so that the metrics tell it

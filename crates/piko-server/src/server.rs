@@ -331,6 +331,9 @@ impl Server {
             // seen `/ready` fail yet still sends some, and they must not be refused.
             tokio::time::sleep(self.config.shutdown_delay).await;
         }
+        // Peers stop relaying requests here before the proxy port closes; gossip goes on until
+        // the end so that they hear it.
+        self.membership.leave().await;
         let graceful = async {
             // New upstreams are refused with a retryable 503 from here on.
             proxy_stop.cancel();
@@ -368,8 +371,8 @@ impl Server {
         }
         drop(publisher);
         drop(routing);
-        self.membership.leave().await;
-        // Chitchat has no leave message: the peers learn it at their next exchanges with us.
+        // Chitchat has no leave message: the peers learn it at their next exchanges with us,
+        // which the drain above usually gave them; a few more rounds for a quick one.
         tokio::time::sleep(self.config.cluster.gossip_interval * 3).await;
         tracing::info!(subsystem = "server", "left cluster");
         self.membership.shutdown();

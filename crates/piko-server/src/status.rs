@@ -136,7 +136,10 @@ fn summary(node: &Node) -> NodeSummary {
         proxy_addr: node.proxy_addr.clone(),
         admin_addr: node.admin_addr.clone(),
         endpoints: node.endpoints.len(),
-        upstreams: node.endpoints.values().sum(),
+        upstreams: node
+            .endpoints
+            .values()
+            .fold(0usize, |sum, count| sum.saturating_add(*count)),
     }
 }
 

@@ -38,7 +38,10 @@ impl RemoteEndpoints {
             .iter()
             .filter(|node| Some(node.id.as_str()) != excluded)
             .collect();
-        let total: usize = candidates.iter().map(|node| node.upstreams).sum();
+        // Counts come from peers: summed without overflow whatever they publish.
+        let total = candidates
+            .iter()
+            .fold(0usize, |sum, node| sum.saturating_add(node.upstreams));
         if total == 0 {
             return None;
         }
