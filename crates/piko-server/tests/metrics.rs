@@ -71,22 +71,14 @@ fn sample(families: &Value, family: &str, name: &str, labels: &[(&str, &str)]) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_have_piko_s_names_and_follow_the_traffic() {
     let node = start_node().await;
-    let mut listener = piko::Upstream::new(format!("http://{}", node.upstream))
+    let listener = piko::Upstream::new(format!("http://{}", node.upstream))
         .listen("e")
         .await
         .unwrap();
-    tokio::spawn(async move {
-        while let Ok(mut stream) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut request = vec![0u8; 4096];
-                let _ = stream.read(&mut request).await;
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
-                    .await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
+    tokio::spawn(common::serve_fixed_response(
+        listener,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+    ));
     wait_upstreams(&node, "e", 1).await;
     for _ in 0..2 {
         let (head, body) = get(node.proxy, "/x", "e.example.com").await;

@@ -934,24 +934,14 @@ async fn a_stopping_node_keeps_serving_for_its_shutdown_delay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_cannot_set_the_retry_mark() {
     let node = start_node().await;
-    let mut listener = piko::Upstream::new(format!("http://{}", node.upstream))
+    let listener = piko::Upstream::new(format!("http://{}", node.upstream))
         .listen("marker")
         .await
         .unwrap();
-    tokio::spawn(async move {
-        while let Ok(mut stream) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut request = vec![0u8; 4096];
-                let _ = stream.read(&mut request).await;
-                let _ = stream
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\nx-piko-no-upstream: 1\r\ncontent-length: 2\r\n\r\nok",
-                    )
-                    .await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
+    tokio::spawn(common::serve_fixed_response(
+        listener,
+        b"HTTP/1.1 200 OK\r\nx-piko-no-upstream: 1\r\ncontent-length: 2\r\n\r\nok",
+    ));
     wait_upstreams(&node, "marker", 1).await;
     let (head, body) = common::get(node.proxy, "/", "marker.example.com").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");

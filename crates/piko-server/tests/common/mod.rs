@@ -118,3 +118,17 @@ pub(crate) async fn serve_websocket_echo(mut listener: piko::Listener) {
         });
     }
 }
+
+/// Answers every stream of `listener` with `response` after one read of its request (for
+/// requests that fit in one read).
+pub(crate) async fn serve_fixed_response(mut listener: piko::Listener, response: &'static [u8]) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    while let Ok(mut stream) = listener.accept().await {
+        tokio::spawn(async move {
+            let mut request = vec![0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            let _ = stream.write_all(response).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
