@@ -78,10 +78,32 @@ fn tables() -> Vec<Table> {
     tables
 }
 
+/// Every command of `piko` (the built command tree, globals propagated), with its path such as
+/// `server status cluster nodes`; `help` subcommands left out.
+fn commands() -> Vec<(String, clap::Command)> {
+    fn walk(command: &clap::Command, path: &str, out: &mut Vec<(String, clap::Command)>) {
+        for sub in command.get_subcommands().filter(|c| c.get_name() != "help") {
+            let path = if path.is_empty() {
+                sub.get_name().to_owned()
+            } else {
+                format!("{path} {}", sub.get_name())
+            };
+            out.push((path.clone(), sub.clone()));
+            walk(sub, &path, out);
+        }
+    }
+    let mut root = crate::Cli::command();
+    root.build();
+    let mut out = Vec::new();
+    walk(&root, "", &mut out);
+    out
+}
+
 /// Every flag's default as `--help` states it (clap's own, or `[default: ...]` in its help), by
 /// command path.
 fn help_defaults() -> BTreeMap<(String, String), String> {
-    fn walk(command: &clap::Command, path: &str, out: &mut BTreeMap<(String, String), String>) {
+    let mut out = BTreeMap::new();
+    for (path, command) in commands() {
         for arg in command.get_arguments() {
             let Some(long) = arg.get_long() else { continue };
             let stated = match arg.get_default_values() {
@@ -93,22 +115,10 @@ fn help_defaults() -> BTreeMap<(String, String), String> {
                 }),
             };
             if let Some(default) = stated {
-                out.insert((path.to_owned(), format!("--{long}")), default);
+                out.insert((path.clone(), format!("--{long}")), default);
             }
         }
-        for sub in command.get_subcommands() {
-            let path = if path.is_empty() {
-                sub.get_name().to_owned()
-            } else {
-                format!("{path} {}", sub.get_name())
-            };
-            walk(sub, &path, out);
-        }
     }
-    let mut command = crate::Cli::command();
-    command.build();
-    let mut out = BTreeMap::new();
-    walk(&command, "", &mut out);
     out
 }
 
@@ -136,34 +146,21 @@ fn documented_defaults_are_the_help_s() {
 /// Long flags of every command that runs (leaves, and `server`, which also has subcommands),
 /// by command path; globals included.
 fn flags_by_command() -> BTreeMap<String, BTreeSet<String>> {
-    fn walk(command: &clap::Command, path: &str, out: &mut BTreeMap<String, BTreeSet<String>>) {
-        let subcommands: Vec<_> = command
-            .get_subcommands()
-            .filter(|c| c.get_name() != "help")
-            .collect();
-        if !path.is_empty() && (subcommands.is_empty() || path == "server") {
+    commands()
+        .into_iter()
+        .filter(|(path, command)| {
+            path == "server" || !command.get_subcommands().any(|c| c.get_name() != "help")
+        })
+        .map(|(path, command)| {
             let flags = command
                 .get_arguments()
                 .filter_map(|a| a.get_long())
                 .filter(|l| *l != "help")
                 .map(|l| format!("--{l}"))
                 .collect();
-            out.insert(path.to_owned(), flags);
-        }
-        for sub in subcommands {
-            let path = if path.is_empty() {
-                sub.get_name().to_owned()
-            } else {
-                format!("{path} {}", sub.get_name())
-            };
-            walk(sub, &path, out);
-        }
-    }
-    let mut command = crate::Cli::command();
-    command.build();
-    let mut out = BTreeMap::new();
-    walk(&command, "", &mut out);
-    out
+            (path, flags)
+        })
+        .collect()
 }
 
 #[test]
