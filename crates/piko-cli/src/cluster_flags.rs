@@ -37,6 +37,10 @@ pub(crate) struct ClusterFlags {
     /// Largest gossip datagram, in bytes [default: 1400].
     #[arg(long = "cluster.gossip.max-packet-size")]
     gossip_max_packet_size: Option<u64>,
+    /// Secret shared by the nodes to authenticate requests they relay to each other; empty: each
+    /// node publishes a random key of its own over gossip [default: ""].
+    #[arg(long = "cluster.secret")]
+    secret: Option<String>,
 }
 
 /// The cluster settings in effect.
@@ -47,10 +51,8 @@ pub(crate) struct Cluster {
     pub(crate) gossip_bind_addr: String,
     pub(crate) gossip_advertise_addr: Option<String>,
     pub(crate) gossip_interval: Duration,
-    #[allow(
-        dead_code,
-        reason = "read once joining reports failure (the cluster issue)"
-    )]
+    pub(crate) join_timeout: Duration,
+    pub(crate) secret: Option<String>,
     pub(crate) abort_if_join_fails: bool,
 }
 
@@ -109,6 +111,11 @@ impl ClusterFlags {
                 .or(file.gossip.advertise_addr)
                 .filter(|addr| !addr.is_empty()),
             gossip_interval: interval,
+            join_timeout,
+            secret: self
+                .secret
+                .or(file.secret)
+                .filter(|secret| !secret.is_empty()),
             abort_if_join_fails: self
                 .abort_if_join_fails
                 .or(file.abort_if_join_fails)

@@ -174,6 +174,8 @@ pub(crate) struct Cluster {
     pub(crate) join_timeout: Option<GoDuration>,
     pub(crate) abort_if_join_fails: Option<bool>,
     pub(crate) gossip: Gossip,
+    /// Ours: the secret nodes authenticate relayed requests with.
+    pub(crate) secret: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

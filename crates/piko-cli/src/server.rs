@@ -221,6 +221,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         cluster: piko_server::cluster::ClusterConfig {
             join: cluster.join,
             gossip_interval: cluster.gossip_interval,
+            join_timeout: cluster.join_timeout,
+            abort_if_join_fails: cluster.abort_if_join_fails,
+            secret: cluster.secret,
             ..piko_server::cluster::ClusterConfig::default()
         },
         proxy: piko_server::proxy::Config {
@@ -275,8 +278,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     crate::open_files::raise_limit();
     let server = Server::bind(config).await.context("bind")?;
-    server.run(shutdown_requested(signals)).await;
-    Ok(())
+    server.run(shutdown_requested(signals)).await
 }
 
 /// A port's bind address: flag, else file, else default; empty is an error.

@@ -1,11 +1,24 @@
 //! `Listener`: the streams a server opens to this upstream, across reconnects.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, pin::Pin, time::Duration};
 
 use piko_mux::{Session, SessionEnd, Stream};
 use tokio::{sync::mpsc, time::Instant};
 
 use crate::{backoff::Backoff, error::Error, upstream::Upstream};
+
+/// A connection being made in the background, replacing a session the server told to go away:
+/// the result, and the backoff it advanced.
+struct Reconnecting(Pin<Box<dyn Future<Output = (Connected, Backoff)> + Send>>);
+
+/// A new session and the server it reached.
+type Connected = Result<(Session, SocketAddr), Error>;
+
+impl std::fmt::Debug for Reconnecting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reconnecting")
+    }
+}
 
 /// A session that lived this long was healthy: the next reconnect starts from the minimum
 /// backoff again.
@@ -28,6 +41,8 @@ pub struct Listener {
     server: SocketAddr,
     connected_at: Instant,
     backoff: Backoff,
+    /// Kept across [`Listener::accept`] calls, which may be cancelled.
+    moving: Option<Reconnecting>,
     closed: bool,
 }
 
@@ -49,6 +64,7 @@ impl Listener {
             server,
             connected_at: Instant::now(),
             backoff,
+            moving: None,
             closed: false,
         }
     }
@@ -80,7 +96,7 @@ impl Listener {
                 // acting on a GoAway: a stream that came with it is still served.
                 biased;
                 Some(stream) = self.draining_streams.recv() => return Ok(stream),
-                accepted = self.session.accept() => match accepted {
+                accepted = self.session.accept(), if self.moving.is_none() => match accepted {
                     Ok(stream) => return Ok(stream),
                     Err(_) if self.closed => return Err(Error::Closed),
                     Err(err) => {
@@ -88,13 +104,13 @@ impl Listener {
                         self.reconnect().await?;
                     }
                 },
-                _ = self.session.remote_go_away() => {
+                _ = self.session.remote_go_away(), if self.moving.is_none() => {
                     // The server is draining: connect again (through the load balancer, to
-                    // another node) before leaving this session. The old one keeps delivering
-                    // the streams the server still opens on it until the server closes it.
+                    // another node) before leaving this session, which keeps delivering the
+                    // streams the server still opens on it (meanwhile too) until the server
+                    // closes it.
                     tracing::debug!(subsystem = "client", endpoint_id = %self.endpoint, "server going away; reconnecting");
-                    let new = self.connect_again().await?;
-                    let old = std::mem::replace(&mut self.session, new);
+                    let old = self.session.clone();
                     let deliver = self.draining_tx.clone();
                     tokio::spawn(async move {
                         while let Ok(stream) = old.accept().await {
@@ -103,9 +119,32 @@ impl Listener {
                             }
                         }
                     });
+                    self.moving = Some(self.connect_in_background());
+                }
+                (connected, backoff) = async { self.moving.as_mut().expect("guarded").0.as_mut().await }, if self.moving.is_some() => {
+                    self.moving = None;
+                    self.backoff = backoff;
+                    let (session, server) = connected?;
+                    self.session = session;
+                    self.server = server;
+                    self.connected_at = Instant::now();
                 }
             }
         }
+    }
+
+    /// [`Listener::connect_again`] as a future that owns what it needs.
+    fn connect_in_background(&mut self) -> Reconnecting {
+        if self.connected_at.elapsed() >= HEALTHY_AFTER {
+            self.backoff.reset();
+        }
+        let upstream = self.upstream.clone();
+        let endpoint = self.endpoint.clone();
+        let mut backoff = self.backoff.clone();
+        Reconnecting(Box::pin(async move {
+            let connected = upstream.connect_with_retry(&endpoint, &mut backoff).await;
+            (connected, backoff)
+        }))
     }
 
     async fn reconnect(&mut self) -> Result<(), Error> {

@@ -53,13 +53,15 @@ impl Forwarder {
         &self,
         proxy_addr: &str,
         mut request: Request<Body>,
-    ) -> Result<Response<Incoming>, BoxError> {
+    ) -> Result<Response<Incoming>, SendError> {
         let path = request
             .uri()
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        *request.uri_mut() = format!("http://{proxy_addr}{path}").parse::<Uri>()?;
+        *request.uri_mut() = format!("http://{proxy_addr}{path}")
+            .parse::<Uri>()
+            .map_err(|err| SendError::Other(err.into()))?;
         // The rewrite asked for `Connection: close` (one request per upstream stream); between
         // nodes the connection is worth keeping. (An upgrade keeps its `Connection: Upgrade`.)
         if request
@@ -69,7 +71,32 @@ impl Forwarder {
         {
             request.headers_mut().remove(header::CONNECTION);
         }
-        Ok(self.client.request(request).await?)
+        self.client.request(request).await.map_err(|err| {
+            if err.is_connect() {
+                SendError::Connect(err.into())
+            } else {
+                SendError::Other(err.into())
+            }
+        })
+    }
+}
+
+/// Why a relayed request got no response.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// The node could not be reached: nothing was sent, so the request may go elsewhere (the
+    /// node stopped, or crashed and is not known as such yet).
+    Connect(BoxError),
+    /// Anything else, including a connection lost midway.
+    Other(BoxError),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect(err) => write!(f, "connect: {err}"),
+            Self::Other(err) => err.fmt(f),
+        }
     }
 }
 

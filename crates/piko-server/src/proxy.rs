@@ -38,7 +38,7 @@ use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::{
-    cluster::{RemoteEndpoints, RemoteNode},
+    cluster::{ForwardAuth, RemoteEndpoints, RemoteNode, SIGNATURE_HEADER},
     connection_deadlines::WatchedIo,
     counted_io::CountedReads,
     forward::{self, Forwarder},
@@ -100,15 +100,23 @@ pub(crate) struct Handler {
     /// Other nodes' endpoints, for requests this node has no upstream for.
     pub(crate) remotes: Arc<RemoteEndpoints>,
     pub(crate) forwarder: Forwarder,
+    /// Tells requests relayed by other nodes from clients' requests.
+    pub(crate) auth: Arc<ForwardAuth>,
 }
 
 impl Handler {
     pub(crate) async fn handle(
         self: Arc<Self>,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
         let record = RequestRecord::start(&self.config.access_log, &request);
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        if request.headers().contains_key(FORWARD_HEADER)
+            && self.auth.verify(request.headers(), request.method(), path)
+        {
+            request.extensions_mut().insert(RelayedByNode);
+        }
         // A tunnel takes the meter and finishes it when it ends.
         let mut meter = Some(RequestMeter::start(self.metrics.clone(), &request));
         let forwarded = is_forwarded(&request);
@@ -289,7 +297,7 @@ impl Handler {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         prepare_request(&mut request, peer, upgrade.as_ref());
         let (parts, body) = request.into_parts();
-        let retry = (upgrade.is_none() && hyper::body::Body::is_end_stream(&body))
+        let mut retry = (upgrade.is_none() && hyper::body::Body::is_end_stream(&body))
             .then(|| forward::empty_copy(&parts));
         let (body, progress) = IdleLimitedBody::new(
             body,
@@ -301,7 +309,18 @@ impl Handler {
         let request = Request::from_parts(parts, body.boxed());
         let mut response = match self.send_to(&node, request, endpoint, progress).await {
             Ok(response) => response,
-            Err(response) => return response,
+            Err(Failure::Unreachable(response)) => {
+                match (retry.take(), self.remotes.pick(endpoint, Some(&node.id))) {
+                    (Some(retry), Some(other)) => {
+                        match self.send_to(&other, retry, endpoint, None).await {
+                            Ok(response) => response,
+                            Err(failure) => return failure.into_response(),
+                        }
+                    }
+                    _ => return response,
+                }
+            }
+            Err(failure) => return failure.into_response(),
         };
         if forward::had_no_upstream(&response)
             && let Some(retry) = retry
@@ -309,7 +328,7 @@ impl Handler {
         {
             response = match self.send_to(&other, retry, endpoint, None).await {
                 Ok(response) => response,
-                Err(response) => return response,
+                Err(failure) => return failure.into_response(),
             };
         }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -364,19 +383,27 @@ impl Handler {
         request: Request<Body>,
         endpoint: &str,
         body_progress: Option<Arc<BodyProgress>>,
-    ) -> Result<Response<Incoming>, Response<Body>> {
+    ) -> Result<Response<Incoming>, Failure> {
         self.metrics.remote_request(&node.id);
         let deadline = self
             .config
             .timeout
             .map(|limit| tokio::time::Instant::now() + limit);
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let signature = node.key.sign(&node.id, request.method(), path);
+        let mut request = request;
+        request.headers_mut().insert(SIGNATURE_HEADER, signature);
         let sent = self.forwarder.send(&node.proxy_addr, request);
         let result = response_within(self.config.timeout, deadline, body_progress, sent)
             .await
-            .ok_or_else(|| upstream_timeout(endpoint))?;
+            .ok_or_else(|| Failure::Other(upstream_timeout(endpoint)))?;
         result.map_err(|err| {
             tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, node_id = %node.id, error = %err, "proxy request");
-            proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable")
+            let response = proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable");
+            match err {
+                forward::SendError::Connect(_) => Failure::Unreachable(response),
+                forward::SendError::Other(_) => Failure::Other(response),
+            }
         })
     }
 
@@ -410,12 +437,30 @@ impl Handler {
     }
 }
 
-/// Whether another node relayed `request` here (Piko's `X-Piko-Forward: true`).
+/// A relayed request that got no response, with the reply its client gets.
+enum Failure {
+    /// The node was not reached: nothing was sent, another node may be tried.
+    Unreachable(Response<Body>),
+    /// Timed out or failed midway.
+    Other(Response<Body>),
+}
+
+impl Failure {
+    fn into_response(self) -> Response<Body> {
+        match self {
+            Self::Unreachable(response) | Self::Other(response) => response,
+        }
+    }
+}
+
+/// Marks a request another node relayed here (its signature checked).
+#[derive(Clone, Copy, Debug)]
+struct RelayedByNode;
+
+/// Whether another node relayed `request` here: Piko's `X-Piko-Forward` with a valid signature
+/// (a client's own is ignored).
 fn is_forwarded<B>(request: &Request<B>) -> bool {
-    request
-        .headers()
-        .get(FORWARD_HEADER)
-        .is_some_and(|value| value.as_bytes() == b"true")
+    request.extensions().get::<RelayedByNode>().is_some()
 }
 
 /// Relays an upgraded client connection and the other side of its tunnel (an upstream's
@@ -648,6 +693,8 @@ fn prepare_request<B>(request: &mut Request<B>, peer: SocketAddr, upgrade: Optio
         headers.insert("x-forwarded-for", value);
     }
     headers.insert(FORWARD_HEADER, HeaderValue::from_static("true"));
+    // Node-to-node only: a relaying node signs its own request.
+    headers.remove(SIGNATURE_HEADER);
     match upgrade.and_then(|p| HeaderValue::from_str(p).ok()) {
         Some(protocol) => {
             headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -713,6 +760,7 @@ mod tests {
             .header("keep-alive", "timeout=5")
             .header("x-forwarded-for", "203.0.113.7")
             .header("authorization", "Bearer kept")
+            .header(SIGNATURE_HEADER, "1.00")
             .body(())
             .unwrap();
         let peer: SocketAddr = "198.51.100.1:4000".parse().unwrap();
@@ -727,6 +775,7 @@ mod tests {
         assert_eq!(headers["authorization"], "Bearer kept");
         assert!(!headers.contains_key("x-custom"));
         assert!(!headers.contains_key("keep-alive"));
+        assert!(!headers.contains_key(SIGNATURE_HEADER), "node-to-node only");
 
         let mut upgrade = Request::builder()
             .uri("/ws")

@@ -17,7 +17,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     admin,
     advertise::advertise_addr,
-    cluster::{self, ClusterConfig, Membership, RemoteEndpoints, Resolver, SystemResolver},
+    cluster::{
+        self, ClusterConfig, ForwardAuth, Membership, RemoteEndpoints, Resolver, SystemResolver,
+    },
     connection_deadlines::Deadlines,
     forward::Forwarder,
     metrics::Metrics,
@@ -122,6 +124,7 @@ pub struct Server {
     metrics: Arc<Metrics>,
     local: LocalNode,
     membership: Arc<Membership>,
+    auth: Arc<ForwardAuth>,
     gossip_addr: String,
 }
 
@@ -157,12 +160,15 @@ impl Server {
                 format!("gossip advertise addr: {gossip_addr}: not an ip:port"),
             )
         })?;
+        let auth = ForwardAuth::new(&config.node_id, config.cluster.secret.as_deref())
+            .map_err(io::Error::other)?;
         let membership = Membership::start(
             &config.cluster,
             &config.node_id,
             gossip_advertised,
             gossip,
             (&local.proxy_addr, &local.admin_addr),
+            &auth,
             config.resolver.clone(),
         )
         .await
@@ -175,6 +181,7 @@ impl Server {
             metrics: Arc::default(),
             local,
             membership: Arc::new(membership),
+            auth: Arc::new(auth),
             gossip_addr,
             config,
         })
@@ -231,13 +238,21 @@ impl Server {
         self.upstreams.clone()
     }
 
-    /// Serves until `shutdown` resolves, then shuts down in order, bounded by the grace period:
-    /// not ready; no new connections; in-flight requests and tunnels finish; upstreams are told
-    /// to reconnect elsewhere (GoAway) and closed once their streams are done; admin last.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// Serves until `shutdown` resolves, then shuts down in order, bounded by the grace period
+    /// (see [`Server::run`]'s steps in `docs/cluster.md`): not ready, agents told to move; once
+    /// they have moved, the node leaves the cluster; then no new connections, in-flight requests
+    /// and tunnels finish, upstreams close once their streams are done; admin last.
+    ///
+    /// The node is ready once it has joined its cluster (see [`Membership::joined`]).
+    ///
+    /// # Errors
+    /// No node was heard from within `cluster.join_timeout` and `cluster.abort_if_join_fails`
+    /// is set (the node shuts down first).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let ready = Arc::new(AtomicBool::new(false));
         let (admin_stop, admin_tasks) = (CancellationToken::new(), TaskTracker::new());
         let (upstream_stop, upstream_tasks) = (CancellationToken::new(), TaskTracker::new());
+        let upstream_leaving = CancellationToken::new();
         let upstream_drain = CancellationToken::new();
         let upstream_hard_stop = CancellationToken::new();
         let (proxy_stop, proxy_tasks) = (CancellationToken::new(), TaskTracker::new());
@@ -271,7 +286,7 @@ impl Server {
             upstreams: self.upstreams.clone(),
             metrics: self.metrics.clone(),
             sessions: sessions.clone(),
-            shutdown: upstream_stop.clone(),
+            leaving: upstream_leaving.clone(),
             drain: upstream_drain.clone(),
             hard_stop: upstream_hard_stop.clone(),
         });
@@ -290,14 +305,16 @@ impl Server {
             remotes.clone(),
             self.membership.clone(),
             self.local.id.clone(),
+            self.auth.clone(),
         )));
         let proxy = Arc::new(proxy::Handler {
             config: self.config.proxy.clone(),
             upstreams: self.upstreams.clone(),
             metrics: self.metrics.clone(),
             exchanges: exchanges.clone(),
-            remotes,
+            remotes: remotes.clone(),
             forwarder: Forwarder::default(),
+            auth: self.auth.clone(),
         });
         tracing::info!(subsystem = "proxy", addr = %self.proxy.local_addr().expect("bound"), "starting proxy server");
         let proxy_server = tokio::spawn(serve(
@@ -321,21 +338,62 @@ impl Server {
             self.membership.clone(),
         )));
 
-        ready.store(true, Ordering::Release);
-        shutdown.await;
+        let mut shutdown = std::pin::pin!(shutdown);
+        let join_failure = tokio::select! {
+            joined = tokio::time::timeout(self.config.cluster.join_timeout, self.membership.joined()) => match joined {
+                Ok(()) => {
+                    // The routing table follows the gossip a round later: build it now, so that
+                    // the first requests find the endpoints the peers hold.
+                    remotes.refresh(&self.membership, &self.local.id, &self.auth).await;
+                    ready.store(true, Ordering::Release);
+                    shutdown.as_mut().await;
+                    None
+                }
+                Err(_) => {
+                    let failure = anyhow::anyhow!(
+                        "cluster join: no node answered within {:?}",
+                        self.config.cluster.join_timeout
+                    );
+                    tracing::warn!(subsystem = "server", error = %failure, "failed to join cluster");
+                    if self.config.cluster.abort_if_join_fails {
+                        Some(failure)
+                    } else {
+                        // Serving alone; the join loop goes on, so the cluster forms later.
+                        ready.store(true, Ordering::Release);
+                        shutdown.as_mut().await;
+                        None
+                    }
+                }
+            },
+            () = &mut shutdown => None,
+        };
 
         tracing::info!(subsystem = "server", "starting shutdown");
         ready.store(false, Ordering::Release);
-        if !self.config.shutdown_delay.is_zero() {
-            // Connections keep being accepted and served meanwhile: a balancer that has not
-            // seen `/ready` fail yet still sends some, and they must not be refused.
-            tokio::time::sleep(self.config.shutdown_delay).await;
+        // New upstreams are refused with a retryable 503 from here on, and connected agents are
+        // told to connect again (through the balancer, to another node) while their sessions
+        // here keep serving.
+        upstream_leaving.cancel();
+        let handover = tokio::time::timeout(
+            HANDOVER_LIMIT.min(self.config.grace_period),
+            cluster::handed_over(&self.upstreams, &remotes, &self.membership, &self.local.id),
+        );
+        // Connections keep being accepted and served meanwhile: a balancer that has not seen
+        // `/ready` fail yet still sends some, and they must not be refused.
+        let (_, handed_over) =
+            tokio::join!(tokio::time::sleep(self.config.shutdown_delay), handover);
+        if handed_over.is_err() {
+            tracing::warn!(
+                subsystem = "server",
+                "upstreams did not all reconnect to other nodes in time; leaving anyway"
+            );
         }
-        // Peers stop relaying requests here before the proxy port closes; gossip goes on until
-        // the end so that they hear it.
+        // Peers stop relaying requests here before the proxy port closes (until then this node
+        // still serves them from the sessions of the agents that moved); gossip goes on until
+        // the end.
         self.membership.leave().await;
+        tokio::time::sleep(self.config.cluster.gossip_interval * LEAVE_SPREAD_ROUNDS).await;
         let graceful = async {
-            // New upstreams are refused with a retryable 503 from here on.
             proxy_stop.cancel();
             upstream_stop.cancel();
             let _ = tokio::join!(proxy_server, upstream_server);
@@ -344,8 +402,8 @@ impl Server {
             exchanges.close();
             exchanges.wait().await;
             tracing::info!(subsystem = "server", "shutdown proxy server");
-            // Only now that no request can still pick an upstream: each session gets GoAway,
-            // finishes its streams and closes.
+            // Only now that no request can still pick an upstream: each session finishes its
+            // streams and closes.
             upstream_drain.cancel();
             upstream_tasks.close();
             upstream_tasks.wait().await;
@@ -380,8 +438,18 @@ impl Server {
         let _ = admin_server.await;
         tracing::info!(subsystem = "server", "shutdown admin server");
         tracing::info!(subsystem = "server", "shutdown complete");
+        join_failure.map_or(Ok(()), Err)
     }
 }
+
+/// How long a stopping node waits for its agents to reconnect elsewhere (bounded by the grace
+/// period too). Piko v0.9.0 agents ignore GoAway and are only moved when their session closes.
+const HANDOVER_LIMIT: Duration = Duration::from_secs(10);
+
+/// Gossip rounds a leaving node keeps its proxy open for, so that every peer has heard it left
+/// before the port closes (in a cluster of a few nodes each round reaches every peer; a request
+/// relayed after that finds the port closed and is retried on another node).
+const LEAVE_SPREAD_ROUNDS: u32 = 5;
 
 /// Keeps this node's published upstream counts equal to its routing table.
 async fn publish_endpoints(upstreams: Arc<Upstreams>, membership: Arc<Membership>) {

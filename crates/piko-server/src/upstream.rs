@@ -43,9 +43,11 @@ pub(crate) struct Handler {
     /// Sessions outlive their HTTP connection (hyper lets go of an upgraded connection): they
     /// are tracked here so shutdown can wait for them.
     pub(crate) sessions: TaskTracker,
-    /// Cancelled when the node shuts down: every session is drained.
-    pub(crate) shutdown: CancellationToken,
-    /// Cancelled once the proxy has drained: every session gets GoAway and is closed when its
+    /// Cancelled when the node starts shutting down: new upstreams are refused and every
+    /// session gets GoAway (its agent connects again, through the balancer, to another node)
+    /// but stays routable.
+    pub(crate) leaving: CancellationToken,
+    /// Cancelled once the proxy has drained: every session is unregistered and closed when its
     /// streams are done. (Until then sessions stay routable, so requests already accepted by the
     /// proxy port still find their upstream.)
     pub(crate) drain: CancellationToken,
@@ -68,7 +70,7 @@ impl Handler {
         if endpoint.len() > MAX_ENDPOINT_ID_LEN {
             return gin_error(StatusCode::BAD_REQUEST, "endpoint id too long");
         }
-        if self.shutdown.is_cancelled() {
+        if self.leaving.is_cancelled() {
             // Retryable for Go clients: they reconnect, through the balancer, to another node.
             return gin_error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
         }
@@ -139,24 +141,35 @@ impl Handler {
             tenant_id = tenant,
             "upstream connected"
         );
-        // Agents never open streams in Piko; reset any that one does rather than leak it.
+        // Agents never open streams in Piko; reset any that one does rather than leak it. (Accept
+        // fails once this side sent GoAway; the session's end is awaited below.)
         let refuse_streams = async {
             while let Ok(mut stream) = session.accept().await {
                 stream.reset();
             }
+            std::future::pending::<()>().await;
         };
-        tokio::select! {
-            _ = session.remote_go_away() => {
-                // The agent is draining: route nothing new to it, let its streams finish.
-                self.upstreams.remove(endpoint, id);
-                tokio::select! {
-                    _ = session.closed() => {}
-                    _ = self.drain.cancelled() => {}
+        let mut refuse_streams = std::pin::pin!(refuse_streams);
+        let mut told_to_move = false;
+        loop {
+            tokio::select! {
+                _ = session.remote_go_away() => {
+                    // The agent is draining: route nothing new to it, let its streams finish.
+                    self.upstreams.remove(endpoint, id);
+                    tokio::select! {
+                        _ = session.closed() => {}
+                        _ = self.drain.cancelled() => {}
+                    }
+                    break;
+                }
+                _ = session.closed() => break,
+                () = &mut refuse_streams => break,
+                () = self.drain.cancelled() => break,
+                () = self.leaving.cancelled(), if !told_to_move => {
+                    session.go_away();
+                    told_to_move = true;
                 }
             }
-            _ = session.closed() => {}
-            _ = refuse_streams => {}
-            _ = self.drain.cancelled() => {}
         }
         self.upstreams.remove(endpoint, id);
         if self.drain.is_cancelled() {
@@ -192,8 +205,8 @@ impl Handler {
     }
 }
 
-/// Node shutdown: tell the agent to reconnect elsewhere (GoAway) and let the streams in flight
-/// finish; the caller bounds this by the grace period.
+/// Node shutdown: let the streams in flight finish (the agent was told to reconnect elsewhere
+/// when the node started leaving); the caller bounds this by the grace period.
 async fn drain(session: &Session) {
     session.go_away();
     session.streams_closed().await;

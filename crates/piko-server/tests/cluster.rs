@@ -100,7 +100,7 @@ async fn nodes_join_share_endpoints_and_forget_the_dead() {
         status_of(nodes, &b.id) == Some(NodeStatus::Left)
     })
     .await;
-    task.await.unwrap();
+    task.await.unwrap().unwrap();
 }
 
 /// A resolver whose answer the test changes.
@@ -226,11 +226,36 @@ async fn requests_reach_upstreams_on_another_node() {
         "{metrics}"
     );
 
-    // A forwarded request is served from the receiving node's upstreams only, and a node that
-    // has none says so in a way the sender can act on.
-    let (status, head, _) = post(&a, "e", "", "x-piko-forward: true\r\n").await;
+    // A relayed request is served from the receiving node's upstreams only, and a node that
+    // has none says so in a way the sender can act on. Relayed means signed by a node: a
+    // client's own `x-piko-forward`, with or without a made-up signature, changes nothing.
+    let a_key = b
+        .membership
+        .nodes()
+        .await
+        .into_iter()
+        .find(|n| n.id == a.id)
+        .and_then(|n| n.forward_key)
+        .expect("A publishes its forwarding key");
+    let signature = piko_server::cluster::ForwardAuth::new("sender", None)
+        .unwrap()
+        .peer_key(Some(&a_key), None)
+        .unwrap()
+        .sign(&a.id, &http::Method::POST, "/x");
+    let signed = format!(
+        "x-piko-forward: true\r\nx-piko-forward-signature: {}\r\n",
+        signature.to_str().unwrap()
+    );
+    let (status, head, _) = post(&a, "e", "", &signed).await;
     assert_eq!(status, 502, "{head}");
     assert!(head.contains("x-piko-no-upstream: 1"), "{head}");
+    for spoofed in [
+        "x-piko-forward: true\r\n",
+        "x-piko-forward: true\r\nx-piko-forward-signature: 1.00\r\n",
+    ] {
+        let (status, head, body) = post(&a, "e", "", spoofed).await;
+        assert_eq!((status, body.as_str()), (200, "b: "), "{head}");
+    }
     // Admin requests for another node are answered by that node.
     let (head, body) = common::get(
         a.admin,
@@ -326,4 +351,163 @@ async fn tunnels_reach_upstreams_on_another_node() {
         Message::text("hello")
     );
     client.close(None).await.unwrap();
+}
+
+/// Whether `node`'s `/ready` says 200.
+async fn is_ready(node: &Node) -> bool {
+    let (head, _) = common::get(node.admin, "/ready", "admin").await;
+    head.starts_with("HTTP/1.1 200")
+}
+
+/// A gossip address nothing answers on.
+fn silent_gossip_addr() -> String {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap().to_string()
+}
+
+/// A node is ready only once it is part of its cluster: routing before that would answer 502
+/// for the endpoints its peers hold. One that hears from no node gives up after
+/// `cluster.join_timeout`: it exits (`abort_if_join_fails`), or serves alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_ready_once_it_has_joined() {
+    let a = start_node_from(config(Vec::new())).await;
+    assert!(
+        is_ready(&a).await,
+        "a node with nothing to join is ready at once"
+    );
+
+    let seeds = vec![silent_gossip_addr()];
+    let aborting = start_node_from(Config {
+        cluster: ClusterConfig {
+            join_timeout: Duration::from_secs(1),
+            ..config(seeds.clone()).cluster
+        },
+        ..config(seeds.clone())
+    })
+    .await;
+    assert!(!is_ready(&aborting).await, "not ready while joining");
+    let ended = tokio::time::timeout(Duration::from_secs(10), aborting.task)
+        .await
+        .expect("join timeout ignored")
+        .unwrap();
+    assert!(
+        ended.unwrap_err().to_string().contains("cluster join"),
+        "the error names the join"
+    );
+
+    let alone = start_node_from(Config {
+        cluster: ClusterConfig {
+            join_timeout: Duration::from_millis(300),
+            abort_if_join_fails: false,
+            ..config(seeds.clone()).cluster
+        },
+        ..config(seeds)
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !is_ready(&alone).await {
+        assert!(tokio::time::Instant::now() < deadline, "never ready alone");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let b = start_node_from(config(vec![a.gossip.clone()])).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !is_ready(&b).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready after joining"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        b.membership
+            .nodes()
+            .await
+            .iter()
+            .any(|n| n.id == a.id && n.status == NodeStatus::Active),
+        "ready means it knows its peer"
+    );
+}
+
+/// A node still listed but no longer listening (it crashed a moment ago) costs a relayed
+/// request nothing: nothing was sent, so it goes to another node holding the endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_request_that_cannot_connect_goes_to_another_node() {
+    let a = start_node_from(config(Vec::new())).await;
+    // B gossips and holds the endpoint, but its proxy address refuses connections.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let b = start_node_from(Config {
+        proxy_advertise_addr: Some(closed_addr),
+        ..config(vec![a.gossip.clone()])
+    })
+    .await;
+    let c = start_node_from(config(vec![a.gossip.clone()])).await;
+    let _on_b = serve(&b, "e", "b").await;
+    let _on_c = serve(&c, "e", "c").await;
+    for holder in [&b, &c] {
+        until(&a, "the endpoint on B and C", |nodes| {
+            nodes.iter().any(|n| {
+                n.id == holder.id
+                    && n.status == NodeStatus::Active
+                    && n.endpoints.get("e") == Some(&1)
+            })
+        })
+        .await;
+    }
+    for _ in 0..20 {
+        let (head, body) = common::get(a.proxy, "/x", "e.example.com").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
+        assert_eq!(body, "c: ");
+    }
+    // With a body, the request cannot be replayed: a pick of B is a 502.
+    let mut statuses = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        statuses.insert(post(&a, "e", "data", "").await.0);
+    }
+    assert!(statuses.is_subset(&[200, 502].into()), "{statuses:?}");
+}
+
+/// With `cluster.secret`, nodes route only to nodes that share it: one with another secret
+/// (or none) is a member of the gossip but receives nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_nodes_sharing_the_secret_route_to_each_other() {
+    let with_secret = |secret: Option<&str>, join: Vec<String>| {
+        let mut config = config(join);
+        config.cluster.secret = secret.map(str::to_owned);
+        config
+    };
+    let a = start_node_from(with_secret(Some("one"), Vec::new())).await;
+    let same = start_node_from(with_secret(Some("one"), vec![a.gossip.clone()])).await;
+    let other = start_node_from(with_secret(Some("two"), vec![a.gossip.clone()])).await;
+    let open = start_node_from(with_secret(None, vec![a.gossip.clone()])).await;
+    let _s = serve(&same, "same", "same").await;
+    let _o = serve(&other, "other", "other").await;
+    let _p = serve(&open, "open", "open").await;
+    for (holder, endpoint) in [(&same, "same"), (&other, "other"), (&open, "open")] {
+        until(&a, "every endpoint published", |nodes| {
+            nodes.iter().any(|n| {
+                n.id == holder.id
+                    && n.status == NodeStatus::Active
+                    && n.endpoints.contains_key(endpoint)
+            })
+        })
+        .await;
+    }
+    // The routing table follows the gossip a moment later.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (head, body) = common::get(a.proxy, "/x", "same.example.com").await;
+        if head.starts_with("HTTP/1.1 200") {
+            assert_eq!(body, "same: ");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{head}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for endpoint in ["other", "open"] {
+        let (head, _) = common::get(a.proxy, "/x", &format!("{endpoint}.example.com")).await;
+        assert!(head.starts_with("HTTP/1.1 502"), "{endpoint}: {head}");
+    }
 }

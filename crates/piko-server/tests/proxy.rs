@@ -263,7 +263,7 @@ async fn listeners_reconnect_after_the_server_restarts() {
     // Restart on the same ports: the listener reconnects with no help.
     let ports = (node.proxy, node.upstream, node.admin);
     node.stop.take().unwrap().send(()).unwrap();
-    node.task.await.unwrap();
+    node.task.await.unwrap().unwrap();
     let config = Config {
         proxy_bind_addr: ports.0.to_string(),
         upstream_bind_addr: ports.1.to_string(),
@@ -508,6 +508,7 @@ async fn shutdown_lets_requests_in_flight_finish() {
     tokio::time::timeout(Duration::from_secs(10), node.task)
         .await
         .expect("shutdown hung")
+        .unwrap()
         .unwrap();
 }
 
@@ -595,6 +596,7 @@ async fn shutdown_gives_up_after_the_grace_period() {
     tokio::time::timeout(Duration::from_secs(10), run)
         .await
         .expect("shutdown ignored its grace period")
+        .unwrap()
         .unwrap();
     assert!(
         started.elapsed() >= Duration::from_millis(500),
@@ -922,6 +924,7 @@ async fn a_stopping_node_keeps_serving_for_its_shutdown_delay() {
     tokio::time::timeout(Duration::from_secs(20), &mut node.task)
         .await
         .expect("the node stops after its delay")
+        .unwrap()
         .unwrap();
     assert!(
         TcpStream::connect(node.proxy).await.is_err(),

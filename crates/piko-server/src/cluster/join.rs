@@ -54,45 +54,57 @@ impl Seed {
         }
     }
 
-    async fn addrs(&self, resolver: &dyn Resolver) -> Vec<SocketAddr> {
+    /// The seed's addresses. A name that resolves to nothing is skipped (the first pod of a
+    /// StatefulSet finds its headless service empty); a resolution error fails the pass.
+    async fn addrs(&self, resolver: &dyn Resolver) -> std::io::Result<Vec<SocketAddr>> {
         match self {
-            Self::Addr(addr) => vec![*addr],
-            Self::Host(host, port) => match resolver.resolve(host, *port).await {
-                Ok(addrs) if addrs.is_empty() => {
+            Self::Addr(addr) => Ok(vec![*addr]),
+            Self::Host(host, port) => {
+                let addrs = resolver.resolve(host, *port).await.inspect_err(|err| {
+                    tracing::warn!(subsystem = "gossip", host, error = %err, "failed to join node");
+                })?;
+                if addrs.is_empty() {
                     tracing::warn!(
                         subsystem = "gossip",
                         host,
                         "join: domain did not resolve any addresses"
                     );
-                    addrs
                 }
-                Ok(addrs) => addrs,
-                Err(err) => {
-                    tracing::warn!(subsystem = "gossip", host, error = %err, "failed to join node");
-                    Vec::new()
-                }
-            },
+                Ok(addrs)
+            }
         }
     }
 }
 
 /// Every `interval`, resolves the seeds and asks chitchat to gossip with each address that is
-/// not this node's.
+/// not this node's. After each pass, `alone` says whether the seeds named no other node and
+/// every name resolved: then this node starts the cluster rather than waits for one.
 pub(crate) async fn join_loop(
     seeds: Vec<Seed>,
     resolver: std::sync::Arc<dyn Resolver>,
     interval: Duration,
     own_addr: SocketAddr,
     gossip: impl Fn(SocketAddr),
+    alone: tokio::sync::watch::Sender<bool>,
 ) {
     loop {
+        let mut others = 0usize;
+        let mut failed = false;
         for seed in &seeds {
-            for addr in seed.addrs(resolver.as_ref()).await {
-                if addr != own_addr {
-                    gossip(addr);
+            match seed.addrs(resolver.as_ref()).await {
+                Ok(addrs) => {
+                    for addr in addrs.into_iter().filter(|addr| *addr != own_addr) {
+                        others += 1;
+                        gossip(addr);
+                    }
                 }
+                Err(_) => failed = true,
             }
         }
+        alone.send_if_modified(|was| {
+            let now = others == 0 && !failed;
+            std::mem::replace(was, now) != now
+        });
         tokio::time::sleep(interval).await;
     }
 }

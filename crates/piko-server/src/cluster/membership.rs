@@ -17,7 +17,10 @@ use chitchat::{
 };
 use tokio_util::task::AbortOnDropHandle;
 
-use super::join::{Resolver, Seed, join_loop};
+use super::{
+    forward_auth::{FORWARD_KEY, ForwardAuth, SECRET_ID},
+    join::{Resolver, Seed, join_loop},
+};
 use crate::status::{GossipEntry, GossipNode, GossipNodeState};
 
 const PROXY_ADDR: &str = "proxy_addr";
@@ -39,6 +42,15 @@ pub struct ClusterConfig {
     pub phi_threshold: f64,
     /// How long an unreachable node stays listed before it is forgotten (Piko: 1 minute).
     pub dead_node_grace_period: Duration,
+    /// How long a starting node waits to hear from the cluster it joins before it gives up
+    /// (`cluster.join_timeout`); it is not ready meanwhile.
+    pub join_timeout: Duration,
+    /// Whether giving up ends the process (`cluster.abort_if_join_fails`) rather than serving
+    /// alone.
+    pub abort_if_join_fails: bool,
+    /// The secret nodes authenticate relayed requests with (`cluster.secret`); none: each node
+    /// publishes a random key of its own.
+    pub secret: Option<String>,
 }
 
 impl Default for ClusterConfig {
@@ -49,6 +61,9 @@ impl Default for ClusterConfig {
             gossip_interval: Duration::from_millis(100),
             phi_threshold: 8.0,
             dead_node_grace_period: Duration::from_secs(60),
+            join_timeout: Duration::from_secs(60),
+            abort_if_join_fails: true,
+            secret: None,
         }
     }
 }
@@ -88,12 +103,18 @@ pub struct Node {
     pub admin_addr: String,
     /// Upstreams it holds per endpoint.
     pub endpoints: BTreeMap<String, usize>,
+    /// Its random forwarding key (hex), when it has no shared secret.
+    pub forward_key: Option<String>,
+    /// Which shared secret it has, when it has one.
+    pub secret_id: Option<String>,
 }
 
 /// This node's place in the cluster.
 pub struct Membership {
     handle: Arc<ChitchatHandle>,
     own: ChitchatId,
+    /// Whether the join entries, last resolved, name no other node (or there are none).
+    alone: tokio::sync::watch::Receiver<bool>,
     _join: AbortOnDropHandle<()>,
 }
 
@@ -121,6 +142,7 @@ impl Membership {
         gossip_addr: SocketAddr,
         reserved: std::net::UdpSocket,
         addresses: (&str, &str),
+        auth: &ForwardAuth,
         resolver: Arc<dyn Resolver>,
     ) -> anyhow::Result<Self> {
         let listen_addr = reserved.local_addr()?;
@@ -152,9 +174,11 @@ impl Membership {
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V1,
         };
+        let (auth_key, auth_value) = auth.published();
         let initial = vec![
             (PROXY_ADDR.to_owned(), addresses.0.to_owned()),
             (ADMIN_ADDR.to_owned(), addresses.1.to_owned()),
+            (auth_key.to_owned(), auth_value),
         ];
         let handle = Arc::new(spawn_chitchat(chitchat_config, initial, &UdpTransport).await?);
         tracing::info!(subsystem = "gossip", node_id, bind_addr = %listen_addr, advertise_addr = %gossip_addr, "starting gossip");
@@ -164,6 +188,7 @@ impl Membership {
             .map(|entry| Seed::parse(entry, gossip_addr.port()))
             .collect();
         let gossiper = handle.clone();
+        let (alone_tx, alone) = tokio::sync::watch::channel(seeds.is_empty());
         let join = tokio::spawn(join_loop(
             seeds,
             resolver,
@@ -172,10 +197,12 @@ impl Membership {
             move |addr| {
                 let _ = gossiper.gossip(addr);
             },
+            alone_tx,
         ));
         Ok(Self {
             handle,
             own,
+            alone,
             _join: AbortOnDropHandle::new(join),
         })
     }
@@ -207,6 +234,28 @@ impl Membership {
                 }
             })
             .await;
+    }
+
+    /// Resolves once this node is part of a cluster: it has heard from another node, or its
+    /// join entries name no other node (it is the first). A node that routed requests before
+    /// would answer 502 for endpoints its peers hold.
+    pub async fn joined(&self) {
+        let mut alone = self.alone.clone();
+        let mut changes = self.changes().await;
+        loop {
+            let heard = self
+                .nodes()
+                .await
+                .iter()
+                .any(|n| n.id != *self.own.node_id && n.status == NodeStatus::Active);
+            if *alone.borrow_and_update() || heard {
+                return;
+            }
+            tokio::select! {
+                changed = alone.changed() => if changed.is_err() { return std::future::pending().await },
+                changed = changes.changed() => if changed.is_err() { return std::future::pending().await },
+            }
+        }
     }
 
     /// Tells the cluster this node is leaving, so that its peers stop routing to it.
@@ -251,8 +300,10 @@ impl Membership {
                     .node_states()
                     .iter()
                     .map(|(id, state)| {
+                        // A node's forwarding key is a secret: never shown.
                         let mut entries: Vec<GossipEntry> = state
                             .key_values_including_deleted()
+                            .filter(|(key, _)| *key != FORWARD_KEY)
                             .map(|(key, value)| GossipEntry {
                                 key: key.to_owned(),
                                 value: value.value.clone(),
@@ -320,5 +371,7 @@ fn node(id: &ChitchatId, state: &NodeState, reachable: bool) -> Option<Node> {
         proxy_addr: state.get(PROXY_ADDR)?.to_owned(),
         admin_addr: state.get(ADMIN_ADDR)?.to_owned(),
         endpoints,
+        forward_key: state.get(FORWARD_KEY).map(str::to_owned),
+        secret_id: state.get(SECRET_ID).map(str::to_owned),
     })
 }

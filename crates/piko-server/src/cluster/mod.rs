@@ -3,11 +3,17 @@
 //! - `membership`: chitchat gossip, this node's published keys, and the nodes it hears of.
 //! - `join`: `cluster.join` entries, resolved again every interval.
 //! - `routing`: which other nodes hold an endpoint, for the proxy's lookups.
+//! - `forward_auth`: signing and checking requests relayed between nodes.
+//! - `handover`: a stopping node's upstreams moving to the other nodes.
 
+mod forward_auth;
+mod handover;
 mod join;
 mod membership;
 mod routing;
 
+pub use forward_auth::{ForwardAuth, PeerKey, SIGNATURE_HEADER};
+pub(crate) use handover::handed_over;
 pub use join::{Resolver, SystemResolver};
 pub use membership::{ClusterConfig, Membership, Node, NodeStatus};
 pub(crate) use routing::follow;

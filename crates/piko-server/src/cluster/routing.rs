@@ -6,7 +6,12 @@ use std::{
     sync::{Arc, PoisonError, RwLock},
 };
 
-use super::membership::{Membership, NodeStatus};
+use tokio::sync::watch;
+
+use super::{
+    forward_auth::{ForwardAuth, PeerKey},
+    membership::{Membership, NodeStatus},
+};
 
 /// A node holding upstreams of an endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,15 +22,46 @@ pub struct RemoteNode {
     pub proxy_addr: String,
     /// How many upstreams of the endpoint it holds.
     pub upstreams: usize,
+    /// What relayed requests to it are signed with.
+    pub(crate) key: PeerKey,
 }
 
 /// Active remote nodes by the endpoints they hold.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RemoteEndpoints {
     by_endpoint: RwLock<HashMap<String, Vec<RemoteNode>>>,
+    /// Bumped on every rebuild.
+    version: watch::Sender<u64>,
+}
+
+impl Default for RemoteEndpoints {
+    fn default() -> Self {
+        Self {
+            by_endpoint: RwLock::default(),
+            version: watch::Sender::new(0),
+        }
+    }
 }
 
 impl RemoteEndpoints {
+    /// Upstreams of `endpoint` on active nodes other than this one.
+    pub fn total(&self, endpoint: &str) -> usize {
+        self.by_endpoint
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(endpoint)
+            .map_or(0, |nodes| {
+                nodes
+                    .iter()
+                    .fold(0usize, |sum, node| sum.saturating_add(node.upstreams))
+            })
+    }
+
+    /// A receiver that changes whenever the table is rebuilt.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
     /// A node holding `endpoint`, chosen in proportion to its upstreams (Piko picks uniformly,
     /// which overloads the node with fewer upstreams), other than `excluded`.
     pub fn pick(&self, endpoint: &str, excluded: Option<&str>) -> Option<RemoteNode> {
@@ -56,18 +92,24 @@ impl RemoteEndpoints {
     }
 
     /// Rebuilds the table from the cluster's current state.
-    async fn refresh(&self, membership: &Membership, own_id: &str) {
+    pub(crate) async fn refresh(&self, membership: &Membership, own_id: &str, auth: &ForwardAuth) {
         let mut by_endpoint: HashMap<String, Vec<RemoteNode>> = HashMap::new();
         for node in membership.nodes().await {
             if node.id == own_id || node.status != NodeStatus::Active {
                 continue;
             }
+            // A node we cannot sign for would take our requests for a client's.
+            let Some(key) = auth.peer_key(node.forward_key.as_deref(), node.secret_id.as_deref())
+            else {
+                continue;
+            };
             for (endpoint, upstreams) in node.endpoints {
                 if upstreams > 0 {
                     by_endpoint.entry(endpoint).or_default().push(RemoteNode {
                         id: node.id.clone(),
                         proxy_addr: node.proxy_addr.clone(),
                         upstreams,
+                        key: key.clone(),
                     });
                 }
             }
@@ -76,6 +118,7 @@ impl RemoteEndpoints {
             .by_endpoint
             .write()
             .unwrap_or_else(PoisonError::into_inner) = by_endpoint;
+        self.version.send_modify(|version| *version += 1);
     }
 }
 
@@ -84,10 +127,11 @@ pub(crate) async fn follow(
     table: Arc<RemoteEndpoints>,
     membership: Arc<Membership>,
     own_id: String,
+    auth: Arc<ForwardAuth>,
 ) {
     let mut changes = membership.changes().await;
     loop {
-        table.refresh(&membership, &own_id).await;
+        table.refresh(&membership, &own_id, &auth).await;
         if changes.changed().await.is_err() {
             return;
         }
@@ -102,6 +146,7 @@ mod tests {
     fn picks_follow_upstream_counts_and_skip_the_excluded() {
         let table = RemoteEndpoints::default();
         let node = |id: &str, upstreams| RemoteNode {
+            key: PeerKey(Vec::new()),
             id: id.into(),
             proxy_addr: format!("{id}:8000"),
             upstreams,

@@ -15,7 +15,7 @@ pub(crate) struct Node {
     pub(crate) admin: SocketAddr,
     pub(crate) upstreams: std::sync::Arc<Upstreams>,
     pub(crate) stop: Option<tokio::sync::oneshot::Sender<()>>,
-    pub(crate) task: tokio::task::JoinHandle<()>,
+    pub(crate) task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 pub(crate) async fn start_node() -> Node {

@@ -1,0 +1,406 @@
+//! A cluster of real `piko server` processes behind haproxy (Debian's), as it runs in
+//! production: agents (real `piko agent` processes) and clients reach the nodes only through the
+//! balancer, which checks each node's `/ready`. The nodes are restarted one after the other while
+//! a client sends a steady stream of requests: not one may fail.
+
+mod common;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use common::{PATIENCE, Process, TempFile};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Bytes;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use serde_json::Value;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+/// Requests per second the client sends during the rollout.
+const RATE: u64 = 200;
+
+/// The endpoints served: `alpha` by two agents, `beta` by one.
+const ENDPOINTS: [&str; 2] = ["alpha", "beta"];
+
+type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// A free loopback port, released for a process that binds it and is restarted on it.
+fn reserve_port() -> u16 {
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    // The gossip port is UDP on the same number: make sure it is free too.
+    let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+    if udp.is_err() {
+        return reserve_port();
+    }
+    port
+}
+
+/// The ports of one node, kept across its restarts (the balancer's configuration names them).
+#[derive(Clone, Copy, Debug)]
+struct NodePorts {
+    proxy: u16,
+    upstream: u16,
+    admin: u16,
+    gossip: u16,
+}
+
+impl NodePorts {
+    fn reserve() -> Self {
+        Self {
+            proxy: reserve_port(),
+            upstream: reserve_port(),
+            admin: reserve_port(),
+            gossip: reserve_port(),
+        }
+    }
+}
+
+/// Starts node `index` of `all`, joining the others.
+fn start_node(all: &[NodePorts], index: usize) -> Process {
+    let own = all[index];
+    let addr = |port: u16| format!("127.0.0.1:{port}");
+    let join: Vec<String> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != index)
+        .map(|(_, ports)| addr(ports.gossip))
+        .collect();
+    let (proxy, upstream, admin, gossip) = (
+        addr(own.proxy),
+        addr(own.upstream),
+        addr(own.admin),
+        addr(own.gossip),
+    );
+    let mut args = vec![
+        "server",
+        "--proxy.bind-addr",
+        &proxy,
+        "--upstream.bind-addr",
+        &upstream,
+        "--admin.bind-addr",
+        &admin,
+        "--cluster.gossip.bind-addr",
+        &gossip,
+        "--cluster.node-id-prefix",
+        "rollout-",
+        // Longer than the balancer takes to see `/ready` fail (two checks 100 ms apart).
+        "--shutdown-delay",
+        "1s",
+        "--grace-period",
+        "20s",
+    ];
+    for seed in &join {
+        args.extend(["--cluster.join", seed]);
+    }
+    Process::start(&args)
+}
+
+/// haproxy in front of the nodes' proxy, upstream and admin ports.
+struct Balancer {
+    _process: tokio::process::Child,
+    _config: TempFile,
+    proxy: SocketAddr,
+    upstream: SocketAddr,
+}
+
+impl Balancer {
+    fn start(nodes: &[NodePorts]) -> Self {
+        let (proxy, upstream) = (reserve_port(), reserve_port());
+        let servers = |pick: fn(&NodePorts) -> u16| {
+            nodes
+                .iter()
+                .enumerate()
+                .map(|(i, ports)| {
+                    format!(
+                        "  server n{i} 127.0.0.1:{} check port {}\n",
+                        pick(ports),
+                        ports.admin
+                    )
+                })
+                .collect::<String>()
+        };
+        // Production settings: a node that is not ready gets no new request; a connection
+        // refused or dropped before a response is retried on another node; WebSockets (the
+        // agents' connections) are tunnels with their own timeout.
+        let config = format!(
+            "global\n  maxconn 4096\n\
+             defaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n  timeout tunnel 1h\n  retries 3\n  option redispatch 1\n  retry-on conn-failure empty-response response-timeout\n  option http-server-close\n\
+             frontend proxy\n  bind 127.0.0.1:{proxy}\n  default_backend proxy_nodes\n\
+             frontend upstream\n  bind 127.0.0.1:{upstream}\n  default_backend upstream_nodes\n\
+             backend proxy_nodes\n  balance roundrobin\n  option httpchk GET /ready\n  default-server inter 100ms fall 2 rise 2\n{}\
+             backend upstream_nodes\n  balance roundrobin\n  option httpchk GET /ready\n  default-server inter 100ms fall 2 rise 2\n{}",
+            servers(|p| p.proxy),
+            servers(|p| p.upstream),
+        );
+        let config = TempFile::new("haproxy.cfg", &config);
+        let process = tokio::process::Command::new("haproxy")
+            .args(["-db", "-f", config.path()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("haproxy is required for the cluster tests (apt-get install haproxy)");
+        Self {
+            _process: process,
+            _config: config,
+            proxy: ([127, 0, 0, 1], proxy).into(),
+            upstream: ([127, 0, 0, 1], upstream).into(),
+        }
+    }
+}
+
+/// An HTTP/1.1 service answering every request with `ok <path>` (keep-alive).
+async fn service() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let path = head.split_whitespace().nth(1).unwrap_or("?").to_owned();
+                        let body = format!("ok {path}");
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if tcp.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// GET `url`; the status and body, or the transport error.
+async fn get(
+    client: &HttpClient,
+    url: &str,
+    endpoint: Option<&str>,
+) -> Result<(u16, String), String> {
+    let mut request = http::Request::get(url);
+    if let Some(endpoint) = endpoint {
+        request = request.header("x-piko-endpoint", endpoint);
+    }
+    let response = client
+        .request(request.body(Empty::new()).unwrap())
+        .await
+        .map_err(|err| format!("{err:?}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|err| format!("body: {err:?}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The cluster as node `admin` sees it: active nodes and upstreams on them.
+async fn cluster_view(client: &HttpClient, admin: u16) -> Option<(usize, u64)> {
+    let url = format!("http://127.0.0.1:{admin}/status/cluster/nodes");
+    let (status, body) = get(client, &url, None).await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    let nodes: Vec<Value> = serde_json::from_str(&body).ok()?;
+    let active: Vec<&Value> = nodes.iter().filter(|n| n["status"] == "active").collect();
+    let upstreams = active
+        .iter()
+        .map(|n| n["upstreams"].as_u64().unwrap_or(0))
+        .sum();
+    Some((active.len(), upstreams))
+}
+
+/// Polls (bounded) until every node is ready, sees every node active holding `upstreams`
+/// upstreams in all, and routes every endpoint.
+async fn await_settled(client: &HttpClient, all: &[NodePorts], upstreams: u64) {
+    tokio::time::timeout(PATIENCE * 2, async {
+        loop {
+            let mut settled = true;
+            for ports in all {
+                let ready = get(
+                    client,
+                    &format!("http://127.0.0.1:{}/ready", ports.admin),
+                    None,
+                )
+                .await
+                .is_ok_and(|(status, _)| status == 200);
+                let view = cluster_view(client, ports.admin).await;
+                settled &= ready && view == Some((all.len(), upstreams));
+                // And its routing table has caught up with what it sees.
+                for endpoint in ENDPOINTS {
+                    let url = format!("http://127.0.0.1:{}/settle", ports.proxy);
+                    settled &= get(client, &url, Some(endpoint))
+                        .await
+                        .is_ok_and(|(status, _)| status == 200);
+                }
+            }
+            if settled {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the cluster did not settle");
+}
+
+#[derive(Default)]
+struct Tally {
+    sent: AtomicU64,
+    ok: AtomicU64,
+    failures: Mutex<Vec<String>>,
+}
+
+/// Sends [`RATE`] requests a second through the balancer, alternating endpoints, until `stop`.
+async fn load(
+    client: HttpClient,
+    proxy: SocketAddr,
+    endpoints: &'static [&'static str],
+    tally: Arc<Tally>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let requests = tokio_util::task::TaskTracker::new();
+    let started = tokio::time::Instant::now();
+    let mut n = 0usize;
+    while !stop.is_cancelled() {
+        tick.tick().await;
+        let endpoint = endpoints[n % endpoints.len()];
+        n += 1;
+        let (client, tally) = (client.clone(), tally.clone());
+        let url = format!("http://{proxy}/r{n}");
+        requests.spawn(async move {
+            tally.sent.fetch_add(1, Ordering::Relaxed);
+            let expected = format!("ok /r{n}");
+            match get(&client, &url, Some(endpoint)).await {
+                Ok((200, body)) if body == expected => {
+                    tally.ok.fetch_add(1, Ordering::Relaxed);
+                }
+                outcome => tally.failures.lock().unwrap().push(format!(
+                    "{:?} after start: {endpoint} {url}: {outcome:?}",
+                    started.elapsed()
+                )),
+            }
+        });
+    }
+    requests.close();
+    requests.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_fails_no_request() {
+    let ports: Vec<NodePorts> = (0..3).map(|_| NodePorts::reserve()).collect();
+    let mut nodes: Vec<Process> = (0..ports.len()).map(|i| start_node(&ports, i)).collect();
+    for node in &mut nodes {
+        node.wait_log("starting proxy server").await;
+    }
+    let balancer = Balancer::start(&ports);
+    let client = http_client();
+
+    // Three agents: one endpoint with two, one with a single agent (it has nowhere to be
+    // served from while it moves but its old session).
+    let service = service().await.to_string();
+    let upstream_url = format!("http://{}", balancer.upstream);
+    let _agents: Vec<Process> = ["alpha", "alpha", "beta"]
+        .iter()
+        .map(|endpoint| {
+            Process::start(&[
+                "agent",
+                "http",
+                endpoint,
+                &service,
+                "--connect.url",
+                &upstream_url,
+            ])
+        })
+        .collect();
+    await_settled(&client, &ports, 3).await;
+
+    let tally = Arc::new(Tally::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load = tokio::spawn(load(
+        client.clone(),
+        balancer.proxy,
+        &ENDPOINTS,
+        tally.clone(),
+        stop.clone(),
+    ));
+    // Traffic flows before the first restart.
+    tokio::time::timeout(PATIENCE, async {
+        while tally.ok.load(Ordering::Relaxed) < RATE / 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no traffic through the cluster");
+
+    for (index, node) in nodes.iter_mut().enumerate() {
+        let code = node.terminate().await;
+        assert_eq!(code, 0, "node {index} exit code");
+        *node = start_node(&ports, index);
+        await_settled(&client, &ports, 3).await;
+        eprintln!(
+            "node {index} restarted: {} requests sent so far, {} failed",
+            tally.sent.load(Ordering::Relaxed),
+            tally.failures.lock().unwrap().len()
+        );
+    }
+    // The last node's replacement takes traffic too.
+    let before = tally.ok.load(Ordering::Relaxed);
+    tokio::time::timeout(PATIENCE, async {
+        while tally.ok.load(Ordering::Relaxed) < before + RATE / 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("traffic stopped after the rollout");
+    stop.cancel();
+    load.await.unwrap();
+
+    let failures = tally.failures.lock().unwrap();
+    let (sent, ok) = (
+        tally.sent.load(Ordering::Relaxed),
+        tally.ok.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "rolling restart of 3 nodes at {RATE} req/s: {sent} requests, {ok} succeeded, {} failed",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(ok, sent);
+}
