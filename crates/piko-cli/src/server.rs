@@ -187,14 +187,20 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .rebalance_threshold
         .or(rebalance.threshold)
         .unwrap_or(0.0);
-    check_rebalance(
-        rebalance_threshold,
-        args.rebalance_shed_rate
-            .or(rebalance.shed_rate)
-            .unwrap_or(0.005),
-    )?;
-    // Validated for Piko's sake; rebalancing comes with the cluster.
-    let _ = args.rebalance_min_conns.or(rebalance.min_conns);
+    let rebalance_shed_rate = args
+        .rebalance_shed_rate
+        .or(rebalance.shed_rate)
+        .unwrap_or(0.005);
+    check_rebalance(rebalance_threshold, rebalance_shed_rate)?;
+    let rebalance = piko_server::cluster::RebalanceConfig {
+        threshold: rebalance_threshold,
+        shed_rate: rebalance_shed_rate,
+        min_conns: args
+            .rebalance_min_conns
+            .or(rebalance.min_conns)
+            .map_or(50, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+        ..piko_server::cluster::RebalanceConfig::default()
+    };
     let _ = args
         .upstream_advertise_addr
         .or(file.upstream.advertise_addr);
@@ -261,6 +267,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             .shutdown_delay
             .or(file.shutdown_delay.map(|d| d.0))
             .unwrap_or(defaults.shutdown_delay),
+        upstream: piko_server::upstream::Config {
+            rebalance,
+            ..defaults.upstream.clone()
+        },
         ..defaults
     };
     args.log.check(&file.log)?;
@@ -269,13 +279,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     args.log.init(&file.log)?;
     tracing::info!(subsystem = "server", node_id = %config.node_id, version = crate::VERSION, "starting piko server");
-    if rebalance_threshold > 0.0 {
-        tracing::warn!(
-            subsystem = "server",
-            key = "upstream.rebalance",
-            "config key not supported yet; ignored"
-        );
-    }
     crate::open_files::raise_limit();
     let server = Server::bind(config).await.context("bind")?;
     server.run(shutdown_requested(signals)).await

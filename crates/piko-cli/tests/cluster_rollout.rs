@@ -73,14 +73,15 @@ impl NodePorts {
 
 /// Starts node `index` of `all`, joining the others.
 fn start_node(all: &[NodePorts], index: usize) -> Process {
+    let others: Vec<usize> = (0..all.len()).filter(|i| *i != index).collect();
+    start_node_with(all, index, &others, &[])
+}
+
+/// Starts node `index` of `all`, joining the nodes at `join`, with `extra` flags.
+fn start_node_with(all: &[NodePorts], index: usize, join: &[usize], extra: &[&str]) -> Process {
     let own = all[index];
     let addr = |port: u16| format!("127.0.0.1:{port}");
-    let join: Vec<String> = all
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != index)
-        .map(|(_, ports)| addr(ports.gossip))
-        .collect();
+    let join: Vec<String> = join.iter().map(|i| addr(all[*i].gossip)).collect();
     let (proxy, upstream, admin, gossip) = (
         addr(own.proxy),
         addr(own.upstream),
@@ -108,6 +109,7 @@ fn start_node(all: &[NodePorts], index: usize) -> Process {
     for seed in &join {
         args.extend(["--cluster.join", seed]);
     }
+    args.extend_from_slice(extra);
     Process::start(&args)
 }
 
@@ -403,4 +405,194 @@ async fn a_rolling_restart_under_load_fails_no_request() {
         failures.join("\n")
     );
     assert_eq!(ok, sent);
+}
+
+/// Echoes `payload` through a TCP tunnel opened by `piko forward` at `local`.
+async fn echo_through(local: SocketAddr, payload: &[u8]) {
+    let mut tcp = tokio::net::TcpStream::connect(local).await.unwrap();
+    tcp.write_all(payload).await.unwrap();
+    let mut echoed = vec![0u8; payload.len()];
+    tokio::time::timeout(PATIENCE, tcp.read_exact(&mut echoed))
+        .await
+        .expect("no echo")
+        .unwrap();
+    assert_eq!(echoed, payload);
+}
+
+/// A node crashes (SIGKILL): its agents reconnect through the balancer to the others, which
+/// stop routing to it, and every endpoint serves again; TCP tunnels cross nodes as HTTP does.
+/// A node started later learns every endpoint before it is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_node_is_routed_around_and_a_late_joiner_learns_everything() {
+    let ports: Vec<NodePorts> = (0..3).map(|_| NodePorts::reserve()).collect();
+    let mut nodes: Vec<Process> = (0..ports.len()).map(|i| start_node(&ports, i)).collect();
+    for node in &mut nodes {
+        node.wait_log("starting proxy server").await;
+    }
+    let balancer = Balancer::start(&ports);
+    let client = http_client();
+    let service = service().await.to_string();
+    let echo = common::echo_service().await.to_string();
+    let upstream_url = format!("http://{}", balancer.upstream);
+    let mut agents: Vec<Process> = ["alpha", "alpha", "beta"]
+        .iter()
+        .map(|endpoint| {
+            Process::start(&[
+                "agent",
+                "http",
+                endpoint,
+                &service,
+                "--connect.url",
+                &upstream_url,
+            ])
+        })
+        .collect();
+    agents.push(Process::start(&[
+        "agent",
+        "tcp",
+        "gamma",
+        &echo,
+        "--connect.url",
+        &upstream_url,
+    ]));
+    await_settled(&client, &ports, 4).await;
+    let (_forward, tunnel) = common::start_forward(&balancer.proxy.to_string(), "gamma").await;
+    // Several tunnels: the balancer spreads them over the nodes, most not the gamma agent's.
+    for n in 0..6u8 {
+        echo_through(tunnel, &[n; 1000]).await;
+    }
+
+    let crashed = std::time::Instant::now();
+    nodes[0].child.start_kill().unwrap();
+    nodes[0].child.wait().await.unwrap();
+    await_settled(&client, &ports[1..], 4).await;
+    eprintln!(
+        "a crashed node was routed around in {:?}",
+        crashed.elapsed()
+    );
+    for n in 0..6u8 {
+        echo_through(tunnel, &[n; 1000]).await;
+    }
+    for endpoint in ENDPOINTS {
+        let url = format!("http://{}/after-crash", balancer.proxy);
+        let outcome = get(&client, &url, Some(endpoint)).await;
+        assert_eq!(outcome, Ok((200, "ok /after-crash".into())), "{endpoint}");
+    }
+
+    // A new node in the crashed one's place: ready only once it knows where every endpoint is.
+    nodes[0] = start_node(&ports, 0);
+    await_settled(&client, &ports, 4).await;
+}
+
+/// A node that hears from none of the nodes it was told to join gives up after
+/// `cluster.join_timeout` and exits 1, naming the cause (the default `abort_if_join_fails`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_join_exits_1() {
+    let silent = reserve_port().to_string();
+    let seed = format!("127.0.0.1:{silent}");
+    let (mut node, admin, _, _) =
+        common::start_server(&["--cluster.join", &seed, "--cluster.join-timeout", "1s"]).await;
+    let client = http_client();
+    let ready = get(&client, &format!("http://{admin}/ready"), None).await;
+    assert_eq!(
+        ready.map(|(status, _)| status),
+        Ok(503),
+        "not ready while joining"
+    );
+    let failed = node.wait_log("failed to run server").await;
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("cluster join:"),
+        "{failed}"
+    );
+    let status = tokio::time::timeout(PATIENCE, node.child.wait())
+        .await
+        .expect("no exit")
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+}
+
+/// Upstreams on each node, as `node`'s admin port sees the cluster (active nodes only).
+async fn upstreams_by_node(client: &HttpClient, admin: u16) -> Vec<u64> {
+    let url = format!("http://127.0.0.1:{admin}/status/cluster/nodes");
+    let Ok((200, body)) = get(client, &url, None).await else {
+        return Vec::new();
+    };
+    let nodes: Vec<Value> = serde_json::from_str(&body).unwrap();
+    nodes
+        .iter()
+        .filter(|n| n["status"] == "active")
+        .map(|n| n["upstreams"].as_u64().unwrap_or(0))
+        .collect()
+}
+
+/// Agents that all connected to the one node up at the time spread over the nodes that join
+/// later: the crowded node asks some to reconnect (GoAway), the balancer sends them elsewhere,
+/// and none is lost on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalancing_spreads_the_agents_of_a_crowded_node() {
+    let ports: Vec<NodePorts> = (0..3).map(|_| NodePorts::reserve()).collect();
+    let rebalance = [
+        "--upstream.rebalance.threshold",
+        "0.5",
+        "--upstream.rebalance.shed-rate",
+        "0.5",
+        "--upstream.rebalance.min-conns",
+        "1",
+    ];
+    let mut first = start_node_with(&ports, 0, &[], &rebalance);
+    first.wait_log("starting proxy server").await;
+    let balancer = Balancer::start(&ports);
+    let client = http_client();
+    let service = service().await.to_string();
+    let upstream_url = format!("http://{}", balancer.upstream);
+    let _agents: Vec<Process> = (0..6)
+        .map(|_| {
+            Process::start(&[
+                "agent",
+                "http",
+                "alpha",
+                &service,
+                "--connect.url",
+                &upstream_url,
+            ])
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while upstreams_by_node(&client, ports[0].admin).await != [6] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agents never all on node 0"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let _later: Vec<Process> = (1..3)
+        .map(|i| start_node_with(&ports, i, &[0], &rebalance))
+        .collect();
+    let started = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+    let spread = loop {
+        let counts = upstreams_by_node(&client, ports[0].admin).await;
+        // Average 2: no node above 1.5 × 2 = 3, and none lost.
+        if counts.len() == 3 && counts.iter().sum::<u64>() == 6 && counts.iter().all(|n| *n <= 3) {
+            break counts;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never balanced: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("rebalanced to {spread:?} in {:?}", started.elapsed());
+    let shed = first.wait_log("rebalance; shedding connections").await;
+    assert_eq!(shed["threshold"], 0.5, "{shed}");
+    // The moved agents serve from their new nodes.
+    for n in 0..12 {
+        let url = format!("http://{}/moved{n}", balancer.proxy);
+        let outcome = get(&client, &url, Some("alpha")).await;
+        assert_eq!(outcome, Ok((200, format!("ok /moved{n}"))));
+    }
 }

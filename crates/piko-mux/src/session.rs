@@ -37,6 +37,8 @@ const MAX_CONTROL_BACKLOG: usize = 64 * 1024;
 #[derive(Clone, Debug, Default)]
 struct Status {
     remote_go_away: bool,
+    /// This side sent GoAway(0).
+    local_go_away: bool,
     end: Option<SessionEnd>,
     /// The writer task has finished: everything queued before the end was written (or the
     /// transport failed).
@@ -227,6 +229,18 @@ impl Session {
     /// streams the application has not accepted yet are reset, and [`Session::accept`] fails.
     pub fn go_away(&self) {
         self.shared().with_state(State::go_away);
+        self.shared()
+            .status
+            .send_if_modified(|status| !std::mem::replace(&mut status.local_go_away, true));
+    }
+
+    /// Resolves once this side has sent GoAway(0) (see [`Session::go_away`]), whoever called
+    /// it, or the session has ended.
+    pub async fn local_go_away(&self) {
+        let mut status = self.shared().status.subscribe();
+        let _ = status
+            .wait_for(|s| s.local_go_away || s.end.is_some())
+            .await;
     }
 
     /// Ends the session: queued output is flushed (bounded by the write timeout), the transport is
@@ -279,6 +293,11 @@ impl Session {
     /// Whether the session has ended.
     pub fn is_closed(&self) -> bool {
         self.end_reason().is_some()
+    }
+
+    /// Whether this side sent GoAway(0).
+    pub fn is_local_go_away(&self) -> bool {
+        self.shared().status.borrow().local_go_away
     }
 
     /// Whether the peer sent GoAway(0).

@@ -281,9 +281,11 @@ impl Server {
         );
         let admin_server = tokio::spawn(admin_server);
 
+        let remotes = Arc::new(RemoteEndpoints::default());
         let upstream = Arc::new(upstream::Handler {
             config: self.config.upstream.clone(),
             upstreams: self.upstreams.clone(),
+            remotes: remotes.clone(),
             metrics: self.metrics.clone(),
             sessions: sessions.clone(),
             leaving: upstream_leaving.clone(),
@@ -300,7 +302,6 @@ impl Server {
             upstream_tasks.clone(),
         ));
 
-        let remotes = Arc::new(RemoteEndpoints::default());
         let routing = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(cluster::follow(
             remotes.clone(),
             self.membership.clone(),
@@ -337,6 +338,15 @@ impl Server {
             self.upstreams.clone(),
             self.membership.clone(),
         )));
+        let rebalance = &self.config.upstream.rebalance;
+        let rebalancer = (rebalance.threshold > 0.0).then(|| {
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(cluster::rebalance_loop(
+                rebalance.clone(),
+                self.upstreams.clone(),
+                self.membership.clone(),
+                self.local.id.clone(),
+            )))
+        });
 
         let mut shutdown = std::pin::pin!(shutdown);
         let join_failure = tokio::select! {
@@ -370,6 +380,7 @@ impl Server {
 
         tracing::info!(subsystem = "server", "starting shutdown");
         ready.store(false, Ordering::Release);
+        drop(rebalancer);
         // New upstreams are refused with a retryable 503 from here on, and connected agents are
         // told to connect again (through the balancer, to another node) while their sessions
         // here keep serving.

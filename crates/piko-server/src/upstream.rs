@@ -6,7 +6,7 @@
 //! clients see the same statuses. An upstream is unregistered the moment it sends GoAway (it
 //! accepts no new streams) or its session ends, exactly once.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -20,6 +20,7 @@ use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::Role};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    cluster::{self, RebalanceConfig, RemoteEndpoints},
     json_error::{gin_error, not_found},
     metrics::Metrics,
     serve::Body,
@@ -32,13 +33,21 @@ use crate::{
 pub struct Config {
     /// Multiplexer settings for every upstream session.
     pub mux: piko_mux::Config,
+    /// Moving connections from a node with too many to the others.
+    pub rebalance: RebalanceConfig,
 }
+
+/// How long a connection asked to move (rebalancing) stays routable waiting for its agent to
+/// reconnect; an agent that ignores GoAway (Piko v0.9.0's) is then cut, and reconnects.
+const MOVE_LIMIT: Duration = Duration::from_secs(10);
 
 /// What the upstream port's handler needs.
 #[derive(Debug)]
 pub(crate) struct Handler {
     pub(crate) config: Config,
     pub(crate) upstreams: Arc<Upstreams>,
+    /// Other nodes' upstreams: a connection asked to move waits until it shows up again.
+    pub(crate) remotes: Arc<RemoteEndpoints>,
     pub(crate) metrics: Arc<Metrics>,
     /// Sessions outlive their HTTP connection (hyper lets go of an upgraded connection): they
     /// are tracked here so shutdown can wait for them.
@@ -151,6 +160,7 @@ impl Handler {
         };
         let mut refuse_streams = std::pin::pin!(refuse_streams);
         let mut told_to_move = false;
+        let mut shed = false;
         loop {
             tokio::select! {
                 _ = session.remote_go_away() => {
@@ -169,6 +179,35 @@ impl Handler {
                     session.go_away();
                     told_to_move = true;
                 }
+                () = session.local_go_away(), if !told_to_move => {
+                    told_to_move = true;
+                    if !self.leaving.is_cancelled() {
+                        // Shed by the rebalancer.
+                        shed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if shed {
+            // Routable until the agent's new connection (here or elsewhere) is seen, then left
+            // to finish its streams.
+            let before = self
+                .upstreams
+                .count(endpoint)
+                .saturating_add(self.remotes.total(endpoint));
+            tokio::select! {
+                _ = tokio::time::timeout(
+                    MOVE_LIMIT,
+                    cluster::replaced(&self.upstreams, &self.remotes, endpoint, before),
+                ) => {}
+                _ = session.closed() => {}
+                () = self.drain.cancelled() => {}
+            }
+            self.upstreams.remove(endpoint, id);
+            tokio::select! {
+                () = session.streams_closed() => {}
+                () = self.hard_stop.cancelled() => {}
             }
         }
         self.upstreams.remove(endpoint, id);
@@ -185,6 +224,7 @@ impl Handler {
         session.close();
         let reason = session.closed().await;
         self.metrics.upstream_disconnected(match &reason {
+            _ if shed => "rebalance",
             _ if agent_left => "agent_go_away",
             _ if node_shutdown => "node_shutdown",
             SessionEnd::PeerClosed => "agent_closed",

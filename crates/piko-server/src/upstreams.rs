@@ -139,6 +139,15 @@ impl<S: Clone> Upstreams<S> {
         self.changes.subscribe()
     }
 
+    /// Every registered session.
+    pub(crate) fn sessions(&self) -> Vec<S> {
+        self.table()
+            .endpoints
+            .values()
+            .flat_map(|e| e.upstreams.iter().map(|(_, s)| s.clone()))
+            .collect()
+    }
+
     /// Takes every session out of the table (shutdown).
     pub(crate) fn drain(&self) -> Vec<S> {
         let sessions: Vec<S> = {

@@ -8,6 +8,28 @@ use super::{
 };
 use crate::upstreams::Upstreams;
 
+/// Resolves once `endpoint` has more upstreams in the cluster (here and on active nodes) than
+/// `before`: the replacement of a connection asked to go has arrived somewhere.
+pub(crate) async fn replaced(
+    upstreams: &Upstreams,
+    remotes: &RemoteEndpoints,
+    endpoint: &str,
+    before: usize,
+) {
+    let mut rebuilt = remotes.subscribe();
+    let mut local = upstreams.subscribe();
+    while upstreams
+        .count(endpoint)
+        .saturating_add(remotes.total(endpoint))
+        <= before
+    {
+        tokio::select! {
+            changed = rebuilt.changed() => if changed.is_err() { return },
+            changed = local.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
 /// Resolves once every endpoint this node holds has, on other active nodes, as many upstreams
 /// as it has here plus as many as it had there before: its agents are connected elsewhere too.
 /// At once when no other node is active (there is nowhere to move to). Upstreams that end

@@ -5,16 +5,20 @@
 //! - `routing`: which other nodes hold an endpoint, for the proxy's lookups.
 //! - `forward_auth`: signing and checking requests relayed between nodes.
 //! - `handover`: a stopping node's upstreams moving to the other nodes.
+//! - `rebalance`: a node with too many upstreams asking some to move.
 
 mod forward_auth;
 mod handover;
 mod join;
 mod membership;
+mod rebalance;
 mod routing;
 
 pub use forward_auth::{ForwardAuth, PeerKey, SIGNATURE_HEADER};
-pub(crate) use handover::handed_over;
+pub(crate) use handover::{handed_over, replaced};
 pub use join::{Resolver, SystemResolver};
 pub use membership::{ClusterConfig, Membership, Node, NodeStatus};
+pub use rebalance::RebalanceConfig;
+pub(crate) use rebalance::rebalance_loop;
 pub(crate) use routing::follow;
 pub use routing::{RemoteEndpoints, RemoteNode};
