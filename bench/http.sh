@@ -16,49 +16,16 @@ bulk_mib=${BULK_MIB:-1024}
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
   apt-get update -qq && apt-get install -y -qq nginx-light wrk >/dev/null
 fi
-echo "building (release) ..." >&2
-cargo build -q --release -p piko-cli
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+build_piko
 cargo bench -q -p piko-server --bench idle_upstreams --no-run 2>/dev/null
-piko=target/release/piko
 
-work=$(mktemp -d)
-chmod 755 "$work" # nginx workers run as an unprivileged user
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Ports for processes that cannot report theirs (nginx): bind :0, note the port, release it.
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 nginx_port=$(free_port)
 proxy_port=$(free_port)
 upstream_port=$(free_port)
 admin_port=$(free_port)
-
-mkdir -p "$work/www" "$work/logs"
-printf 'Hello, world!' >"$work/www/hello"
-head -c "$((bulk_mib * 1048576))" /dev/zero >"$work/www/big" # a real file: sparse ones are served slower
-cat >"$work/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-error_log $work/logs/error.log;
-pid $work/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$nginx_port;
-    root $work/www;
-  }
-}
-EOF
-nginx -c "$work/nginx.conf" -p "$work" &
-pids+=($!)
+start_nginx "$nginx_port" "$bulk_mib"
 "$piko" server --proxy.bind-addr "127.0.0.1:$proxy_port" --upstream.bind-addr "127.0.0.1:$upstream_port" \
   --admin.bind-addr "127.0.0.1:$admin_port" --cluster.gossip.bind-addr 127.0.0.1:0 --log.level warn 2>"$work/server.log" &
 server_pid=$!

@@ -24,20 +24,10 @@ command -v redis-benchmark >/dev/null || missing+=(redis-tools)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-echo "building (release) ..." >&2
-cargo build -q --release -p piko-cli
-piko=target/release/piko
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+build_piko
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Ports for processes that cannot report theirs: bind :0, note the port, release it.
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 iperf_port=$(free_port)
 redis_port=$(free_port)
 proxy_port=$(free_port)

@@ -234,10 +234,11 @@ fn insert(tree: &mut Map<String, Value>, key: &str, value: Value) {
 
 #[test]
 fn every_documented_key_loads_with_its_default() {
-    let mut files: BTreeMap<String, Map<String, Value>> = ["agent", "bench", "forward", "server"]
-        .into_iter()
-        .map(|file| (file.to_owned(), Map::new()))
-        .collect();
+    let mut files: BTreeMap<String, Map<String, Value>> =
+        ["agent", "bench", "forward", "server", "test"]
+            .into_iter()
+            .map(|file| (file.to_owned(), Map::new()))
+            .collect();
     for table in tables() {
         let Some(file) = table.attributes.get("file") else {
             assert!(
@@ -268,6 +269,9 @@ fn every_documented_key_loads_with_its_default() {
             "agent" => serde_saphyr::from_str::<crate::config_file::AgentFile>(&yaml).map(drop),
             "forward" => serde_saphyr::from_str::<crate::config_file::ForwardFile>(&yaml).map(drop),
             "bench" => serde_saphyr::from_str::<crate::bench::BenchFile>(&yaml).map(drop),
+            "test" => {
+                serde_saphyr::from_str::<crate::test_cluster::TestClusterFile>(&yaml).map(drop)
+            }
             other => panic!("unknown file {other}"),
         };
         if let Err(err) = loaded {

@@ -99,10 +99,8 @@ impl Visit for Fields {
 
     fn record_f64(&mut self, field: &Field, value: f64) {
         // JSON has no infinity or NaN: those are written as text, as Go's zap does.
-        let number = serde_json::Number::from_f64(value).map_or_else(
-            || Value::String(value.to_string()),
-            Value::Number,
-        );
+        let number = serde_json::Number::from_f64(value)
+            .map_or_else(|| Value::String(value.to_string()), Value::Number);
         self.record_value(field, number);
     }
 }

@@ -20,6 +20,7 @@ mod server_status;
 mod signal;
 mod status_output;
 mod stdout;
+mod test_cluster;
 
 use std::process::ExitCode;
 
@@ -60,6 +61,9 @@ enum Command {
     /// Benchmark a server.
     #[command(subcommand)]
     Bench(bench::Command),
+    /// Try piko out locally.
+    #[command(subcommand)]
+    Test(test_cluster::Command),
     /// Print a shell completion script (for example `piko completion bash >
     /// /etc/bash_completion.d/piko`).
     Completion {
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
         Command::Agent(_) => "agent",
         Command::Forward(_) => "forward",
         Command::Bench(_) => "benchmark",
+        Command::Test(_) => "test cluster",
         Command::Completion { .. } => "completion",
     };
     let result = runtime.block_on(async {
@@ -114,6 +119,7 @@ fn main() -> ExitCode {
             Command::Agent(command) => agent::run(command).await,
             Command::Forward(command) => forward::run(command).await,
             Command::Bench(command) => bench::run(command).await,
+            Command::Test(command) => test_cluster::run(command).await,
             Command::Completion { .. } => unreachable!("answered before the runtime starts"),
         }
     });

@@ -22,10 +22,7 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use serde_json::Value;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Requests per second the client sends during the rollout.
 const RATE: u64 = 200;
@@ -167,40 +164,6 @@ impl Balancer {
     }
 }
 
-/// An HTTP/1.1 service answering every request with `ok <path>` (keep-alive).
-async fn service() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                        buf.drain(..end + 4);
-                        let path = head.split_whitespace().nth(1).unwrap_or("?").to_owned();
-                        let body = format!("ok {path}");
-                        let response = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if tcp.write_all(response.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                    match tcp.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// GET `url`; the status and body, or the transport error.
 async fn get(
     client: &HttpClient,
@@ -331,7 +294,7 @@ async fn a_rolling_restart_under_load_fails_no_request() {
 
     // Three agents: one endpoint with two, one with a single agent (it has nowhere to be
     // served from while it moves but its old session).
-    let service = service().await.to_string();
+    let service = common::ok_service().await.to_string();
     let upstream_url = format!("http://{}", balancer.upstream);
     let _agents: Vec<Process> = ["alpha", "alpha", "beta"]
         .iter()
@@ -431,7 +394,7 @@ async fn a_crashed_node_is_routed_around_and_a_late_joiner_learns_everything() {
     }
     let balancer = Balancer::start(&ports);
     let client = http_client();
-    let service = service().await.to_string();
+    let service = common::ok_service().await.to_string();
     let echo = common::echo_service().await.to_string();
     let upstream_url = format!("http://{}", balancer.upstream);
     let mut agents: Vec<Process> = ["alpha", "alpha", "beta"]
@@ -546,7 +509,7 @@ async fn rebalancing_spreads_the_agents_of_a_crowded_node() {
     first.wait_log("starting proxy server").await;
     let balancer = Balancer::start(&ports);
     let client = http_client();
-    let service = service().await.to_string();
+    let service = common::ok_service().await.to_string();
     let upstream_url = format!("http://{}", balancer.upstream);
     let _agents: Vec<Process> = (0..6)
         .map(|_| {

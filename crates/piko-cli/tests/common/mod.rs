@@ -67,14 +67,19 @@ impl Process {
         .unwrap_or_else(|_| panic!("no {msg:?} log line"))
     }
 
-    pub(crate) async fn terminate(&mut self) -> i32 {
+    /// Sends the signal named `name` (`TERM`, `HUP`...).
+    pub(crate) async fn signal(&self, name: &str) {
         let pid = self.child.id().unwrap().to_string();
         let status = Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{name}"), &pid])
             .status()
             .await
             .unwrap();
         assert!(status.success());
+    }
+
+    pub(crate) async fn terminate(&mut self) -> i32 {
+        self.signal("TERM").await;
         let status = tokio::time::timeout(PATIENCE, self.child.wait())
             .await
             .expect("no exit after SIGTERM")
@@ -142,6 +147,41 @@ pub(crate) fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// An HTTP/1.1 service answering every request with `ok <path>` (keep-alive).
+pub(crate) async fn ok_service() -> SocketAddr {
+    let listener = piko_protocol::bind_listener("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt as _;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let path = head.split_whitespace().nth(1).unwrap_or("?").to_owned();
+                        let body = format!("ok {path}");
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if tcp.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
 }
 
 /// An echo service: echoes until the client's end, then ends its side (half-close aware). Its
