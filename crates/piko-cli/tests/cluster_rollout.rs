@@ -238,6 +238,28 @@ async fn await_settled(client: &HttpClient, all: &[NodePorts], upstreams: u64) {
     .expect("the cluster did not settle");
 }
 
+/// Polls (bounded) until the balancer has every node in rotation: a round of successes for
+/// every endpoint, as many as there are nodes (round robin), in a row.
+async fn await_balancer(client: &HttpClient, balancer: SocketAddr, nodes: usize) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut in_a_row = 0;
+    while in_a_row < nodes * ENDPOINTS.len() {
+        let endpoint = ENDPOINTS[in_a_row % ENDPOINTS.len()];
+        let url = format!("http://{balancer}/warm-up");
+        match get(client, &url, Some(endpoint)).await {
+            Ok((200, _)) => in_a_row += 1,
+            outcome => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "balancer: {outcome:?}"
+                );
+                in_a_row = 0;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     sent: AtomicU64,
@@ -310,6 +332,8 @@ async fn a_rolling_restart_under_load_fails_no_request() {
         })
         .collect();
     await_settled(&client, &ports, 3).await;
+    // The balancer checks the nodes itself: they come into rotation a few checks after ready.
+    await_balancer(&client, balancer.proxy, ports.len()).await;
 
     let tally = Arc::new(Tally::default());
     let stop = tokio_util::sync::CancellationToken::new();

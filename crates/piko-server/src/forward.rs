@@ -100,9 +100,17 @@ impl std::fmt::Display for SendError {
     }
 }
 
-/// A copy of `parts` with an empty body, for a retry on another node.
-pub(crate) fn empty_copy(parts: &http::request::Parts) -> Request<Body> {
-    let mut request = Request::new(crate::json_error::full(""));
+/// The largest request body kept for a retry on another node (read in full before the request
+/// goes out).
+pub(crate) const REPLAYABLE_BODY_LIMIT: u64 = 64 * 1024;
+
+/// A request with `parts` and `body` (a retry's copy, or the first attempt's).
+pub(crate) fn copy_with_body(parts: &http::request::Parts, body: bytes::Bytes) -> Request<Body> {
+    let mut request = Request::new(
+        http_body_util::Full::new(body)
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();
     *request.version_mut() = parts.version;

@@ -278,9 +278,9 @@ impl Handler {
         })
     }
 
-    /// Relays a request to `node`; if that node answers that it has no upstream for the
-    /// endpoint any more (its upstreams moved before the gossip did), tries one other node,
-    /// when the request has no body to replay. An upgrade (WebSocket, or the TCP route) is
+    /// Relays a request to `node`; if that node cannot be reached, or answers that it has no
+    /// upstream for the endpoint any more (its upstreams moved before the gossip did), tries one
+    /// other node, when the request's body can be replayed (none, or at most 64 KiB). An upgrade (WebSocket, or the TCP route) is
     /// spliced to the node once it accepts: the bytes pass through this node untouched.
     pub(crate) async fn forward(
         &self,
@@ -297,8 +297,6 @@ impl Handler {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         prepare_request(&mut request, peer, upgrade.as_ref());
         let (parts, body) = request.into_parts();
-        let mut retry = (upgrade.is_none() && hyper::body::Body::is_end_stream(&body))
-            .then(|| forward::empty_copy(&parts));
         let (body, progress) = IdleLimitedBody::new(
             body,
             self.config.read_timeout,
@@ -306,7 +304,26 @@ impl Handler {
                 .proxy
                 .bytes(metrics::Route::Forwarded, Direction::In),
         );
-        let request = Request::from_parts(parts, body.boxed());
+        // A request that may go to a second node keeps a copy of its body: none (upgrades
+        // included: nothing is upgraded until a node accepts), or a small one read in full
+        // first. Larger and streamed bodies go once.
+        let replayable = hyper::body::Body::size_hint(&body)
+            .exact()
+            .is_some_and(|length| length <= forward::REPLAYABLE_BODY_LIMIT);
+        let (request, progress, mut retry) = if replayable {
+            let bytes = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(err) if caused_by_idle_body(&*err) => return request_timeout(),
+                Err(err) => {
+                    tracing::debug!(subsystem = "proxy.http", endpoint_id = %endpoint, error = %err, "request body");
+                    return proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable");
+                }
+            };
+            let retry = forward::copy_with_body(&parts, bytes.clone());
+            (forward::copy_with_body(&parts, bytes), None, Some(retry))
+        } else {
+            (Request::from_parts(parts, body.boxed()), progress, None)
+        };
         let mut response = match self.send_to(&node, request, endpoint, progress).await {
             Ok(response) => response,
             Err(Failure::Unreachable(response)) => {

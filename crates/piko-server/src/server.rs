@@ -125,6 +125,7 @@ pub struct Server {
     local: LocalNode,
     membership: Arc<Membership>,
     auth: Arc<ForwardAuth>,
+    remotes: Arc<RemoteEndpoints>,
     gossip_addr: String,
 }
 
@@ -182,6 +183,7 @@ impl Server {
             local,
             membership: Arc::new(membership),
             auth: Arc::new(auth),
+            remotes: Arc::default(),
             gossip_addr,
             config,
         })
@@ -238,6 +240,11 @@ impl Server {
         self.upstreams.clone()
     }
 
+    /// Where the other nodes' upstreams are, as this node routes to them.
+    pub fn remotes(&self) -> Arc<RemoteEndpoints> {
+        self.remotes.clone()
+    }
+
     /// Serves until `shutdown` resolves, then shuts down in order, bounded by the grace period
     /// (see [`Server::run`]'s steps in `docs/cluster.md`): not ready, agents told to move; once
     /// they have moved, the node leaves the cluster; then no new connections, in-flight requests
@@ -281,7 +288,7 @@ impl Server {
         );
         let admin_server = tokio::spawn(admin_server);
 
-        let remotes = Arc::new(RemoteEndpoints::default());
+        let remotes = self.remotes.clone();
         let upstream = Arc::new(upstream::Handler {
             config: self.config.upstream.clone(),
             upstreams: self.upstreams.clone(),
@@ -403,7 +410,16 @@ impl Server {
         // still serves them from the sessions of the agents that moved); gossip goes on until
         // the end.
         self.membership.leave().await;
-        tokio::time::sleep(self.config.cluster.gossip_interval * LEAVE_SPREAD_ROUNDS).await;
+        // A node alone has no one to tell.
+        let has_peers = self
+            .membership
+            .nodes()
+            .await
+            .iter()
+            .any(|node| node.id != self.local.id && node.status == cluster::NodeStatus::Active);
+        if has_peers {
+            tokio::time::sleep(self.config.cluster.gossip_interval * LEAVE_SPREAD_ROUNDS).await;
+        }
         let graceful = async {
             proxy_stop.cancel();
             upstream_stop.cancel();
@@ -442,7 +458,9 @@ impl Server {
         drop(routing);
         // Chitchat has no leave message: the peers learn it at their next exchanges with us,
         // which the drain above usually gave them; a few more rounds for a quick one.
-        tokio::time::sleep(self.config.cluster.gossip_interval * 3).await;
+        if has_peers {
+            tokio::time::sleep(self.config.cluster.gossip_interval * 3).await;
+        }
         tracing::info!(subsystem = "server", "left cluster");
         self.membership.shutdown();
         admin_stop.cancel();

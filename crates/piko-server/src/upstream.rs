@@ -181,7 +181,8 @@ impl Handler {
                 }
                 () = session.local_go_away(), if !told_to_move => {
                     told_to_move = true;
-                    if !self.leaving.is_cancelled() {
+                    // Also resolves when the session ends: the branch above sees to that.
+                    if session.is_local_go_away() && !session.is_closed() && !self.leaving.is_cancelled() {
                         // Shed by the rebalancer.
                         shed = true;
                         break;

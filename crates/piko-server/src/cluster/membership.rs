@@ -51,6 +51,19 @@ pub struct ClusterConfig {
     /// The secret nodes authenticate relayed requests with (`cluster.secret`); none: each node
     /// publishes a random key of its own.
     pub secret: Option<String>,
+    /// Carries the gossip; none: UDP on the gossip port. (Tests pass chitchat's in-process
+    /// `ChannelTransport`, whose links they cut to make partitions.)
+    pub transport: Option<GossipTransport>,
+}
+
+/// A gossip transport other than UDP.
+#[derive(Clone)]
+pub struct GossipTransport(pub Arc<dyn chitchat::transport::Transport>);
+
+impl std::fmt::Debug for GossipTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GossipTransport")
+    }
 }
 
 impl Default for ClusterConfig {
@@ -64,6 +77,7 @@ impl Default for ClusterConfig {
             join_timeout: Duration::from_secs(60),
             abort_if_join_fails: true,
             secret: None,
+            transport: None,
         }
     }
 }
@@ -180,7 +194,13 @@ impl Membership {
             (ADMIN_ADDR.to_owned(), addresses.1.to_owned()),
             (auth_key.to_owned(), auth_value),
         ];
-        let handle = Arc::new(spawn_chitchat(chitchat_config, initial, &UdpTransport).await?);
+        let handle = match &config.transport {
+            Some(GossipTransport(transport)) => {
+                spawn_chitchat(chitchat_config, initial, transport.as_ref()).await?
+            }
+            None => spawn_chitchat(chitchat_config, initial, &UdpTransport).await?,
+        };
+        let handle = Arc::new(handle);
         tracing::info!(subsystem = "gossip", node_id, bind_addr = %listen_addr, advertise_addr = %gossip_addr, "starting gossip");
         let seeds: Vec<Seed> = config
             .join

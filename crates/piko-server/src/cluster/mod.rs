@@ -17,7 +17,7 @@ mod routing;
 pub use forward_auth::{ForwardAuth, PeerKey, SIGNATURE_HEADER};
 pub(crate) use handover::{handed_over, replaced};
 pub use join::{Resolver, SystemResolver};
-pub use membership::{ClusterConfig, Membership, Node, NodeStatus};
+pub use membership::{ClusterConfig, GossipTransport, Membership, Node, NodeStatus};
 pub use rebalance::RebalanceConfig;
 pub(crate) use rebalance::rebalance_loop;
 pub(crate) use routing::follow;

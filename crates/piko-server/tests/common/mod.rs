@@ -14,6 +14,7 @@ pub(crate) struct Node {
     pub(crate) upstream: SocketAddr,
     pub(crate) admin: SocketAddr,
     pub(crate) upstreams: std::sync::Arc<Upstreams>,
+    pub(crate) remotes: std::sync::Arc<piko_server::cluster::RemoteEndpoints>,
     pub(crate) stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub(crate) task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -48,6 +49,7 @@ pub(crate) async fn start_node_from(config: Config) -> Node {
         server.admin_addr(),
     );
     let upstreams = server.upstreams();
+    let remotes = server.remotes();
     let id = server.node_id().to_owned();
     let membership = server.membership();
     let gossip = server.gossip_advertise_addr().to_owned();
@@ -62,6 +64,7 @@ pub(crate) async fn start_node_from(config: Config) -> Node {
         upstream,
         admin,
         upstreams,
+        remotes,
         stop: Some(stop),
         task,
     }
