@@ -147,9 +147,12 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
         }
     }
     pool.write().await.clear();
-    while let Some(node) = nodes.pop_front() {
-        stop(node).await;
+    // All at once: one by one, each would wait for its agents to move to the others.
+    let mut stopping = tokio::task::JoinSet::new();
+    for node in nodes {
+        stopping.spawn(stop(node));
     }
+    while stopping.join_next().await.is_some() {}
     drop(balancer_tasks);
     Ok(())
 }

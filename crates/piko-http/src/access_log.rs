@@ -19,12 +19,14 @@ use serde_json::{Map, Value, json};
 use crate::body::{Body, BoxError};
 
 /// Headers that carry credentials.
-const SECRET_HEADERS: [&str; 5] = [
+const SECRET_HEADERS: [&str; 6] = [
     "authorization",
     "x-piko-authorization",
     "proxy-authorization",
     "cookie",
     "set-cookie",
+    // Node-to-node: a relayed request's signature, replayable for a few minutes.
+    "x-piko-forward-signature",
 ];
 
 /// Severity of access-log records.

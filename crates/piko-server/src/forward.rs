@@ -74,6 +74,8 @@ impl Forwarder {
         self.client.request(request).await.map_err(|err| {
             if err.is_connect() {
                 SendError::Connect(err.into())
+            } else if closed_unanswered(&err) {
+                SendError::Unanswered(err.into())
             } else {
                 SendError::Other(err.into())
             }
@@ -87,15 +89,30 @@ pub(crate) enum SendError {
     /// The node could not be reached: nothing was sent, so the request may go elsewhere (the
     /// node stopped, or crashed and is not known as such yet).
     Connect(BoxError),
-    /// Anything else, including a connection lost midway.
+    /// The connection closed before a response began (a node stopping as a kept-alive
+    /// connection was reused): the request may or may not have been served.
+    Unanswered(BoxError),
+    /// Anything else.
     Other(BoxError),
+}
+
+/// Whether `err` says the connection ended before any response to the request.
+fn closed_unanswered(err: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(hyper) = cause.downcast_ref::<hyper::Error>() {
+            return hyper.is_incomplete_message() || hyper.is_canceled();
+        }
+        source = cause.source();
+    }
+    false
 }
 
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Connect(err) => write!(f, "connect: {err}"),
-            Self::Other(err) => err.fmt(f),
+            Self::Unanswered(err) | Self::Other(err) => err.fmt(f),
         }
     }
 }

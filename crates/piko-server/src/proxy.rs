@@ -324,20 +324,27 @@ impl Handler {
         } else {
             (Request::from_parts(parts, body.boxed()), progress, None)
         };
+        let idempotent = request.method().is_idempotent();
         let mut response = match self.send_to(&node, request, endpoint, progress).await {
             Ok(response) => response,
-            Err(Failure::Unreachable(response)) => {
-                match (retry.take(), self.remotes.pick(endpoint, Some(&node.id))) {
+            Err(failure) => {
+                // Nothing was sent, or nothing came back and repeating the request is harmless.
+                let retryable = match &failure {
+                    Failure::Unreachable(_) => true,
+                    Failure::Unanswered(_) => idempotent,
+                    Failure::Other(_) => false,
+                };
+                let retry = retry.take().filter(|_| retryable);
+                match (retry, self.remotes.pick(endpoint, Some(&node.id))) {
                     (Some(retry), Some(other)) => {
                         match self.send_to(&other, retry, endpoint, None).await {
                             Ok(response) => response,
                             Err(failure) => return failure.into_response(),
                         }
                     }
-                    _ => return response,
+                    _ => return failure.into_response(),
                 }
             }
-            Err(failure) => return failure.into_response(),
         };
         if forward::had_no_upstream(&response)
             && let Some(retry) = retry
@@ -419,6 +426,7 @@ impl Handler {
             let response = proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable");
             match err {
                 forward::SendError::Connect(_) => Failure::Unreachable(response),
+                forward::SendError::Unanswered(_) => Failure::Unanswered(response),
                 forward::SendError::Other(_) => Failure::Other(response),
             }
         })
@@ -458,6 +466,9 @@ impl Handler {
 enum Failure {
     /// The node was not reached: nothing was sent, another node may be tried.
     Unreachable(Response<Body>),
+    /// The connection closed before any response: another node may be tried if the request
+    /// can be repeated (an idempotent method).
+    Unanswered(Response<Body>),
     /// Timed out or failed midway.
     Other(Response<Body>),
 }
@@ -465,7 +476,9 @@ enum Failure {
 impl Failure {
     fn into_response(self) -> Response<Body> {
         match self {
-            Self::Unreachable(response) | Self::Other(response) => response,
+            Self::Unreachable(response) | Self::Unanswered(response) | Self::Other(response) => {
+                response
+            }
         }
     }
 }

@@ -197,17 +197,23 @@ impl Handler {
                 .upstreams
                 .count(endpoint)
                 .saturating_add(self.remotes.total(endpoint));
-            tokio::select! {
-                _ = tokio::time::timeout(
+            let moved = tokio::select! {
+                moved = tokio::time::timeout(
                     MOVE_LIMIT,
                     cluster::replaced(&self.upstreams, &self.remotes, endpoint, before),
-                ) => {}
-                _ = session.closed() => {}
-                () = self.drain.cancelled() => {}
-            }
+                ) => moved.is_ok(),
+                _ = session.closed() => false,
+                _ = session.remote_go_away() => false,
+                () = self.drain.cancelled() => false,
+            };
             self.upstreams.remove(endpoint, id);
+            // An agent that moved is left to finish its streams. One that did not (it ignores
+            // GoAway, as Piko v0.9.0's does) gets the same time again, then is cut: it
+            // reconnects after a cut, and would otherwise stay unroutable.
+            let streams_done = session.streams_closed();
             tokio::select! {
-                () = session.streams_closed() => {}
+                () = streams_done => {}
+                () = tokio::time::sleep(MOVE_LIMIT), if !moved => {}
                 () = self.hard_stop.cancelled() => {}
             }
         }
@@ -225,9 +231,9 @@ impl Handler {
         session.close();
         let reason = session.closed().await;
         self.metrics.upstream_disconnected(match &reason {
-            _ if shed => "rebalance",
             _ if agent_left => "agent_go_away",
             _ if node_shutdown => "node_shutdown",
+            _ if shed => "rebalance",
             SessionEnd::PeerClosed => "agent_closed",
             SessionEnd::KeepAliveTimeout => "keep_alive_timeout",
             SessionEnd::WriteTimeout => "write_timeout",

@@ -239,7 +239,12 @@ async fn requests_reach_upstreams_on_another_node() {
         .expect("A publishes its forwarding key");
     let signature = piko_server::cluster::ForwardAuth::new("sender", None)
         .unwrap()
-        .peer_key(Some(&a_key), None)
+        .peer_key(&piko_server::cluster::PeerAuth {
+            id: &a.id,
+            proxy_addr: &a.proxy.to_string(),
+            forward_key: Some(&a_key),
+            member_proof: None,
+        })
         .unwrap()
         .sign(&a.id, &http::Method::POST, "/x");
     let signed = format!(
@@ -359,6 +364,18 @@ async fn is_ready(node: &Node) -> bool {
     head.starts_with("HTTP/1.1 200")
 }
 
+/// Waits (bounded) until `node`'s `/ready` says 200.
+async fn await_ready(node: &Node, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !is_ready(node).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A gossip address nothing answers on.
 fn silent_gossip_addr() -> String {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -371,10 +388,7 @@ fn silent_gossip_addr() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_is_ready_once_it_has_joined() {
     let a = start_node_from(config(Vec::new())).await;
-    assert!(
-        is_ready(&a).await,
-        "a node with nothing to join is ready at once"
-    );
+    await_ready(&a, "a node with nothing to join").await;
 
     let seeds = vec![silent_gossip_addr()];
     let aborting = start_node_from(Config {
@@ -404,21 +418,10 @@ async fn a_node_is_ready_once_it_has_joined() {
         ..config(seeds)
     })
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !is_ready(&alone).await {
-        assert!(tokio::time::Instant::now() < deadline, "never ready alone");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_ready(&alone, "alone after the join timeout").await;
 
     let b = start_node_from(config(vec![a.gossip.clone()])).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !is_ready(&b).await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never ready after joining"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_ready(&b, "after joining").await;
     assert!(
         b.membership
             .nodes()
@@ -574,4 +577,37 @@ async fn a_partition_heals_even_after_the_grace_period() {
         .await;
     }
     routed("HTTP/1.1 200").await;
+}
+
+/// A resolver that knows no name, as the system's answers for a headless service before its
+/// first pod is ready.
+#[derive(Debug)]
+struct NoSuchName;
+
+#[async_trait::async_trait]
+impl piko_server::cluster::Resolver for NoSuchName {
+    async fn resolve(&self, host: &str, _: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        Err(std::io::Error::other(format!(
+            "failed to lookup address information: {host}: Name or service not known"
+        )))
+    }
+}
+
+/// The first pod of a StatefulSet: its join name does not resolve yet, so it starts the cluster
+/// (ready at once) rather than wait for one and give up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_name_that_does_not_resolve_makes_the_first_node() {
+    let first = start_node_from(Config {
+        resolver: std::sync::Arc::new(NoSuchName),
+        cluster: ClusterConfig {
+            join_timeout: Duration::from_secs(1),
+            ..config(vec!["piko-gossip.default.svc".into()]).cluster
+        },
+        ..Config::default()
+    })
+    .await;
+    await_ready(&first, "the first node").await;
+    // And it stays up past the join timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!first.task.is_finished(), "gave up joining");
 }

@@ -5,10 +5,12 @@
 //!
 //! The sending node signs the request for the node it goes to: an HMAC-SHA256 over a timestamp,
 //! the target's ID, the method and the path, in `x-piko-forward-signature`. The key is the
-//! cluster's shared secret (`cluster.secret`) when one is set, so that only nodes that know it
-//! route to each other; otherwise each node draws a random key at start and publishes it in its
-//! gossip state, for its peers to sign with (the gossip port must then be private: issue 7
-//! authenticates it). The signature header never reaches an upstream.
+//! cluster's shared secret (`cluster.secret`) when one is set: each node then publishes a proof
+//! that it knows the secret, bound to its ID and proxy address, and nodes relay only to nodes
+//! whose proof checks (a forged node cannot make one for its own address). Without a secret each
+//! node draws a random key at start and publishes it in its gossip state, for its peers to sign
+//! with (the gossip port must then be private: issue 7 authenticates it). The signature header
+//! never reaches an upstream.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,8 +22,9 @@ pub const SIGNATURE_HEADER: &str = "x-piko-forward-signature";
 
 /// Gossip key of a node's own random forwarding key (hex), when there is no shared secret.
 pub(crate) const FORWARD_KEY: &str = "forward_key";
-/// Gossip key naming the shared secret a node uses (a digest of it, never the secret).
-pub(crate) const SECRET_ID: &str = "secret_id";
+/// Gossip key of a node's proof that it knows the shared secret (an HMAC of its ID and proxy
+/// address, never the secret).
+pub(crate) const MEMBER_PROOF: &str = "member_proof";
 
 /// How far a signature's timestamp may be from the receiving node's clock.
 const MAX_SKEW: Duration = Duration::from_secs(300);
@@ -33,6 +36,19 @@ pub struct ForwardAuth {
     /// What the node verifies with: the shared secret, or its own random key.
     key: Vec<u8>,
     shared: bool,
+}
+
+/// What a peer published about itself, for [`ForwardAuth::peer_key`].
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAuth<'a> {
+    /// Its node ID.
+    pub id: &'a str,
+    /// Its proxy address.
+    pub proxy_addr: &'a str,
+    /// Its `forward_key` entry.
+    pub forward_key: Option<&'a str>,
+    /// Its `member_proof` entry.
+    pub member_proof: Option<&'a str>,
 }
 
 /// How to reach a peer with a relayed request: the key to sign for it.
@@ -62,30 +78,34 @@ impl ForwardAuth {
         })
     }
 
-    /// The gossip entry this node publishes so that peers can sign for it.
-    pub(crate) fn published(&self) -> (&'static str, String) {
+    /// The gossip entry this node, reached at `proxy_addr`, publishes so that peers can sign
+    /// for it.
+    pub(crate) fn published(&self, proxy_addr: &str) -> (&'static str, String) {
         if self.shared {
-            (SECRET_ID, secret_id(&self.key))
+            (
+                MEMBER_PROOF,
+                member_proof(&self.key, &self.own_id, proxy_addr),
+            )
         } else {
             (FORWARD_KEY, to_hex(&self.key))
         }
     }
 
-    /// The key to sign requests for a peer that published `forward_key` or `secret_id`; none
-    /// when the two nodes cannot authenticate each other (one has a secret the other lacks, or
-    /// their secrets differ), and so must not route to each other.
-    pub fn peer_key(
-        &self,
-        forward_key: Option<&str>,
-        peer_secret_id: Option<&str>,
-    ) -> Option<PeerKey> {
+    /// The key to sign requests for `peer`; none when the two nodes cannot authenticate each
+    /// other (one has a secret the other lacks, their secrets differ, or the peer's proof does
+    /// not match its ID and address), and so must not route to each other.
+    pub fn peer_key(&self, peer: &PeerAuth<'_>) -> Option<PeerKey> {
         if self.shared {
-            (peer_secret_id == Some(secret_id(&self.key).as_str()))
-                .then(|| PeerKey(self.key.clone()))
-        } else if peer_secret_id.is_some() {
+            let proof = from_hex(peer.member_proof?)?;
+            let key = hmac::Key::new(hmac::HMAC_SHA256, &self.key);
+            let message = member_message(peer.id, peer.proxy_addr);
+            hmac::verify(&key, message.as_bytes(), &proof)
+                .ok()
+                .map(|()| PeerKey(self.key.clone()))
+        } else if peer.member_proof.is_some() {
             None
         } else {
-            from_hex(forward_key?).map(PeerKey)
+            from_hex(peer.forward_key?).map(PeerKey)
         }
     }
 
@@ -127,11 +147,14 @@ fn message(seconds: u64, target_id: &str, method: &Method, path: &str) -> String
     format!("piko-forward\n{seconds}\n{target_id}\n{method}\n{path}")
 }
 
-/// Names a shared secret without giving it away.
-fn secret_id(secret: &[u8]) -> String {
+/// Proves that node `id`, at `proxy_addr`, knows the shared secret.
+fn member_proof(secret: &[u8], id: &str, proxy_addr: &str) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    let tag = hmac::sign(&key, b"piko cluster secret id");
-    to_hex(&tag.as_ref()[..8])
+    to_hex(hmac::sign(&key, member_message(id, proxy_addr).as_bytes()).as_ref())
+}
+
+fn member_message(id: &str, proxy_addr: &str) -> String {
+    format!("piko-member\n{id}\n{proxy_addr}")
 }
 
 fn unix_seconds() -> u64 {
@@ -168,22 +191,32 @@ mod tests {
         headers
     }
 
+    fn peer<'a>(id: &'a str, published: &'a (&'static str, String)) -> PeerAuth<'a> {
+        let (name, value) = published;
+        PeerAuth {
+            id,
+            proxy_addr: "10.0.0.1:8000",
+            forward_key: (*name == FORWARD_KEY).then_some(value.as_str()),
+            member_proof: (*name == MEMBER_PROOF).then_some(value.as_str()),
+        }
+    }
+
     #[test]
     fn per_node_keys_sign_for_their_node_only() {
         let (a, b) = (
             ForwardAuth::new("a", None).unwrap(),
             ForwardAuth::new("b", None).unwrap(),
         );
-        let (name, published) = b.published();
-        assert_eq!(name, FORWARD_KEY);
-        let for_b = a.peer_key(Some(&published), None).unwrap();
+        let b_published = b.published("10.0.0.1:8000");
+        assert_eq!(b_published.0, FORWARD_KEY);
+        let for_b = a.peer_key(&peer("b", &b_published)).unwrap();
         assert!(b.verify(&signed(&for_b, "b", "/x?y"), &Method::GET, "/x?y"));
         // Another path, method, target or key: refused.
         assert!(!b.verify(&signed(&for_b, "b", "/x?y"), &Method::GET, "/other"));
         assert!(!b.verify(&signed(&for_b, "b", "/x"), &Method::POST, "/x"));
         assert!(!b.verify(&signed(&for_b, "c", "/x"), &Method::GET, "/x"));
-        let (_, a_key) = a.published();
-        let for_a = b.peer_key(Some(&a_key), None).unwrap();
+        let a_published = a.published("10.0.0.2:8000");
+        let for_a = b.peer_key(&peer("a", &a_published)).unwrap();
         assert!(!b.verify(&signed(&for_a, "b", "/x"), &Method::GET, "/x"));
         // Garbage, or none at all.
         let mut headers = HeaderMap::new();
@@ -209,20 +242,29 @@ mod tests {
     }
 
     #[test]
-    fn a_shared_secret_pairs_only_nodes_that_know_it() {
+    fn a_shared_secret_pairs_only_nodes_that_prove_they_know_it() {
         let a = ForwardAuth::new("a", Some("s3cret")).unwrap();
         let b = ForwardAuth::new("b", Some("s3cret")).unwrap();
         let other = ForwardAuth::new("c", Some("different")).unwrap();
         let open = ForwardAuth::new("d", None).unwrap();
-        let (name, b_id) = b.published();
-        assert_eq!(name, SECRET_ID);
-        assert!(!b_id.contains("s3cret"));
-        let for_b = a.peer_key(None, Some(&b_id)).unwrap();
+        let b_published = b.published("10.0.0.1:8000");
+        assert_eq!(b_published.0, MEMBER_PROOF);
+        assert!(!b_published.1.contains("s3cret"));
+        let for_b = a.peer_key(&peer("b", &b_published)).unwrap();
         assert!(b.verify(&signed(&for_b, "b", "/"), &Method::GET, "/"));
-        let (_, other_id) = other.published();
-        assert_eq!(a.peer_key(None, Some(&other_id)), None);
-        let (_, open_key) = open.published();
-        assert_eq!(a.peer_key(Some(&open_key), None), None);
-        assert_eq!(open.peer_key(None, Some(&b_id)), None);
+        // B's proof copied by a node with another ID or address proves nothing.
+        assert_eq!(a.peer_key(&peer("forged", &b_published)), None);
+        let mut moved = peer("b", &b_published);
+        moved.proxy_addr = "203.0.113.9:8000";
+        assert_eq!(a.peer_key(&moved), None);
+        assert_eq!(
+            a.peer_key(&peer("c", &other.published("10.0.0.1:8000"))),
+            None
+        );
+        assert_eq!(
+            a.peer_key(&peer("d", &open.published("10.0.0.1:8000"))),
+            None
+        );
+        assert_eq!(open.peer_key(&peer("b", &b_published)), None);
     }
 }

@@ -77,8 +77,11 @@ impl Seed {
 }
 
 /// Every `interval`, resolves the seeds and asks chitchat to gossip with each address that is
-/// not this node's. After each pass, `alone` says whether the seeds named no other node and
-/// every name resolved: then this node starts the cluster rather than waits for one.
+/// not this node's. After each pass, `alone` says whether the seeds named no other node: then
+/// this node starts the cluster rather than waits for one. A name that does not resolve counts
+/// as naming none: the system resolver reports a name without addresses (a headless service
+/// before its first pod is ready) as an error, and a node that waited for it would never
+/// become ready. (Should it have been a passing failure, the next pass joins the cluster.)
 pub(crate) async fn join_loop(
     seeds: Vec<Seed>,
     resolver: std::sync::Arc<dyn Resolver>,
@@ -89,20 +92,16 @@ pub(crate) async fn join_loop(
 ) {
     loop {
         let mut others = 0usize;
-        let mut failed = false;
         for seed in &seeds {
-            match seed.addrs(resolver.as_ref()).await {
-                Ok(addrs) => {
-                    for addr in addrs.into_iter().filter(|addr| *addr != own_addr) {
-                        others += 1;
-                        gossip(addr);
-                    }
-                }
-                Err(_) => failed = true,
+            // Failures are logged by `addrs`.
+            let addrs = seed.addrs(resolver.as_ref()).await.unwrap_or_default();
+            for addr in addrs.into_iter().filter(|addr| *addr != own_addr) {
+                others += 1;
+                gossip(addr);
             }
         }
         alone.send_if_modified(|was| {
-            let now = others == 0 && !failed;
+            let now = others == 0;
             std::mem::replace(was, now) != now
         });
         tokio::time::sleep(interval).await;

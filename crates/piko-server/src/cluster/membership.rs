@@ -18,7 +18,7 @@ use chitchat::{
 use tokio_util::task::AbortOnDropHandle;
 
 use super::{
-    forward_auth::{FORWARD_KEY, ForwardAuth, SECRET_ID},
+    forward_auth::{FORWARD_KEY, ForwardAuth, MEMBER_PROOF},
     join::{Resolver, Seed, join_loop},
 };
 use crate::status::{GossipEntry, GossipNode, GossipNodeState};
@@ -119,8 +119,8 @@ pub struct Node {
     pub endpoints: BTreeMap<String, usize>,
     /// Its random forwarding key (hex), when it has no shared secret.
     pub forward_key: Option<String>,
-    /// Which shared secret it has, when it has one.
-    pub secret_id: Option<String>,
+    /// Its proof that it knows the shared secret, when it has one.
+    pub member_proof: Option<String>,
 }
 
 /// This node's place in the cluster.
@@ -188,7 +188,7 @@ impl Membership {
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V1,
         };
-        let (auth_key, auth_value) = auth.published();
+        let (auth_key, auth_value) = auth.published(addresses.0);
         let initial = vec![
             (PROXY_ADDR.to_owned(), addresses.0.to_owned()),
             (ADMIN_ADDR.to_owned(), addresses.1.to_owned()),
@@ -392,6 +392,6 @@ fn node(id: &ChitchatId, state: &NodeState, reachable: bool) -> Option<Node> {
         admin_addr: state.get(ADMIN_ADDR)?.to_owned(),
         endpoints,
         forward_key: state.get(FORWARD_KEY).map(str::to_owned),
-        secret_id: state.get(SECRET_ID).map(str::to_owned),
+        member_proof: state.get(MEMBER_PROOF).map(str::to_owned),
     })
 }

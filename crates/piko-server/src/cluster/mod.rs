@@ -14,7 +14,7 @@ mod membership;
 mod rebalance;
 mod routing;
 
-pub use forward_auth::{ForwardAuth, PeerKey, SIGNATURE_HEADER};
+pub use forward_auth::{ForwardAuth, PeerAuth, PeerKey, SIGNATURE_HEADER};
 pub(crate) use handover::{handed_over, replaced};
 pub use join::{Resolver, SystemResolver};
 pub use membership::{ClusterConfig, GossipTransport, Membership, Node, NodeStatus};

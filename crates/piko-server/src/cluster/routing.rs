@@ -9,7 +9,7 @@ use std::{
 use tokio::sync::watch;
 
 use super::{
-    forward_auth::{ForwardAuth, PeerKey},
+    forward_auth::{ForwardAuth, PeerAuth, PeerKey},
     membership::{Membership, NodeStatus},
 };
 
@@ -99,8 +99,12 @@ impl RemoteEndpoints {
                 continue;
             }
             // A node we cannot sign for would take our requests for a client's.
-            let Some(key) = auth.peer_key(node.forward_key.as_deref(), node.secret_id.as_deref())
-            else {
+            let Some(key) = auth.peer_key(&PeerAuth {
+                id: &node.id,
+                proxy_addr: &node.proxy_addr,
+                forward_key: node.forward_key.as_deref(),
+                member_proof: node.member_proof.as_deref(),
+            }) else {
                 continue;
             };
             for (endpoint, upstreams) in node.endpoints {
