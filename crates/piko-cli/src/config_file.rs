@@ -56,19 +56,19 @@ pub(crate) struct Log {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct Auth {
-    hmac_secret_key: Option<String>,
-    rsa_public_key: Option<String>,
-    ecdsa_public_key: Option<String>,
-    audience: Option<String>,
-    issuer: Option<String>,
-    disable_disconnect_on_expiry: Option<bool>,
-    jwks: Jwks,
+    pub(crate) hmac_secret_key: Option<String>,
+    pub(crate) rsa_public_key: Option<String>,
+    pub(crate) ecdsa_public_key: Option<String>,
+    pub(crate) audience: Option<String>,
+    pub(crate) issuer: Option<String>,
+    pub(crate) disable_disconnect_on_expiry: Option<bool>,
+    pub(crate) jwks: Jwks,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct Jwks {
-    endpoint: Option<String>,
+pub(crate) struct Jwks {
+    pub(crate) endpoint: Option<String>,
     cache_ttl: Option<GoDuration>,
     timeout: Option<GoDuration>,
 }
@@ -78,16 +78,9 @@ fn set(value: Option<&String>) -> bool {
 }
 
 impl Auth {
-    /// Whether any key enables authentication.
-    fn enabled(&self) -> bool {
-        [
-            &self.hmac_secret_key,
-            &self.rsa_public_key,
-            &self.ecdsa_public_key,
-            &self.jwks.endpoint,
-        ]
-        .into_iter()
-        .any(|v| set(v.as_ref()))
+    /// Whether keys come from a JWKS (not built yet).
+    fn uses_jwks(&self) -> bool {
+        set(self.jwks.endpoint.as_ref())
     }
 }
 
@@ -195,7 +188,7 @@ pub(crate) struct Proxy {
     pub(crate) timeout: Option<GoDuration>,
     pub(crate) access_log: AccessLog,
     pub(crate) http: ProxyHttp,
-    auth: Auth,
+    pub(crate) auth: Auth,
     tls: Tls,
 }
 
@@ -214,7 +207,7 @@ pub(crate) struct ProxyHttp {
 pub(crate) struct Upstream {
     pub(crate) bind_addr: Option<String>,
     pub(crate) advertise_addr: Option<String>,
-    auth: Auth,
+    pub(crate) auth: Auth,
     pub(crate) rebalance: Rebalance,
     tls: Tls,
     tenants: Option<Vec<Tenant>>,
@@ -232,7 +225,7 @@ pub(crate) struct Rebalance {
 #[serde(default, deny_unknown_fields)]
 struct Tenant {
     id: Option<String>,
-    auth: Auth,
+    pub(crate) auth: Auth,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -240,16 +233,16 @@ struct Tenant {
 pub(crate) struct Admin {
     pub(crate) bind_addr: Option<String>,
     pub(crate) advertise_addr: Option<String>,
-    auth: Auth,
+    pub(crate) auth: Auth,
     tls: Tls,
 }
 
 impl ServerFile {
     /// Refuses what must not be ignored.
     pub(crate) fn check(&self) -> anyhow::Result<()> {
-        refuse("proxy.auth", self.proxy.auth.enabled())?;
-        refuse("upstream.auth", self.upstream.auth.enabled())?;
-        refuse("admin.auth", self.admin.auth.enabled())?;
+        refuse("proxy.auth.jwks", self.proxy.auth.uses_jwks())?;
+        refuse("upstream.auth.jwks", self.upstream.auth.uses_jwks())?;
+        refuse("admin.auth.jwks", self.admin.auth.uses_jwks())?;
         refuse("proxy.tls", self.proxy.tls.enabled())?;
         refuse("upstream.tls", self.upstream.tls.enabled())?;
         refuse("admin.tls", self.admin.tls.enabled())?;

@@ -1,7 +1,8 @@
 //! `piko server`'s `--<port>.auth.*` and `--<port>.tls.*` flags (spec §7.1, §8.1) for the proxy,
-//! upstream and admin ports. They are accepted so existing command lines parse, and refused
-//! with `not supported yet` when they would turn authentication or TLS on: serving in the clear
-//! or unauthenticated when the operator asked otherwise would be a silent security downgrade.
+//! upstream and admin ports. Token keys turn authentication on. JWKS and TLS are accepted so
+//! existing command lines parse, and refused with `not supported yet` when set: serving in the
+//! clear or unauthenticated when the operator asked otherwise would be a silent security
+//! downgrade.
 
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ macro_rules! port_security_flags {
         #[doc = concat!("`--", $port, ".auth.*` and `--", $port, ".tls.*`.")]
         #[derive(Debug, clap::Args)]
         #[command(next_help_heading = $heading)]
-        #[allow(dead_code, reason = "read when authentication and TLS are built")]
+        #[allow(dead_code, reason = "the JWKS and TLS fields are read once those are built")]
         pub(crate) struct $name {
             /// Secret key verifying HS256/384/512 tokens.
             #[arg(long = concat!($port, ".auth.hmac-secret-key"),
@@ -94,17 +95,37 @@ macro_rules! port_security_flags {
         }
 
         impl $name {
-            /// Refuses flags that would turn authentication or TLS on.
+            /// The port's token verification: flags over the file's `auth:`; none when no key
+            /// is set.
+            ///
+            /// # Errors
+            /// A key is not a public key of its kind: `config: <port>: auth: ...`.
+            pub(crate) fn verifier(
+                &self,
+                file: &crate::config_file::Auth,
+            ) -> anyhow::Result<Option<std::sync::Arc<piko_server::auth::Verifier>>> {
+                let pick = |flag: &Option<String>, file: &Option<String>| flag.clone().or_else(|| file.clone());
+                let config = piko_server::auth::AuthConfig {
+                    hmac_secret_key: pick(&self.hmac_secret_key, &file.hmac_secret_key),
+                    rsa_public_key: pick(&self.rsa_public_key, &file.rsa_public_key),
+                    ecdsa_public_key: pick(&self.ecdsa_public_key, &file.ecdsa_public_key),
+                    audience: pick(&self.audience, &file.audience),
+                    issuer: pick(&self.issuer, &file.issuer),
+                    disable_disconnect_on_expiry: self
+                        .disable_disconnect_on_expiry
+                        .or(file.disable_disconnect_on_expiry)
+                        .unwrap_or(false),
+                };
+                piko_server::auth::Verifier::new(&config)
+                    .map(|verifier| verifier.map(std::sync::Arc::new))
+                    .map_err(|err| anyhow::anyhow!(concat!("config: ", $port, ": auth: {}"), err))
+            }
+
+            /// Refuses flags for what is not built yet: JWKS and TLS.
             pub(crate) fn refuse_unsupported(&self) -> anyhow::Result<()> {
                 let set = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.is_empty());
-                let auth = [
-                    &self.hmac_secret_key,
-                    &self.rsa_public_key,
-                    &self.ecdsa_public_key,
-                    &self.jwks_endpoint,
-                ];
-                if auth.into_iter().any(set) {
-                    anyhow::bail!(concat!($port, ".auth: not supported yet"));
+                if set(&self.jwks_endpoint) {
+                    anyhow::bail!(concat!($port, ".auth.jwks: not supported yet"));
                 }
                 let tls = [
                     &self.tls_cert,
@@ -126,15 +147,15 @@ macro_rules! port_security_flags {
 port_security_flags!(
     ProxySecurityFlags,
     "proxy",
-    "Proxy port authentication and TLS (not supported yet)"
+    "Proxy port authentication and TLS (TLS not supported yet)"
 );
 port_security_flags!(
     UpstreamSecurityFlags,
     "upstream",
-    "Upstream port authentication and TLS (not supported yet)"
+    "Upstream port authentication and TLS (TLS not supported yet)"
 );
 port_security_flags!(
     AdminSecurityFlags,
     "admin",
-    "Admin port authentication and TLS (not supported yet)"
+    "Admin port authentication and TLS (TLS not supported yet)"
 );

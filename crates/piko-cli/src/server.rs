@@ -205,6 +205,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .upstream_advertise_addr
         .or(file.upstream.advertise_addr);
     let admin_bind_addr = bind_addr("admin", args.admin_bind_addr, file.admin.bind_addr, ":8002")?;
+    let proxy_auth = args.proxy_security.verifier(&file.proxy.auth)?;
+    let upstream_auth = args.upstream_security.verifier(&file.upstream.auth)?;
+    let admin_auth = args.admin_security.verifier(&file.admin.auth)?;
     let grace_period = args
         .grace_period
         .or(file.grace_period.map(|d| d.0))
@@ -261,6 +264,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 .map_or(defaults.proxy.max_header_bytes, |n| {
                     usize::try_from(n).unwrap_or(usize::MAX)
                 }),
+            auth: proxy_auth,
         },
         grace_period,
         shutdown_delay: args
@@ -269,8 +273,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or(defaults.shutdown_delay),
         upstream: piko_server::upstream::Config {
             rebalance,
+            auth: upstream_auth,
             ..defaults.upstream.clone()
         },
+        admin_auth,
         ..defaults
     };
     args.log.check(&file.log)?;

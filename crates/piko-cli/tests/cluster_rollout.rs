@@ -317,19 +317,9 @@ async fn a_rolling_restart_under_load_fails_no_request() {
     // Three agents: one endpoint with two, one with a single agent (it has nowhere to be
     // served from while it moves but its old session).
     let service = common::ok_service().await.to_string();
-    let upstream_url = format!("http://{}", balancer.upstream);
     let _agents: Vec<Process> = ["alpha", "alpha", "beta"]
         .iter()
-        .map(|endpoint| {
-            Process::start(&[
-                "agent",
-                "http",
-                endpoint,
-                &service,
-                "--connect.url",
-                &upstream_url,
-            ])
-        })
+        .map(|endpoint| common::agent_http(endpoint, &service, &balancer.upstream.to_string(), &[]))
         .collect();
     await_settled(&client, &ports, 3).await;
     // The balancer checks the nodes itself: they come into rotation a few checks after ready.
@@ -423,16 +413,7 @@ async fn a_crashed_node_is_routed_around_and_a_late_joiner_learns_everything() {
     let upstream_url = format!("http://{}", balancer.upstream);
     let mut agents: Vec<Process> = ["alpha", "alpha", "beta"]
         .iter()
-        .map(|endpoint| {
-            Process::start(&[
-                "agent",
-                "http",
-                endpoint,
-                &service,
-                "--connect.url",
-                &upstream_url,
-            ])
-        })
+        .map(|endpoint| common::agent_http(endpoint, &service, &balancer.upstream.to_string(), &[]))
         .collect();
     agents.push(Process::start(&[
         "agent",
@@ -534,18 +515,8 @@ async fn rebalancing_spreads_the_agents_of_a_crowded_node() {
     let balancer = Balancer::start(&ports);
     let client = http_client();
     let service = common::ok_service().await.to_string();
-    let upstream_url = format!("http://{}", balancer.upstream);
     let _agents: Vec<Process> = (0..6)
-        .map(|_| {
-            Process::start(&[
-                "agent",
-                "http",
-                "alpha",
-                &service,
-                "--connect.url",
-                &upstream_url,
-            ])
-        })
+        .map(|_| common::agent_http("alpha", &service, &balancer.upstream.to_string(), &[]))
         .collect();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while upstreams_by_node(&client, ports[0].admin).await != [6] {

@@ -127,14 +127,21 @@ async fn server_rules() {
             "config: missing grace period",
         ),
         (
-            &["--proxy.auth.hmac-secret-key", "k"],
+            &["--proxy.auth.rsa-public-key", "not a key"],
             None,
-            "config: proxy.auth: not supported yet",
+            "config: proxy: auth: rsa public key: no PEM block",
+        ),
+        (
+            &[],
+            Some(
+                "admin:\n  auth:\n    ecdsa_public_key: |\n      -----BEGIN PRIVATE KEY-----\n      AAAA\n      -----END PRIVATE KEY-----\n",
+            ),
+            "config: admin: auth: ecdsa public key: a PRIVATE KEY is not a public key",
         ),
         (
             &["--upstream.auth.jwks.endpoint", "https://idp/jwks.json"],
             None,
-            "config: upstream.auth: not supported yet",
+            "config: upstream.auth.jwks: not supported yet",
         ),
         (
             &["--admin.tls.cert", "/missing/cert.pem"],

@@ -53,14 +53,7 @@ async fn nodes_follow_the_config_on_sighup() {
         cluster.wait_log("node started").await;
     }
     let service = common::ok_service().await.to_string();
-    let _agent = Process::start(&[
-        "agent",
-        "http",
-        "e",
-        &service,
-        "--connect.url",
-        &format!("http://{upstream}"),
-    ]);
+    let _agent = common::agent_http("e", &service, &upstream, &[]);
     served(&proxy).await;
 
     std::fs::write(config.path(), "nodes: 3\n").unwrap();

@@ -34,6 +34,8 @@ pub(crate) struct Handler {
     pub(crate) local: LocalNode,
     pub(crate) membership: Arc<Membership>,
     pub(crate) forwarder: Forwarder,
+    /// Token verification (`admin.auth`); any valid token grants everything.
+    pub(crate) auth: Option<Arc<crate::auth::Verifier>>,
 }
 
 /// How long a forwarded admin request may take (Piko's).
@@ -41,6 +43,13 @@ const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Handler {
     pub(crate) async fn handle(&self, request: &Request<Incoming>) -> Response<Body> {
+        // Every request on the port (health and metrics included), as Piko checks them.
+        if let Some(verifier) = &self.auth
+            && let Err(refusal) = crate::auth::authenticate(verifier, request.headers())
+        {
+            tracing::warn!(subsystem = "admin", reason = ?refusal, "request refused");
+            return refusal.response();
+        }
         if request.method() != Method::GET {
             return not_found();
         }

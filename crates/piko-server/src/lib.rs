@@ -29,6 +29,7 @@
 
 mod admin;
 mod advertise;
+pub mod auth;
 pub mod cluster;
 mod connection_deadlines;
 mod counted_io;

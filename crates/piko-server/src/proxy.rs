@@ -38,6 +38,7 @@ use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::{
+    auth::{self, Grant, Refusal, Verifier},
     cluster::{ForwardAuth, RemoteEndpoints, RemoteNode, SIGNATURE_HEADER},
     connection_deadlines::WatchedIo,
     counted_io::CountedReads,
@@ -73,6 +74,8 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// Largest request head accepted (larger ones get 431).
     pub max_header_bytes: usize,
+    /// Token verification (`proxy.auth`); none lets every client in.
+    pub auth: Option<Arc<Verifier>>,
 }
 
 impl Default for Config {
@@ -85,6 +88,7 @@ impl Default for Config {
             write_timeout: Some(Duration::from_secs(10)),
             idle_timeout: Some(Duration::from_secs(300)),
             max_header_bytes: 1 << 20,
+            auth: None,
         }
     }
 }
@@ -111,6 +115,22 @@ impl Handler {
         peer: SocketAddr,
     ) -> Response<Body> {
         let record = RequestRecord::start(&self.config.access_log, &request);
+        // Every request on the port, as Piko checks them, before anything else.
+        if let Some(verifier) = &self.config.auth {
+            match auth::authenticate(verifier, request.headers()) {
+                Ok(grant) => {
+                    request.extensions_mut().insert(grant);
+                }
+                Err(refusal) => {
+                    tracing::warn!(subsystem = "proxy", reason = ?refusal, "request refused");
+                    let response = refusal.response();
+                    return match record {
+                        Some(record) => record.finish(&self.config.access_log, response),
+                        None => response,
+                    };
+                }
+            }
+        }
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
         if request.headers().contains_key(FORWARD_HEADER)
             && self.auth.verify(request.headers(), request.method(), path)
@@ -154,6 +174,9 @@ impl Handler {
             tracing::warn!(subsystem = "proxy", "request missing endpoint id");
             return gin_error(StatusCode::BAD_REQUEST, "missing endpoint id");
         };
+        if let Err(refusal) = permitted(&request, &endpoint) {
+            return refusal.response();
+        }
         let upgrade_protocol = upgrade_protocol(request.headers());
         if let (Some(meter), Some(_)) = (meter.as_mut(), &upgrade_protocol) {
             meter.set_route(metrics::Route::Upgrade);
@@ -480,6 +503,17 @@ impl Failure {
                 response
             }
         }
+    }
+}
+
+/// Refuses a request whose token does not allow `endpoint` (401, as Piko).
+pub(crate) fn permitted<B>(request: &Request<B>, endpoint: &str) -> Result<(), Refusal> {
+    match request.extensions().get::<Grant>() {
+        Some(grant) if !grant.permits(endpoint) => {
+            tracing::warn!(subsystem = "proxy", endpoint_id = %endpoint, token_endpoints = ?grant.endpoints, "endpoint not permitted");
+            Err(Refusal::EndpointNotPermitted)
+        }
+        _ => Ok(()),
     }
 }
 

@@ -53,6 +53,8 @@ pub struct Config {
     pub proxy: proxy::Config,
     /// Upstream port settings.
     pub upstream: upstream::Config,
+    /// Token verification on the admin port (`admin.auth`).
+    pub admin_auth: Option<Arc<crate::auth::Verifier>>,
     /// How long shutdown may take before what is left is cut.
     pub grace_period: Duration,
     /// How long the node keeps serving, not ready, once told to stop, before it stops accepting
@@ -78,6 +80,7 @@ impl Default for Config {
             gossip_advertise_addr: None,
             proxy: proxy::Config::default(),
             upstream: upstream::Config::default(),
+            admin_auth: None,
             grace_period: Duration::from_secs(60),
             shutdown_delay: Duration::ZERO,
             cluster: ClusterConfig::default(),
@@ -273,6 +276,7 @@ impl Server {
             local: self.local.clone(),
             membership: self.membership.clone(),
             forwarder: Forwarder::default(),
+            auth: self.config.admin_auth.clone(),
         });
         tracing::info!(subsystem = "admin", addr = %self.admin_addr(), "starting admin server");
         let admin_server = serve(

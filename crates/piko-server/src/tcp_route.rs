@@ -88,6 +88,9 @@ pub(crate) async fn tunnel(
     if endpoint.len() > MAX_ENDPOINT_ID_LEN {
         return gin_error(StatusCode::BAD_REQUEST, "endpoint id too long");
     }
+    if let Err(refusal) = crate::proxy::permitted(&request, endpoint) {
+        return refusal.response();
+    }
     // Piko's order of answers: no upstream (502) before a bad handshake (400), so a client
     // learns the first; but the handshake is checked before a stream is opened, so a request
     // that is not a tunnel never reaches an upstream.

@@ -6,7 +6,11 @@
 //! clients see the same statuses. An upstream is unregistered the moment it sends GoAway (it
 //! accepts no new streams) or its session ends, exactly once.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -20,6 +24,7 @@ use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::Role};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    auth::{self, Grant, Refusal, Verifier},
     cluster::{self, RebalanceConfig, RemoteEndpoints},
     json_error::{gin_error, not_found},
     metrics::Metrics,
@@ -35,6 +40,8 @@ pub struct Config {
     pub mux: piko_mux::Config,
     /// Moving connections from a node with too many to the others.
     pub rebalance: RebalanceConfig,
+    /// Token verification (`upstream.auth`); none lets every agent in.
+    pub auth: Option<Arc<Verifier>>,
 }
 
 /// How long a connection asked to move (rebalancing) stays routable waiting for its agent to
@@ -70,6 +77,17 @@ impl Handler {
         request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
+        // Every request on the port, as Piko checks them, before anything else.
+        let grant = match &self.config.auth {
+            Some(verifier) => match auth::authenticate(verifier, request.headers()) {
+                Ok(grant) => Some(grant),
+                Err(refusal) => {
+                    tracing::warn!(subsystem = "upstream", reason = ?refusal, "upstream refused");
+                    return refusal.response();
+                }
+            },
+            None => None,
+        };
         let Some(endpoint) = endpoint_from_path(request.uri().path(), UPSTREAM_PATH) else {
             return not_found();
         };
@@ -79,6 +97,22 @@ impl Handler {
         if endpoint.len() > MAX_ENDPOINT_ID_LEN {
             return gin_error(StatusCode::BAD_REQUEST, "endpoint id too long");
         }
+        if let Some(grant) = &grant
+            && !grant.permits(&endpoint)
+        {
+            tracing::warn!(subsystem = "upstream", endpoint_id = %endpoint, token_endpoints = ?grant.endpoints, "endpoint not permitted");
+            return Refusal::EndpointNotPermitted.response();
+        }
+        // The session ends when its token does (unless configured otherwise).
+        let expires = grant
+            .as_ref()
+            .and_then(|grant: &Grant| grant.expires)
+            .filter(|_| {
+                self.config
+                    .auth
+                    .as_ref()
+                    .is_some_and(|verifier| verifier.disconnects_on_expiry())
+            });
         if self.leaving.is_cancelled() {
             // Retryable for Go clients: they reconnect, through the balancer, to another node.
             return gin_error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
@@ -113,7 +147,7 @@ impl Handler {
                     let _ = tcp.set_zero_linger();
                     let ws =
                         websocket_upgrade::server_websocket(tcp, read_buf, Some(ws_config)).await;
-                    handler.start(ws, &endpoint, &client_ip, &tenant).await;
+                    handler.start(ws, &endpoint, &client_ip, &tenant, expires).await;
                 }
                 Err(upgraded) => {
                     let ws = WebSocketStream::from_raw_socket(
@@ -122,7 +156,7 @@ impl Handler {
                         Some(ws_config),
                     )
                     .await;
-                    handler.start(ws, &endpoint, &client_ip, &tenant).await;
+                    handler.start(ws, &endpoint, &client_ip, &tenant, expires).await;
                 }
             }
         });
@@ -130,17 +164,30 @@ impl Handler {
         websocket_upgrade::switching_protocols(&accept_key)
     }
 
-    async fn start<S>(&self, ws: WebSocketStream<S>, endpoint: &str, client_ip: &str, tenant: &str)
-    where
+    async fn start<S>(
+        &self,
+        ws: WebSocketStream<S>,
+        endpoint: &str,
+        client_ip: &str,
+        tenant: &str,
+        expires: Option<SystemTime>,
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let session = Session::server_transport(WsByteStream::new(ws), self.config.mux.clone());
-        self.run_upstream(session, endpoint, client_ip, tenant)
+        self.run_upstream(session, endpoint, client_ip, tenant, expires)
             .await;
     }
 
     /// Serves one upstream until it goes away.
-    async fn run_upstream(&self, session: Session, endpoint: &str, client_ip: &str, tenant: &str) {
+    async fn run_upstream(
+        &self,
+        session: Session,
+        endpoint: &str,
+        client_ip: &str,
+        tenant: &str,
+        expires: Option<SystemTime>,
+    ) {
         let id = self.upstreams.add(endpoint, session.clone());
         self.metrics.upstream_connected();
         tracing::info!(
@@ -161,6 +208,17 @@ impl Handler {
         let mut refuse_streams = std::pin::pin!(refuse_streams);
         let mut told_to_move = false;
         let mut shed = false;
+        let mut token_expired = false;
+        let expiry = async {
+            match expires {
+                Some(at) => {
+                    let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                    tokio::time::sleep(left).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let mut expiry = std::pin::pin!(expiry);
         loop {
             tokio::select! {
                 _ = session.remote_go_away() => {
@@ -173,6 +231,11 @@ impl Handler {
                     break;
                 }
                 _ = session.closed() => break,
+                () = &mut expiry => {
+                    tracing::info!(subsystem = "upstream", endpoint_id = endpoint, "upstream token expired");
+                    token_expired = true;
+                    break;
+                }
                 () = &mut refuse_streams => break,
                 () = self.drain.cancelled() => break,
                 () = self.leaving.cancelled(), if !told_to_move => {
@@ -231,6 +294,7 @@ impl Handler {
         session.close();
         let reason = session.closed().await;
         self.metrics.upstream_disconnected(match &reason {
+            _ if token_expired => "token_expired",
             _ if agent_left => "agent_go_away",
             _ if node_shutdown => "node_shutdown",
             _ if shed => "rebalance",

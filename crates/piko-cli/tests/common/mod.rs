@@ -214,6 +214,15 @@ pub(crate) async fn start_agent_tcp(
     agent
 }
 
+/// `piko agent http <endpoint> <service>` connecting to the upstream port or balancer at
+/// `upstream` (`host:port`), with `extra` flags.
+pub(crate) fn agent_http(endpoint: &str, service: &str, upstream: &str, extra: &[&str]) -> Process {
+    let url = format!("http://{upstream}");
+    let mut args = vec!["agent", "http", endpoint, service, "--connect.url", &url];
+    args.extend_from_slice(extra);
+    Process::start(&args)
+}
+
 /// `piko forward tcp` on an ephemeral loopback port, and that port.
 pub(crate) async fn start_forward(proxy: &str, endpoint: &str) -> (Process, SocketAddr) {
     let url = format!("http://{proxy}");
