@@ -1,5 +1,5 @@
 //! `piko server`'s `--<port>.auth.*` and `--<port>.tls.*` flags (spec §7.1, §8.1) for the proxy,
-//! upstream and admin ports. Token keys turn authentication on. JWKS and TLS are accepted so
+//! upstream and admin ports. Token keys and JWKS turn authentication on. TLS is accepted so
 //! existing command lines parse, and refused with `not supported yet` when set: serving in the
 //! clear or unauthenticated when the operator asked otherwise would be a silent security
 //! downgrade.
@@ -14,7 +14,7 @@ macro_rules! port_security_flags {
         #[doc = concat!("`--", $port, ".auth.*` and `--", $port, ".tls.*`.")]
         #[derive(Debug, clap::Args)]
         #[command(next_help_heading = $heading)]
-        #[allow(dead_code, reason = "the JWKS and TLS fields are read once those are built")]
+        #[allow(dead_code, reason = "the TLS fields are read once TLS is built")]
         pub(crate) struct $name {
             /// Secret key verifying HS256/384/512 tokens.
             #[arg(long = concat!($port, ".auth.hmac-secret-key"),
@@ -115,18 +115,28 @@ macro_rules! port_security_flags {
                         .disable_disconnect_on_expiry
                         .or(file.disable_disconnect_on_expiry)
                         .unwrap_or(false),
+                    jwks: pick(&self.jwks_endpoint, &file.jwks.endpoint)
+                        .filter(|endpoint| !endpoint.is_empty())
+                        .map(|endpoint| piko_server::auth::JwksConfig {
+                            endpoint,
+                            cache_ttl: self
+                                .jwks_cache_ttl
+                                .or(file.jwks.cache_ttl.map(|d| d.0))
+                                .unwrap_or_default(),
+                            timeout: self
+                                .jwks_timeout
+                                .or(file.jwks.timeout.map(|d| d.0))
+                                .unwrap_or_default(),
+                        }),
                 };
                 piko_server::auth::Verifier::new(&config)
                     .map(|verifier| verifier.map(std::sync::Arc::new))
                     .map_err(|err| anyhow::anyhow!(concat!("config: ", $port, ": auth: {}"), err))
             }
 
-            /// Refuses flags for what is not built yet: JWKS and TLS.
+            /// Refuses flags for what is not built yet: TLS.
             pub(crate) fn refuse_unsupported(&self) -> anyhow::Result<()> {
                 let set = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.is_empty());
-                if set(&self.jwks_endpoint) {
-                    anyhow::bail!(concat!($port, ".auth.jwks: not supported yet"));
-                }
                 let tls = [
                     &self.tls_cert,
                     &self.tls_key,

@@ -57,7 +57,20 @@ struct NodePorts {
     gossip: u16,
 }
 
+/// A node's ports, held while it is down so that nothing else running takes them.
+#[allow(dead_code, reason = "held, never read")]
+struct HeldPorts(Vec<std::net::TcpListener>, std::net::UdpSocket);
+
 impl NodePorts {
+    /// Binds the ports of a node that is down (until the result is dropped).
+    fn hold(&self) -> HeldPorts {
+        let tcp = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        HeldPorts(
+            vec![tcp(self.proxy), tcp(self.upstream), tcp(self.admin)],
+            std::net::UdpSocket::bind(("127.0.0.1", self.gossip)).unwrap(),
+        )
+    }
+
     fn reserve() -> Self {
         Self {
             proxy: reserve_port(),
@@ -205,37 +218,49 @@ async fn cluster_view(client: &HttpClient, admin: u16) -> Option<(usize, u64)> {
 }
 
 /// Polls (bounded) until every node is ready, sees every node active holding `upstreams`
-/// upstreams in all, and routes every endpoint.
+/// upstreams in all, and routes every endpoint. On failure, says what each node last showed.
 async fn await_settled(client: &HttpClient, all: &[NodePorts], upstreams: u64) {
-    tokio::time::timeout(PATIENCE * 2, async {
-        loop {
-            let mut settled = true;
-            for ports in all {
-                let ready = get(
-                    client,
-                    &format!("http://127.0.0.1:{}/ready", ports.admin),
-                    None,
-                )
-                .await
-                .is_ok_and(|(status, _)| status == 200);
-                let view = cluster_view(client, ports.admin).await;
-                settled &= ready && view == Some((all.len(), upstreams));
-                // And its routing table has caught up with what it sees.
-                for endpoint in ENDPOINTS {
-                    let url = format!("http://127.0.0.1:{}/settle", ports.proxy);
-                    settled &= get(client, &url, Some(endpoint))
+    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+    loop {
+        let mut settled = true;
+        let mut seen = Vec::new();
+        for ports in all {
+            let ready = get(
+                client,
+                &format!("http://127.0.0.1:{}/ready", ports.admin),
+                None,
+            )
+            .await
+            .is_ok_and(|(status, _)| status == 200);
+            let view = cluster_view(client, ports.admin).await;
+            let mut routes = Vec::new();
+            // And its routing table has caught up with what it sees.
+            for endpoint in ENDPOINTS {
+                let url = format!("http://127.0.0.1:{}/settle", ports.proxy);
+                routes.push(
+                    get(client, &url, Some(endpoint))
                         .await
-                        .is_ok_and(|(status, _)| status == 200);
-                }
+                        .map(|(status, _)| status),
+                );
             }
-            if settled {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            settled &= ready
+                && view == Some((all.len(), upstreams))
+                && routes.iter().all(|route| *route == Ok(200));
+            seen.push(format!(
+                "admin {}: ready {ready}, view {view:?}, routes {routes:?}",
+                ports.admin
+            ));
         }
-    })
-    .await
-    .expect("the cluster did not settle");
+        if settled {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cluster did not settle:\n{}",
+            seen.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Polls (bounded) until the balancer has every node in rotation: a round of successes for
@@ -384,16 +409,29 @@ async fn a_rolling_restart_under_load_fails_no_request() {
     assert_eq!(ok, sent);
 }
 
-/// Echoes `payload` through a TCP tunnel opened by `piko forward` at `local`.
-async fn echo_through(local: SocketAddr, payload: &[u8]) {
-    let mut tcp = tokio::net::TcpStream::connect(local).await.unwrap();
-    tcp.write_all(payload).await.unwrap();
-    let mut echoed = vec![0u8; payload.len()];
-    tokio::time::timeout(PATIENCE, tcp.read_exact(&mut echoed))
-        .await
-        .expect("no echo")
-        .unwrap();
-    assert_eq!(echoed, payload);
+/// Echoes `payload` through a TCP tunnel opened by `piko forward` (`forward`) at `local`; on
+/// failure, says what `piko forward` logged.
+async fn echo_through(forward: &mut Process, local: SocketAddr, payload: &[u8]) {
+    let echo = async {
+        let mut tcp = tokio::net::TcpStream::connect(local).await?;
+        tcp.write_all(payload).await?;
+        let mut echoed = vec![0u8; payload.len()];
+        tcp.read_exact(&mut echoed).await?;
+        Ok::<_, std::io::Error>(echoed)
+    };
+    match tokio::time::timeout(PATIENCE, echo).await {
+        Ok(Ok(echoed)) => assert_eq!(echoed, payload),
+        outcome => {
+            let mut logged = Vec::new();
+            while let Ok(line) = forward.logs.try_recv() {
+                logged.push(line.to_string());
+            }
+            panic!(
+                "no echo: {outcome:?}; piko forward logged:\n{}",
+                logged.join("\n")
+            );
+        }
+    }
 }
 
 /// A node crashes (SIGKILL): its agents reconnect through the balancer to the others, which
@@ -424,22 +462,24 @@ async fn a_crashed_node_is_routed_around_and_a_late_joiner_learns_everything() {
         &upstream_url,
     ]));
     await_settled(&client, &ports, 4).await;
-    let (_forward, tunnel) = common::start_forward(&balancer.proxy.to_string(), "gamma").await;
+    await_balancer(&client, balancer.proxy, ports.len()).await;
+    let (mut forward, tunnel) = common::start_forward(&balancer.proxy.to_string(), "gamma").await;
     // Several tunnels: the balancer spreads them over the nodes, most not the gamma agent's.
     for n in 0..6u8 {
-        echo_through(tunnel, &[n; 1000]).await;
+        echo_through(&mut forward, tunnel, &[n; 1000]).await;
     }
 
     let crashed = std::time::Instant::now();
     nodes[0].child.start_kill().unwrap();
     nodes[0].child.wait().await.unwrap();
+    let held = ports[0].hold();
     await_settled(&client, &ports[1..], 4).await;
     eprintln!(
         "a crashed node was routed around in {:?}",
         crashed.elapsed()
     );
     for n in 0..6u8 {
-        echo_through(tunnel, &[n; 1000]).await;
+        echo_through(&mut forward, tunnel, &[n; 1000]).await;
     }
     for endpoint in ENDPOINTS {
         let url = format!("http://{}/after-crash", balancer.proxy);
@@ -448,6 +488,7 @@ async fn a_crashed_node_is_routed_around_and_a_late_joiner_learns_everything() {
     }
 
     // A new node in the crashed one's place: ready only once it knows where every endpoint is.
+    drop(held);
     nodes[0] = start_node(&ports, 0);
     await_settled(&client, &ports, 4).await;
 }

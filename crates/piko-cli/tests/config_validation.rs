@@ -139,9 +139,19 @@ async fn server_rules() {
             "config: admin: auth: ecdsa public key: a PRIVATE KEY is not a public key",
         ),
         (
-            &["--upstream.auth.jwks.endpoint", "https://idp/jwks.json"],
+            &["--upstream.auth.jwks.endpoint", "ftp://idp/jwks.json"],
             None,
-            "config: upstream.auth.jwks: not supported yet",
+            "config: upstream: auth: jwks: unsupported scheme: ftp",
+        ),
+        (
+            &[
+                "--admin.auth.jwks.endpoint",
+                "https://idp/jwks.json",
+                "--admin.auth.hmac-secret-key",
+                "s",
+            ],
+            None,
+            "config: admin: auth: no other verification key can be set when jwks.endpoint is set",
         ),
         (
             &["--admin.tls.cert", "/missing/cert.pem"],

@@ -419,7 +419,7 @@ async fn flags_override_the_file_which_overrides_defaults() {
     // Security keys refuse to start rather than serve without them.
     let file = TempFile::new(
         "auth.yaml",
-        "upstream:\n  auth:\n    jwks:\n      endpoint: https://idp.example.com/jwks.json\n",
+        "upstream:\n  auth:\n    jwks:\n      endpoint: file:///missing/jwks.json\n",
     );
     let output = Command::new(piko)
         .args(["server", "--config.path", file.path()])
@@ -429,7 +429,7 @@ async fn flags_override_the_file_which_overrides_defaults() {
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&output.stdout).trim(),
-        "config: upstream.auth.jwks: not supported yet"
+        "config: upstream: auth: jwks: /missing/jwks.json: No such file or directory (os error 2)"
     );
 
     // A typo names the key and its line.

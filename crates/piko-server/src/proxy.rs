@@ -117,7 +117,7 @@ impl Handler {
         let record = RequestRecord::start(&self.config.access_log, &request);
         // Every request on the port, as Piko checks them, before anything else.
         if let Some(verifier) = &self.config.auth {
-            match auth::authenticate(verifier, request.headers()) {
+            match auth::authenticate(verifier, request.headers()).await {
                 Ok(grant) => {
                     request.extensions_mut().insert(grant);
                 }

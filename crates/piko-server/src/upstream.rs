@@ -79,7 +79,7 @@ impl Handler {
     ) -> Response<Body> {
         // Every request on the port, as Piko checks them, before anything else.
         let grant = match &self.config.auth {
-            Some(verifier) => match auth::authenticate(verifier, request.headers()) {
+            Some(verifier) => match auth::authenticate(verifier, request.headers()).await {
                 Ok(grant) => Some(grant),
                 Err(refusal) => {
                     tracing::warn!(subsystem = "upstream", reason = ?refusal, "upstream refused");

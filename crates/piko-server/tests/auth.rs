@@ -190,3 +190,171 @@ async fn an_upstream_session_ends_with_its_token() {
         .await
         .expect("the session outlived its token");
 }
+
+/// An ES256 key pair and its JWK.
+struct EcKey {
+    pair: aws_lc_rs::signature::EcdsaKeyPair,
+    kid: &'static str,
+}
+
+impl EcKey {
+    fn new(kid: &'static str) -> Self {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+        Self { pair, kid }
+    }
+
+    fn jwk(&self) -> Value {
+        use aws_lc_rs::signature::KeyPair as _;
+        let point = self.pair.public_key().as_ref();
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        json!({
+            "kty": "EC", "crv": "P-256", "kid": self.kid, "alg": "ES256",
+            "x": b64(&point[1..33]), "y": b64(&point[33..65]),
+        })
+    }
+
+    fn token(&self, claims: &Value) -> String {
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let header = json!({ "alg": "ES256", "kid": self.kid });
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let sig = self.pair.sign(&rng, input.as_bytes()).unwrap();
+        format!("{input}.{}", b64(sig.as_ref()))
+    }
+}
+
+/// Serves `document` as a JWK Set over HTTP; counts the fetches.
+async fn jwks_server(
+    document: Arc<std::sync::Mutex<Value>>,
+    fetches: Arc<std::sync::atomic::AtomicUsize>,
+) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let (document, fetches) = (document.clone(), fetches.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut read = 0;
+                while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf[read..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read += n,
+                    }
+                }
+                fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = document.lock().unwrap().to_string();
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}/jwks.json")
+}
+
+/// Keys rotate at the identity provider while agents are connected: the connected stay, a
+/// token signed with the new key fetches the set again at once (no waiting for the cache's
+/// time to live), and an unknown key cannot make the node fetch again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_rotation_with_agents_connected() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (old, new, unknown) = (EcKey::new("old"), EcKey::new("new"), EcKey::new("unknown"));
+    let document = Arc::new(std::sync::Mutex::new(json!({ "keys": [old.jwk()] })));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let url = jwks_server(document.clone(), fetches.clone()).await;
+    let verifier = Arc::new(
+        Verifier::new(&AuthConfig {
+            jwks: Some(piko_server::auth::JwksConfig {
+                endpoint: url,
+                cache_ttl: Duration::from_secs(3600),
+                timeout: Duration::from_secs(5),
+            }),
+            ..AuthConfig::default()
+        })
+        .unwrap()
+        .unwrap(),
+    );
+    // The first fetch happens at start (a token before it would spend the unknown-kid fetch).
+    tokio::time::timeout(Duration::from_secs(10), verifier.loaded())
+        .await
+        .expect("the set never loaded");
+    let mut config = Config::default();
+    config.upstream.auth = Some(verifier);
+    let node = start_node_from(config).await;
+    serve(&node, "e", &old.token(&json!({}))).await.unwrap();
+    wait_upstreams(&node, "e", 1).await;
+    let after_start = fetches.load(Ordering::SeqCst);
+
+    *document.lock().unwrap() = json!({ "keys": [new.jwk()] });
+    serve(&node, "e", &new.token(&json!({}))).await.unwrap();
+    wait_upstreams(&node, "e", 2).await;
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        after_start + 1,
+        "one fetch for the new kid"
+    );
+
+    let refused = serve(&node, "e", &unknown.token(&json!({})))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("invalid token"), "{refused}");
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        after_start + 1,
+        "an unknown kid fetches at most every five minutes"
+    );
+    assert_eq!(node.upstreams.count("e"), 2, "connected agents stay");
+}
+
+/// A JWK Set read from a file, and the start-up errors of a bad JWKS configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_from_a_file_and_its_errors() {
+    let key = EcKey::new("k");
+    let dir = std::env::temp_dir().join(format!("piko-jwks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("jwks.json");
+    std::fs::write(&path, json!({ "keys": [key.jwk()] }).to_string()).unwrap();
+    let jwks = |endpoint: String| AuthConfig {
+        jwks: Some(piko_server::auth::JwksConfig {
+            endpoint,
+            cache_ttl: Duration::ZERO,
+            timeout: Duration::ZERO,
+        }),
+        ..AuthConfig::default()
+    };
+    let verifier = Verifier::new(&jwks(format!("file://{}", path.display())))
+        .unwrap()
+        .unwrap();
+    let grant = verifier
+        .verify(
+            &key.token(&json!({ "piko": { "endpoints": ["e"] } })),
+            SystemTime::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(grant.endpoints, ["e"]);
+
+    let err = Verifier::new(&jwks("ftp://idp/jwks".into())).unwrap_err();
+    assert_eq!(err, "jwks: unsupported scheme: ftp");
+    let err = Verifier::new(&jwks("file:///missing/jwks.json".into())).unwrap_err();
+    assert!(err.starts_with("jwks: /missing/jwks.json:"), "{err}");
+    let err = Verifier::new(&AuthConfig {
+        hmac_secret_key: Some("also".into()),
+        ..jwks("https://idp/jwks".into())
+    })
+    .unwrap_err();
+    assert!(err.contains("no other verification key"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -2,10 +2,13 @@
 //! port's keys, and the endpoints a token's `piko.endpoints` claim allows.
 //!
 //! - `token`: keys, verification, and what a token grants.
+//! - `jwks`: keys from a JWK Set, fetched and refreshed.
 //! - `request`: finding a request's token and refusing it as Piko does.
 
+mod jwks;
 mod request;
 mod token;
 
+pub use jwks::JwksConfig;
 pub(crate) use request::{Refusal, authenticate};
 pub use token::{AuthConfig, Grant, TokenError, Verifier};

@@ -45,13 +45,17 @@ impl Refusal {
 }
 
 /// Checks the request's token: what it grants, or why it is refused.
-pub(crate) fn authenticate(verifier: &Verifier, headers: &HeaderMap) -> Result<Grant, Refusal> {
+pub(crate) async fn authenticate(
+    verifier: &Verifier,
+    headers: &HeaderMap,
+) -> Result<Grant, Refusal> {
     if headers.get(TENANT).is_some_and(|tenant| !tenant.is_empty()) {
         return Err(Refusal::UnknownTenant);
     }
     let token = bearer(headers)?;
     verifier
         .verify(token, SystemTime::now())
+        .await
         .map_err(|err| match err {
             TokenError::Invalid => Refusal::Invalid,
             TokenError::Expired => Refusal::Expired,

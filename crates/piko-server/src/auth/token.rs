@@ -2,14 +2,20 @@
 //! the signature first, with an algorithm the configured keys allow (never `none`); then `exp`
 //! (optional; valid while now < exp, no leeway), `nbf` (optional; valid from nbf on), and the
 //! audience and issuer only when configured. `iat` is not checked. Signatures are checked with
-//! aws-lc-rs for every algorithm, ES512 included.
+//! aws-lc-rs for every algorithm, ES512 included. Keys are static (PEM text in the config) or
+//! come from a JWK Set (see `jwks`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use aws_lc_rs::{hmac, signature};
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
+
+use super::jwks::{JwksConfig, JwksKeys};
 
 /// A port's verification keys and claim checks (`<port>.auth`).
 #[derive(Clone, Debug, Default)]
@@ -26,6 +32,8 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     /// Keep upstream sessions open past their token's expiry.
     pub disable_disconnect_on_expiry: bool,
+    /// Keys from a JWK Set instead (exclusive with the three keys above).
+    pub jwks: Option<JwksConfig>,
 }
 
 impl AuthConfig {
@@ -38,6 +46,7 @@ impl AuthConfig {
         ]
         .into_iter()
         .any(|key| key.as_deref().is_some_and(|key| !key.is_empty()))
+            || self.jwks.is_some()
     }
 }
 
@@ -74,27 +83,54 @@ pub struct Verifier {
     rsa: Option<Vec<u8>>,
     /// SPKI DER.
     ecdsa: Option<Vec<u8>>,
+    jwks: Option<Arc<JwksKeys>>,
     audience: Option<String>,
     issuer: Option<String>,
     disconnect_on_expiry: bool,
 }
 
 impl Verifier {
+    /// Resolves once the keys are loaded: at once for keys in the config, after the first
+    /// successful fetch for a JWKS URL.
+    pub async fn loaded(&self) {
+        if let Some(jwks) = &self.jwks {
+            jwks.loaded().await;
+        }
+    }
+
     /// Whether an upstream's session ends when its token expires (Piko's default; off with
     /// `disable_disconnect_on_expiry`).
     pub fn disconnects_on_expiry(&self) -> bool {
         self.disconnect_on_expiry
     }
 
-    /// The verifier of `config`; none when it enables no authentication.
+    /// The verifier of `config`; none when it enables no authentication. With a JWKS URL, its
+    /// refresh task starts here (inside a tokio runtime).
     ///
     /// # Errors
-    /// A key is not a PEM public key of its kind (the message names the key).
+    /// A key is not a PEM public key of its kind (the message names the key); a JWKS with
+    /// another key, an unsupported scheme, or a file that cannot be read.
     pub fn new(config: &AuthConfig) -> Result<Option<Self>, String> {
         if !config.enabled() {
             return Ok(None);
         }
         let non_empty = |key: &Option<String>| key.clone().filter(|key| !key.is_empty());
+        let jwks = match &config.jwks {
+            Some(jwks) => {
+                let statics = [
+                    &config.hmac_secret_key,
+                    &config.rsa_public_key,
+                    &config.ecdsa_public_key,
+                ];
+                if statics.into_iter().any(|key| non_empty(key).is_some()) {
+                    return Err(
+                        "no other verification key can be set when jwks.endpoint is set".into(),
+                    );
+                }
+                Some(JwksKeys::start(jwks)?)
+            }
+            None => None,
+        };
         let rsa = non_empty(&config.rsa_public_key)
             .map(|pem| public_key_der(&pem).map_err(|err| format!("rsa public key: {err}")))
             .transpose()?;
@@ -105,6 +141,7 @@ impl Verifier {
             hmac: non_empty(&config.hmac_secret_key).map(String::into_bytes),
             rsa,
             ecdsa,
+            jwks,
             audience: non_empty(&config.audience),
             issuer: non_empty(&config.issuer),
             disconnect_on_expiry: !config.disable_disconnect_on_expiry,
@@ -115,7 +152,7 @@ impl Verifier {
     ///
     /// # Errors
     /// See [`TokenError`].
-    pub fn verify(&self, token: &str, now: SystemTime) -> Result<Grant, TokenError> {
+    pub async fn verify(&self, token: &str, now: SystemTime) -> Result<Grant, TokenError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(sig), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -125,7 +162,19 @@ impl Verifier {
         let header: Header = decode_json(header)?;
         let signature = decode_segment(sig)?;
         let signed = &token[..header_and_payload_len(token)];
-        if !self.signature_valid(&header.alg, signed.as_bytes(), &signature) {
+        let valid = match &self.jwks {
+            Some(jwks) => {
+                jwks.verify(
+                    header.kid.as_deref(),
+                    &header.alg,
+                    signed.as_bytes(),
+                    &signature,
+                )
+                .await
+            }
+            None => self.signature_valid(&header.alg, signed.as_bytes(), &signature),
+        };
+        if !valid {
             return Err(TokenError::Invalid);
         }
         let claims: serde_json::Map<String, Value> = decode_json(payload)?;
@@ -206,6 +255,7 @@ impl Verifier {
 #[derive(Deserialize)]
 struct Header {
     alg: String,
+    kid: Option<String>,
 }
 
 #[derive(Default, Deserialize)]

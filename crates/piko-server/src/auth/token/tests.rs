@@ -63,8 +63,8 @@ fn hmac_verifier(secret: &str) -> Verifier {
     .unwrap()
 }
 
-#[test]
-fn no_key_no_verifier_and_bad_keys_are_named() {
+#[tokio::test]
+async fn no_key_no_verifier_and_bad_keys_are_named() {
     assert!(Verifier::new(&AuthConfig::default()).unwrap().is_none());
     let err = Verifier::new(&AuthConfig {
         rsa_public_key: Some("not a key".into()),
@@ -74,12 +74,13 @@ fn no_key_no_verifier_and_bad_keys_are_named() {
     assert!(err.starts_with("rsa public key:"), "{err}");
 }
 
-#[test]
-fn hmac_tokens_and_their_claims() {
+#[tokio::test]
+async fn hmac_tokens_and_their_claims() {
     let verifier = hmac_verifier("secret");
     for alg in ["HS256", "HS384", "HS512"] {
         let grant = verifier
             .verify(&hs(alg, "secret", &json!({})), now())
+            .await
             .unwrap();
         assert!(grant.permits("anything"), "{alg}: no list allows all");
     }
@@ -88,37 +89,51 @@ fn hmac_tokens_and_their_claims() {
         "secret",
         &json!({ "exp": NOW + 60, "piko": { "endpoints": ["a", "b"] } }),
     );
-    let grant = verifier.verify(&token, now()).unwrap();
+    let grant = verifier.verify(&token, now()).await.unwrap();
     assert!(grant.permits("a") && grant.permits("b") && !grant.permits("c"));
     assert_eq!(grant.expires, Some(now() + Duration::from_secs(60)));
 
-    let check = |claims: Value| verifier.verify(&hs("HS256", "secret", &claims), now());
+    let check = async |claims: Value| {
+        verifier
+            .verify(&hs("HS256", "secret", &claims), now())
+            .await
+    };
     // exp: valid strictly before it, no leeway; fractions truncated as golang-jwt does.
-    assert_eq!(check(json!({ "exp": NOW })), Err(TokenError::Expired));
+    assert_eq!(check(json!({ "exp": NOW })).await, Err(TokenError::Expired));
     assert_eq!(
-        check(json!({ "exp": NOW as f64 + 0.9 })),
+        check(json!({ "exp": NOW as f64 + 0.9 })).await,
         Err(TokenError::Expired)
     );
-    assert!(check(json!({ "exp": NOW + 1 })).is_ok());
+    assert!(check(json!({ "exp": NOW + 1 })).await.is_ok());
     // nbf: valid from it on.
-    assert!(check(json!({ "nbf": NOW })).is_ok());
-    assert_eq!(check(json!({ "nbf": NOW + 1 })), Err(TokenError::Invalid));
-    // Wrong types are invalid; an expiry wins over other failures.
-    assert_eq!(check(json!({ "exp": "soon" })), Err(TokenError::Invalid));
+    assert!(check(json!({ "nbf": NOW })).await.is_ok());
     assert_eq!(
-        check(json!({ "exp": NOW - 1, "nbf": NOW + 1 })),
+        check(json!({ "nbf": NOW + 1 })).await,
+        Err(TokenError::Invalid)
+    );
+    // Wrong types are invalid; an expiry wins over other failures.
+    assert_eq!(
+        check(json!({ "exp": "soon" })).await,
+        Err(TokenError::Invalid)
+    );
+    assert_eq!(
+        check(json!({ "exp": NOW - 1, "nbf": NOW + 1 })).await,
         Err(TokenError::Expired)
     );
     assert_eq!(
-        check(json!({ "piko": { "endpoints": "a" } })),
+        check(json!({ "piko": { "endpoints": "a" } })).await,
         Err(TokenError::Invalid)
     );
     // No audience or issuer configured: theirs are not checked.
-    assert!(check(json!({ "aud": "other", "iss": "other" })).is_ok());
+    assert!(
+        check(json!({ "aud": "other", "iss": "other" }))
+            .await
+            .is_ok()
+    );
 }
 
-#[test]
-fn malformed_and_forged_tokens_are_invalid() {
+#[tokio::test]
+async fn malformed_and_forged_tokens_are_invalid() {
     let verifier = hmac_verifier("secret");
     let good = hs("HS256", "secret", &json!({}));
     let (unsigned, _) = good.rsplit_once('.').unwrap();
@@ -135,7 +150,7 @@ fn malformed_and_forged_tokens_are_invalid() {
         format!("{}.{}.{}", b64(b"nope"), b64(b"{}"), b64(b"sig")),
     ] {
         assert_eq!(
-            verifier.verify(&token, now()),
+            verifier.verify(&token, now()).await,
             Err(TokenError::Invalid),
             "{token}"
         );
@@ -143,11 +158,11 @@ fn malformed_and_forged_tokens_are_invalid() {
     // RS256 with only an HMAC key configured (and the classic HMAC-with-public-key confusion
     // cannot arise: each family has its own key).
     let rs = format!("{}.{}", signing_input("RS256", &json!({})), b64(b"sig"));
-    assert_eq!(verifier.verify(&rs, now()), Err(TokenError::Invalid));
+    assert_eq!(verifier.verify(&rs, now()).await, Err(TokenError::Invalid));
 }
 
-#[test]
-fn audience_and_issuer_when_configured() {
+#[tokio::test]
+async fn audience_and_issuer_when_configured() {
     let verifier = Verifier::new(&AuthConfig {
         hmac_secret_key: Some("secret".into()),
         audience: Some("piko".into()),
@@ -156,23 +171,37 @@ fn audience_and_issuer_when_configured() {
     })
     .unwrap()
     .unwrap();
-    let check = |claims: Value| verifier.verify(&hs("HS256", "secret", &claims), now());
-    assert!(check(json!({ "aud": "piko", "iss": "me" })).is_ok());
-    assert!(check(json!({ "aud": ["x", "piko"], "iss": "me" })).is_ok());
+    let check = async |claims: Value| {
+        verifier
+            .verify(&hs("HS256", "secret", &claims), now())
+            .await
+    };
+    assert!(check(json!({ "aud": "piko", "iss": "me" })).await.is_ok());
+    assert!(
+        check(json!({ "aud": ["x", "piko"], "iss": "me" }))
+            .await
+            .is_ok()
+    );
     assert_eq!(
-        check(json!({ "aud": "x", "iss": "me" })),
+        check(json!({ "aud": "x", "iss": "me" })).await,
         Err(TokenError::Invalid)
     );
-    assert_eq!(check(json!({ "iss": "me" })), Err(TokenError::Invalid));
-    assert_eq!(check(json!({ "aud": "piko" })), Err(TokenError::Invalid));
     assert_eq!(
-        check(json!({ "aud": "piko", "iss": "you" })),
+        check(json!({ "iss": "me" })).await,
+        Err(TokenError::Invalid)
+    );
+    assert_eq!(
+        check(json!({ "aud": "piko" })).await,
+        Err(TokenError::Invalid)
+    );
+    assert_eq!(
+        check(json!({ "aud": "piko", "iss": "you" })).await,
         Err(TokenError::Invalid)
     );
 }
 
-#[test]
-fn ecdsa_tokens_on_every_curve_es512_included() {
+#[tokio::test]
+async fn ecdsa_tokens_on_every_curve_es512_included() {
     let rng = SystemRandom::new();
     for (alg, signing, other) in [
         (
@@ -205,19 +234,19 @@ fn ecdsa_tokens_on_every_curve_es512_included() {
             let sig = pair.sign(&rng, input.as_bytes()).unwrap();
             format!("{input}.{}", b64(sig.as_ref()))
         };
-        let grant = verifier.verify(&sign(alg), now()).unwrap();
+        let grant = verifier.verify(&sign(alg), now()).await.unwrap();
         assert!(grant.permits("e") && !grant.permits("f"), "{alg}");
         // The same key under another curve's algorithm is refused.
         assert_eq!(
-            verifier.verify(&sign(other), now()),
+            verifier.verify(&sign(other), now()).await,
             Err(TokenError::Invalid),
             "{alg} key as {other}"
         );
     }
 }
 
-#[test]
-fn rsa_tokens_with_pkcs1_and_pkix_keys() {
+#[tokio::test]
+async fn rsa_tokens_with_pkcs1_and_pkix_keys() {
     use aws_lc_rs::rsa::{KeyPair, KeySize};
     let pair = KeyPair::generate(KeySize::Rsa2048).unwrap();
     let public = pair.public_key();
@@ -241,9 +270,12 @@ fn rsa_tokens_with_pkcs1_and_pkix_keys() {
             pair.sign(padding, &rng, input.as_bytes(), &mut sig)
                 .unwrap();
             let token = format!("{input}.{}", b64(&sig));
-            assert!(verifier.verify(&token, now()).is_ok(), "{alg}");
+            assert!(verifier.verify(&token, now()).await.is_ok(), "{alg}");
             let forged = format!("{input}.{}", b64(&vec![0; sig.len()]));
-            assert_eq!(verifier.verify(&forged, now()), Err(TokenError::Invalid));
+            assert_eq!(
+                verifier.verify(&forged, now()).await,
+                Err(TokenError::Invalid)
+            );
         }
     }
 }
