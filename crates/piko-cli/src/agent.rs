@@ -38,6 +38,10 @@ pub(crate) struct Shared {
     /// Token sent as `Authorization: Bearer <token>`.
     #[arg(long = "connect.token")]
     token: Option<String>,
+    /// File holding the token, read at every connect; the agent connects again with the file's
+    /// token before the current one expires (instead of --connect.token) [default: ""].
+    #[arg(long = "connect.token-file")]
+    token_file: Option<String>,
     /// Tenant sent as `x-piko-tenant-id` (not supported yet: refused when set).
     #[arg(long = "connect.tenant-id")]
     tenant_id: Option<String>,
@@ -335,6 +339,13 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
         .token
         .or(file.connect.token)
         .filter(|t| !t.is_empty());
+    let token_file = shared
+        .token_file
+        .or(file.connect.token_file)
+        .filter(|path| !path.is_empty());
+    if token.is_some() && token_file.is_some() {
+        anyhow::bail!("config: connect: token and token file are exclusive");
+    }
     let connect_timeout = shared
         .timeout
         .or(file.connect.timeout.map(|d| d.0))
@@ -455,6 +466,9 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
     let mut upstream = piko::Upstream::new(&url);
     if let Some(token) = &token {
         upstream = upstream.token(token);
+    }
+    if let Some(path) = &token_file {
+        upstream = upstream.token_file(path);
     }
     if let Some(tls) = connect_tls {
         upstream = upstream.tls(tls);

@@ -265,6 +265,8 @@ pub(crate) struct AgentFile {
 pub(crate) struct Connect {
     pub(crate) url: Option<String>,
     pub(crate) token: Option<String>,
+    /// Ours: a file holding the token, read at every connect.
+    pub(crate) token_file: Option<String>,
     tenant_id: Option<String>,
     pub(crate) timeout: Option<GoDuration>,
     pub(crate) proxy_url: Option<String>,

@@ -226,6 +226,11 @@ async fn agent_rules() {
             "config: connect: missing timeout",
         ),
         (
+            &["--connect.token", "t", "--connect.token-file", "/run/token"],
+            None,
+            "config: connect: token and token file are exclusive",
+        ),
+        (
             &["--grace-period", "0"],
             None,
             "config: missing grace period",

@@ -43,7 +43,21 @@ pub struct Listener {
     backoff: Backoff,
     /// Kept across [`Listener::accept`] calls, which may be cancelled.
     moving: Option<Reconnecting>,
+    /// When to connect again because the token expires.
+    refresh_at: Option<Instant>,
     closed: bool,
+}
+
+/// How long before its token expires a session is replaced, at most (half the token's remaining
+/// life when that is shorter): time for the requests on the old session to finish.
+const REFRESH_MARGIN: Duration = Duration::from_secs(30);
+
+/// When to replace a session whose token expires at `expires`.
+fn refresh_time(expires: Option<std::time::SystemTime>) -> Option<Instant> {
+    let left = expires?
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    Some(Instant::now() + left - REFRESH_MARGIN.min(left / 2))
 }
 
 impl Listener {
@@ -55,6 +69,7 @@ impl Listener {
         backoff: Backoff,
     ) -> Self {
         let (draining_tx, draining_streams) = mpsc::unbounded_channel();
+        let refresh_at = refresh_time(upstream.token_expiry());
         Self {
             upstream,
             endpoint,
@@ -65,6 +80,7 @@ impl Listener {
             connected_at: Instant::now(),
             backoff,
             moving: None,
+            refresh_at,
             closed: false,
         }
     }
@@ -106,31 +122,45 @@ impl Listener {
                 },
                 _ = self.session.remote_go_away(), if self.moving.is_none() => {
                     // The server is draining: connect again (through the load balancer, to
-                    // another node) before leaving this session, which keeps delivering the
-                    // streams the server still opens on it (meanwhile too) until the server
-                    // closes it.
+                    // another node) before leaving this session.
                     tracing::debug!(subsystem = "client", endpoint_id = %self.endpoint, "server going away; reconnecting");
-                    let old = self.session.clone();
-                    let deliver = self.draining_tx.clone();
-                    tokio::spawn(async move {
-                        while let Ok(stream) = old.accept().await {
-                            if deliver.send(stream).is_err() {
-                                return;
-                            }
-                        }
-                    });
-                    self.moving = Some(self.connect_in_background());
+                    self.move_session();
+                }
+                () = until(self.refresh_at), if self.moving.is_none() => {
+                    // The token expires soon: the server would cut this session then. Connect
+                    // with the current token (read again) before leaving it.
+                    tracing::info!(subsystem = "client", endpoint_id = %self.endpoint, "token expiring; reconnecting");
+                    self.refresh_at = None;
+                    self.move_session();
                 }
                 (connected, backoff) = async { self.moving.as_mut().expect("guarded").0.as_mut().await }, if self.moving.is_some() => {
                     self.moving = None;
                     self.backoff = backoff;
                     let (session, server) = connected?;
+                    // The old session is left to the server, which closes it once its streams
+                    // are done (at the token's expiry, or when it has drained).
                     self.session = session;
                     self.server = server;
                     self.connected_at = Instant::now();
+                    self.refresh_at = refresh_time(self.upstream.token_expiry());
                 }
             }
         }
+    }
+
+    /// Starts replacing the current session: it keeps delivering the streams the server opens
+    /// on it (meanwhile too) until the server closes it, while a new one connects.
+    fn move_session(&mut self) {
+        let old = self.session.clone();
+        let deliver = self.draining_tx.clone();
+        tokio::spawn(async move {
+            while let Ok(stream) = old.accept().await {
+                if deliver.send(stream).is_err() {
+                    return;
+                }
+            }
+        });
+        self.moving = Some(self.connect_in_background());
     }
 
     /// [`Listener::connect_again`] as a future that owns what it needs.
@@ -154,6 +184,7 @@ impl Listener {
             tokio::time::sleep(self.backoff.next_wait()).await;
         }
         self.session = self.connect_again().await?;
+        self.refresh_at = refresh_time(self.upstream.token_expiry());
         Ok(())
     }
 
@@ -196,5 +227,13 @@ impl Listener {
     /// Why the current session ended, if it has.
     pub fn end_reason(&self) -> Option<SessionEnd> {
         self.session.end_reason()
+    }
+}
+
+/// Resolves at `at`; never without one.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

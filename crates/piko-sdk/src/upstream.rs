@@ -40,6 +40,8 @@ use crate::{
 pub struct Upstream {
     url: String,
     token: Option<Secret>,
+    /// Read at every connect instead of `token`.
+    token_file: Option<std::path::PathBuf>,
     tenant: Option<String>,
     tls: Option<Arc<rustls::ClientConfig>>,
     /// May carry a password.
@@ -55,6 +57,7 @@ impl Upstream {
         Self {
             url: url.into(),
             token: None,
+            token_file: None,
             tenant: None,
             tls: None,
             proxy: None,
@@ -68,6 +71,35 @@ impl Upstream {
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(Secret::new(token));
         self
+    }
+
+    /// Reads the token from `path` at every connect (a failure to read is retried like a
+    /// connection failure), so a token renewed in the file (by a sidecar, say) is used from the
+    /// next connection on. The listener connects again before the current token expires (its
+    /// `exp`), new connection first, so no request fails at expiry.
+    pub fn token_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.token_file = Some(path.into());
+        self
+    }
+
+    /// The token to connect with now.
+    fn current_token(&self) -> Result<Option<Secret>, ConnectError> {
+        let Some(path) = &self.token_file else {
+            return Ok(self.token.clone());
+        };
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            ConnectError::Transport(std::io::Error::new(
+                err.kind(),
+                format!("token file {}: {err}", path.display()),
+            ))
+        })?;
+        Ok(Some(Secret::new(text.trim())))
+    }
+
+    /// When the token to connect with now expires, if it is a JWT with an `exp`.
+    pub(crate) fn token_expiry(&self) -> Option<std::time::SystemTime> {
+        let token = self.current_token().ok()??;
+        jwt_expiry(token.expose())
     }
 
     /// Sends `x-piko-tenant-id` when connecting.
@@ -183,7 +215,7 @@ impl Upstream {
     ) -> Result<(Session, SocketAddr), ConnectError> {
         let url = ws_url(&self.url, UPSTREAM_PATH, endpoint)?;
         let headers = Handshake {
-            token: self.token.clone(),
+            token: self.current_token()?,
             extra: self
                 .tenant
                 .iter()
@@ -203,6 +235,18 @@ impl Upstream {
     }
 }
 
+/// A JWT's `exp`, read without checking the token (the server checks it).
+fn jwt_expiry(token: &str) -> Option<std::time::SystemTime> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&claims).ok()?;
+    let exp = claims.get("exp")?.as_f64()?;
+    (exp.is_finite() && exp >= 0.0).then(|| std::time::UNIX_EPOCH + Duration::from_secs_f64(exp))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +263,20 @@ mod tests {
         for fatal in [400, 401, 403, 404, 405] {
             assert!(!status(fatal).is_retryable(), "{fatal}");
         }
+    }
+
+    #[test]
+    fn a_token_s_expiry_is_read_without_checking_it() {
+        use base64::Engine as _;
+        let b64 = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+        let token = |claims: &str| format!("{}.{}.sig", b64(r#"{"alg":"HS256"}"#), b64(claims));
+        assert_eq!(
+            jwt_expiry(&token(r#"{"exp":1800000000}"#)),
+            Some(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+        );
+        assert_eq!(jwt_expiry(&token("{}")), None);
+        assert_eq!(jwt_expiry(&token(r#"{"exp":"soon"}"#)), None);
+        assert_eq!(jwt_expiry("not a jwt"), None);
+        assert_eq!(jwt_expiry("opaque-token"), None);
     }
 }

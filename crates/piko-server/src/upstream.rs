@@ -44,6 +44,10 @@ pub struct Config {
     pub auth: Option<Arc<Verifier>>,
 }
 
+/// How long the requests of a session whose token expired may take to finish before it is
+/// closed.
+const EXPIRED_DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
 /// How long a connection asked to move (rebalancing) stays routable waiting for its agent to
 /// reconnect; an agent that ignores GoAway (Piko v0.9.0's) is then cut, and reconnects.
 const MOVE_LIMIT: Duration = Duration::from_secs(10);
@@ -281,6 +285,15 @@ impl Handler {
             }
         }
         self.upstreams.remove(endpoint, id);
+        if token_expired {
+            // Nothing new is routed to it; the requests it carries finish (an agent that renews
+            // its token has connected again by now, and gets GoAway here in case it has not).
+            tokio::select! {
+                () = drain(&session) => {}
+                () = tokio::time::sleep(EXPIRED_DRAIN_LIMIT) => {}
+                () = self.hard_stop.cancelled() => {}
+            }
+        }
         if self.drain.is_cancelled() {
             tokio::select! {
                 () = drain(&session) => {}

@@ -358,3 +358,89 @@ async fn jwks_from_a_file_and_its_errors() {
     assert!(err.contains("no other verification key"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// An upstream whose token is renewed in its file (a sidecar's job) connects again with the new
+/// token before the old one expires, and not one request fails across the expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_token_file_means_no_failed_request_at_expiry() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let node = node_with_auth().await;
+    let dir = std::env::temp_dir().join(format!("piko-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    let issued = tokio::time::Instant::now();
+    std::fs::write(&file, token(&json!({ "exp": unix_now() + 3 }))).unwrap();
+    let mut listener = piko::Upstream::new(format!("http://{}", node.upstream))
+        .token_file(&file)
+        .listen("e")
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok(mut stream) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut read = 0;
+                while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf[read..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read += n,
+                    }
+                }
+                // A request that takes a while, so some are in flight at the expiry.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    wait_upstreams(&node, "e", 1).await;
+    // The sidecar renews the token well before it expires.
+    std::fs::write(&file, token(&json!({ "exp": unix_now() + 600 }))).unwrap();
+
+    let client_token = token(&json!({}));
+    let bearer = format!("authorization: Bearer {client_token}\r\n");
+    let started = tokio::time::Instant::now();
+    // Clients in parallel, so requests arrive at every moment; past the first token's expiry
+    // (3 s) by a good margin.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (bearer, proxy) = (bearer.clone(), node.proxy);
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                let mut sent = 0;
+                while started.elapsed() < Duration::from_secs(5) {
+                    let outcome = get(proxy, "/", &bearer).await;
+                    if outcome != (200, "ok".to_owned()) {
+                        failures.push(format!("{:?}: {outcome:?}", started.elapsed()));
+                    }
+                    sent += 1;
+                }
+                (sent, failures)
+            })
+        })
+        .collect();
+    // The new session comes before the old one's token expires: both serve for a while.
+    tokio::time::timeout_at(issued + Duration::from_millis(2800), async {
+        let mut changes = node.upstreams.subscribe();
+        let _ = changes.wait_for(|_| node.upstreams.count("e") == 2).await;
+    })
+    .await
+    .expect("no new session before the expiry");
+    let mut sent = 0;
+    let mut failures = Vec::new();
+    for client in clients {
+        let (n, failed) = client.await.unwrap();
+        sent += n;
+        failures.extend(failed);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {failures:?}",
+        failures.len()
+    );
+    assert!(sent > 100, "only {sent} requests");
+    assert_eq!(node.upstreams.count("e"), 1, "the renewed session serves");
+    std::fs::remove_dir_all(dir).unwrap();
+}
