@@ -62,30 +62,34 @@ async fn node_with_auth() -> Node {
 
 /// An upstream for `endpoint` answering `ok`, listening with `token`.
 async fn serve(node: &Node, endpoint: &str, token: &str) -> Result<(), piko::Error> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut listener = piko::Upstream::new(format!("http://{}", node.upstream))
+    let listener = piko::Upstream::new(format!("http://{}", node.upstream))
         .token(token)
         .listen(endpoint)
         .await?;
-    tokio::spawn(async move {
-        while let Ok(mut stream) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut read = 0;
-                while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf[read..]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => read += n,
-                    }
-                }
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
+    tokio::spawn(answer_ok(listener, Duration::ZERO));
     Ok(())
+}
+
+/// Answers every request of `listener` with `ok`, after `delay`.
+async fn answer_ok(mut listener: piko::Listener, delay: Duration) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    while let Ok(mut stream) = listener.accept().await {
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut read = 0;
+            while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf[read..]).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => read += n,
+                }
+            }
+            tokio::time::sleep(delay).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            let _ = stream.shutdown().await;
+        });
+    }
 }
 
 /// A GET with extra header lines: (status, body).
@@ -363,38 +367,19 @@ async fn jwks_from_a_file_and_its_errors() {
 /// token before the old one expires, and not one request fails across the expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_token_file_means_no_failed_request_at_expiry() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let node = node_with_auth().await;
     let dir = std::env::temp_dir().join(format!("piko-token-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("token");
     let issued = tokio::time::Instant::now();
     std::fs::write(&file, token(&json!({ "exp": unix_now() + 3 }))).unwrap();
-    let mut listener = piko::Upstream::new(format!("http://{}", node.upstream))
+    let listener = piko::Upstream::new(format!("http://{}", node.upstream))
         .token_file(&file)
         .listen("e")
         .await
         .unwrap();
-    tokio::spawn(async move {
-        while let Ok(mut stream) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut read = 0;
-                while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf[read..]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => read += n,
-                    }
-                }
-                // A request that takes a while, so some are in flight at the expiry.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
+    // Requests that take a while, so some are in flight at the expiry.
+    tokio::spawn(answer_ok(listener, Duration::from_millis(50)));
     wait_upstreams(&node, "e", 1).await;
     // The sidecar renews the token well before it expires.
     std::fs::write(&file, token(&json!({ "exp": unix_now() + 600 }))).unwrap();
