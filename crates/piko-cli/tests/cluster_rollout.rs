@@ -329,14 +329,20 @@ async fn load(
     requests.wait().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rolling_restart_under_load_fails_no_request() {
+/// Three nodes, each joining the others, started and listening, and haproxy in front of them.
+async fn three_nodes_behind_haproxy() -> (Vec<NodePorts>, Vec<Process>, Balancer) {
     let ports: Vec<NodePorts> = (0..3).map(|_| NodePorts::reserve()).collect();
     let mut nodes: Vec<Process> = (0..ports.len()).map(|i| start_node(&ports, i)).collect();
     for node in &mut nodes {
         node.wait_log("starting proxy server").await;
     }
     let balancer = Balancer::start(&ports);
+    (ports, nodes, balancer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_fails_no_request() {
+    let (ports, mut nodes, balancer) = three_nodes_behind_haproxy().await;
     let client = http_client();
 
     // Three agents: one endpoint with two, one with a single agent (it has nowhere to be
@@ -439,12 +445,7 @@ async fn echo_through(forward: &mut Process, local: SocketAddr, payload: &[u8]) 
 /// A node started later learns every endpoint before it is ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_node_is_routed_around_and_a_late_joiner_learns_everything() {
-    let ports: Vec<NodePorts> = (0..3).map(|_| NodePorts::reserve()).collect();
-    let mut nodes: Vec<Process> = (0..ports.len()).map(|i| start_node(&ports, i)).collect();
-    for node in &mut nodes {
-        node.wait_log("starting proxy server").await;
-    }
-    let balancer = Balancer::start(&ports);
+    let (ports, mut nodes, balancer) = three_nodes_behind_haproxy().await;
     let client = http_client();
     let service = common::ok_service().await.to_string();
     let echo = common::echo_service().await.to_string();
