@@ -57,14 +57,20 @@ struct NodePorts {
     gossip: u16,
 }
 
-/// A node's ports, held while it is down so that nothing else running takes them.
+/// A node's ports, held while it is down so that nothing else running takes them. Bound, not
+/// listening: connections to them are refused, as to a node that is down.
 #[allow(dead_code, reason = "held, never read")]
-struct HeldPorts(Vec<std::net::TcpListener>, std::net::UdpSocket);
+struct HeldPorts(Vec<tokio::net::TcpSocket>, std::net::UdpSocket);
 
 impl NodePorts {
     /// Binds the ports of a node that is down (until the result is dropped).
     fn hold(&self) -> HeldPorts {
-        let tcp = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let tcp = |port: u16| {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_reuseaddr(true).unwrap();
+            socket.bind(([127, 0, 0, 1], port).into()).unwrap();
+            socket
+        };
         HeldPorts(
             vec![tcp(self.proxy), tcp(self.upstream), tcp(self.admin)],
             std::net::UdpSocket::bind(("127.0.0.1", self.gossip)).unwrap(),
@@ -544,6 +550,8 @@ async fn upstreams_by_node(client: &HttpClient, admin: u16) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalancing_spreads_the_agents_of_a_crowded_node() {
     let ports: Vec<NodePorts> = (0..3).map(|_| NodePorts::reserve()).collect();
+    // Nodes 1 and 2 start seconds later: nothing else running may take their ports meanwhile.
+    let held: Vec<HeldPorts> = ports[1..].iter().map(NodePorts::hold).collect();
     let rebalance = [
         "--upstream.rebalance.threshold",
         "0.5",
@@ -569,6 +577,7 @@ async fn rebalancing_spreads_the_agents_of_a_crowded_node() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    drop(held);
     let _later: Vec<Process> = (1..3)
         .map(|i| start_node_with(&ports, i, &[0], &rebalance))
         .collect();
