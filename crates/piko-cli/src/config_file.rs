@@ -80,35 +80,20 @@ fn set(value: Option<&String>) -> bool {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct Tls {
-    cert: Option<String>,
-    key: Option<String>,
-    client_cas: Option<String>,
-    client: TlsClient,
+    pub(crate) cert: Option<String>,
+    pub(crate) key: Option<String>,
+    pub(crate) client_cas: Option<String>,
+    pub(crate) client: TlsClient,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct TlsClient {
-    cert: Option<String>,
-    key: Option<String>,
-    root_cas: Option<String>,
-    insecure_skip_verify: Option<bool>,
-    server_name: Option<String>,
-}
-
-impl Tls {
-    fn enabled(&self) -> bool {
-        [
-            &self.cert,
-            &self.key,
-            &self.client_cas,
-            &self.client.cert,
-            &self.client.key,
-            &self.client.root_cas,
-        ]
-        .into_iter()
-        .any(|v| set(v.as_ref()))
-    }
+pub(crate) struct TlsClient {
+    pub(crate) cert: Option<String>,
+    pub(crate) key: Option<String>,
+    pub(crate) root_cas: Option<String>,
+    pub(crate) insecure_skip_verify: Option<bool>,
+    pub(crate) server_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -182,7 +167,7 @@ pub(crate) struct Proxy {
     pub(crate) access_log: AccessLog,
     pub(crate) http: ProxyHttp,
     pub(crate) auth: Auth,
-    tls: Tls,
+    pub(crate) tls: Tls,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -202,7 +187,7 @@ pub(crate) struct Upstream {
     pub(crate) advertise_addr: Option<String>,
     pub(crate) auth: Auth,
     pub(crate) rebalance: Rebalance,
-    tls: Tls,
+    pub(crate) tls: Tls,
     tenants: Option<Vec<Tenant>>,
 }
 
@@ -227,15 +212,12 @@ pub(crate) struct Admin {
     pub(crate) bind_addr: Option<String>,
     pub(crate) advertise_addr: Option<String>,
     pub(crate) auth: Auth,
-    tls: Tls,
+    pub(crate) tls: Tls,
 }
 
 impl ServerFile {
     /// Refuses what must not be ignored.
     pub(crate) fn check(&self) -> anyhow::Result<()> {
-        refuse("proxy.tls", self.proxy.tls.enabled())?;
-        refuse("upstream.tls", self.upstream.tls.enabled())?;
-        refuse("admin.tls", self.admin.tls.enabled())?;
         refuse(
             "upstream.tenants",
             self.upstream
@@ -337,6 +319,8 @@ pub(crate) struct ForwardFile {
 pub(crate) struct ForwardConnect {
     pub(crate) url: Option<String>,
     pub(crate) token: Option<String>,
+    /// Ours: a file holding the token, read at every tunnel opened.
+    pub(crate) token_file: Option<String>,
     pub(crate) timeout: Option<GoDuration>,
     pub(crate) tls: ClientTls,
 }
@@ -449,16 +433,13 @@ grace_period: 1m
     }
 
     #[test]
-    fn tls_and_tenants_are_refused_until_built() {
+    fn tenants_are_refused_until_built() {
         let file: ServerFile =
             serde_saphyr::from_str("proxy:\n  auth:\n    hmac_secret_key: k\n").unwrap();
         assert!(file.check().is_ok(), "auth keys are built");
         let file: ServerFile =
             serde_saphyr::from_str("upstream:\n  tls:\n    cert: /c.pem\n").unwrap();
-        assert_eq!(
-            file.check().unwrap_err().to_string(),
-            "upstream.tls: not supported yet"
-        );
+        assert!(file.check().is_ok(), "tls is built");
         let tenants =
             "upstream:\n  tenants:\n    - id: t1\n      auth:\n        hmac_secret_key: s\n";
         let file: ServerFile = serde_saphyr::from_str(tenants).unwrap();

@@ -31,6 +31,10 @@ pub(crate) struct Shared {
     /// Token sent as `Authorization: Bearer <token>`.
     #[arg(long = "connect.token")]
     token: Option<String>,
+    /// File holding the token, read at every tunnel opened (instead of --connect.token)
+    /// [default: ""].
+    #[arg(long = "connect.token-file")]
+    token_file: Option<String>,
     /// Deadline for opening each tunnel (Piko validates it but waits up to 60 s) [default: 30s].
     #[arg(long = "connect.timeout", value_parser = duration::parse)]
     timeout: Option<Duration>,
@@ -93,6 +97,13 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
         .token
         .or(file.connect.token)
         .filter(|t| !t.is_empty());
+    let token_file = shared
+        .token_file
+        .or(file.connect.token_file)
+        .filter(|t| !t.is_empty());
+    if token.is_some() && token_file.is_some() {
+        anyhow::bail!("config: connect: token and token file are exclusive");
+    }
     let timeout = shared
         .timeout
         .or(file.connect.timeout.map(|d| d.0))
@@ -140,6 +151,9 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
     let mut dialer = piko::Dialer::new(&url);
     if let Some(token) = &token {
         dialer = dialer.token(token);
+    }
+    if let Some(path) = &token_file {
+        dialer = dialer.token_file(path);
     }
     if let Some(tls) = tls {
         dialer = dialer.tls(tls);

@@ -1,8 +1,7 @@
-//! `piko server`'s `--<port>.auth.*` and `--<port>.tls.*` flags (spec §7.1, §8.1) for the proxy,
-//! upstream and admin ports. Token keys and JWKS turn authentication on. TLS is accepted so
-//! existing command lines parse, and refused with `not supported yet` when set: serving in the
-//! clear or unauthenticated when the operator asked otherwise would be a silent security
-//! downgrade.
+//! `piko server`'s `--<port>.auth.*` and `--<port>.tls.*` flags (spec §7.1, §8.1, §8.2) for the
+//! proxy, upstream and admin ports. Token keys and JWKS turn authentication on; a certificate and
+//! key turn TLS on, and `tls.client.*` says how the node reaches the same port of other nodes
+//! then.
 
 use std::time::Duration;
 
@@ -14,7 +13,6 @@ macro_rules! port_security_flags {
         #[doc = concat!("`--", $port, ".auth.*` and `--", $port, ".tls.*`.")]
         #[derive(Debug, clap::Args)]
         #[command(next_help_heading = $heading)]
-        #[allow(dead_code, reason = "the TLS fields are read once TLS is built")]
         pub(crate) struct $name {
             /// Secret key verifying HS256/384/512 tokens.
             #[arg(long = concat!($port, ".auth.hmac-secret-key"),
@@ -134,21 +132,54 @@ macro_rules! port_security_flags {
                     .map_err(|err| anyhow::anyhow!(concat!("config: ", $port, ": auth: {}"), err))
             }
 
-            /// Refuses flags for what is not built yet: TLS.
-            pub(crate) fn refuse_unsupported(&self) -> anyhow::Result<()> {
-                let set = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.is_empty());
-                let tls = [
-                    &self.tls_cert,
-                    &self.tls_key,
-                    &self.tls_client_cas,
-                    &self.tls_client_cert,
-                    &self.tls_client_key,
-                    &self.tls_client_root_cas,
-                ];
-                if tls.into_iter().any(set) {
-                    anyhow::bail!(concat!($port, ".tls: not supported yet"));
-                }
-                Ok(())
+            /// The port's TLS: flags over the file's `tls:`; none without a certificate or key.
+            ///
+            /// # Errors
+            /// Half a certificate, client CAs without one, or files that do not load:
+            /// `config: <port>: tls: ...`.
+            pub(crate) fn server_tls(
+                &self,
+                file: &crate::config_file::Tls,
+                http2: bool,
+            ) -> anyhow::Result<Option<std::sync::Arc<piko_server::tls::ServerTls>>> {
+                crate::security_flags::server_tls(
+                    $port,
+                    [
+                        (&self.tls_cert, &file.cert),
+                        (&self.tls_key, &file.key),
+                        (&self.tls_client_cas, &file.client_cas),
+                    ],
+                    http2,
+                )
+            }
+
+            /// How this node reaches the same port of other nodes when the port serves TLS:
+            /// flags over the file's `tls.client:`.
+            ///
+            /// # Errors
+            /// Files that do not load, or a server name that is not one:
+            /// `config: <port>: tls: client: ...`.
+            #[allow(dead_code, reason = "nodes never connect to each other's upstream port")]
+            pub(crate) fn peer_tls(
+                &self,
+                file: &crate::config_file::TlsClient,
+            ) -> anyhow::Result<piko_server::tls::PeerTls> {
+                let pick = |flag: &Option<String>, file: &Option<String>| {
+                    flag.clone().or_else(|| file.clone()).filter(|v| !v.is_empty())
+                };
+                crate::security_flags::peer_tls(
+                    $port,
+                    &piko::ClientTls {
+                        root_cas: pick(&self.tls_client_root_cas, &file.root_cas).map(Into::into),
+                        cert: pick(&self.tls_client_cert, &file.cert).map(Into::into),
+                        key: pick(&self.tls_client_key, &file.key).map(Into::into),
+                        insecure_skip_verify: self
+                            .tls_client_insecure_skip_verify
+                            .or(file.insecure_skip_verify)
+                            .unwrap_or(false),
+                    },
+                    pick(&self.tls_client_server_name, &file.server_name),
+                )
             }
         }
     };
@@ -157,15 +188,72 @@ macro_rules! port_security_flags {
 port_security_flags!(
     ProxySecurityFlags,
     "proxy",
-    "Proxy port authentication and TLS (TLS not supported yet)"
+    "Proxy port authentication and TLS"
 );
 port_security_flags!(
     UpstreamSecurityFlags,
     "upstream",
-    "Upstream port authentication and TLS (TLS not supported yet)"
+    "Upstream port authentication and TLS"
 );
 port_security_flags!(
     AdminSecurityFlags,
     "admin",
-    "Admin port authentication and TLS (TLS not supported yet)"
+    "Admin port authentication and TLS"
 );
+
+/// `[cert, key, client_cas]`, each as (flag, file value).
+type TlsSources<'a> = [(&'a Option<String>, &'a Option<String>); 3];
+
+/// A port's TLS from its settings (see the flags' `server_tls`).
+pub(crate) fn server_tls(
+    port: &str,
+    sources: TlsSources<'_>,
+    http2: bool,
+) -> anyhow::Result<Option<std::sync::Arc<piko_server::tls::ServerTls>>> {
+    let [cert, key, client_cas] = sources.map(|(flag, file)| {
+        flag.clone()
+            .or_else(|| file.clone())
+            .filter(|v| !v.is_empty())
+    });
+    let (cert, key) = match (cert, key) {
+        (None, None) if client_cas.is_some() => {
+            // Piko ignores them; asking for client certificates on a port that does not even
+            // serve TLS is a mistake to point out.
+            anyhow::bail!("config: {port}: tls: client_cas needs a cert and key")
+        }
+        (None, None) => return Ok(None),
+        (Some(_), None) => anyhow::bail!("config: {port}: tls: missing key"),
+        (None, Some(_)) => anyhow::bail!("config: {port}: tls: missing cert"),
+        (Some(cert), Some(key)) => (cert, key),
+    };
+    let files = piko_server::tls::TlsFiles {
+        cert: cert.into(),
+        key: key.into(),
+        client_cas: client_cas.map(Into::into),
+    };
+    piko_server::tls::ServerTls::load(files, http2)
+        .map(|tls| Some(std::sync::Arc::new(tls)))
+        .map_err(|err| anyhow::anyhow!("config: {port}: tls: {err}"))
+}
+
+/// How a node reaches another node's TLS port (see the flags' `peer_tls`).
+pub(crate) fn peer_tls(
+    port: &str,
+    client: &piko::ClientTls,
+    server_name: Option<String>,
+) -> anyhow::Result<piko_server::tls::PeerTls> {
+    let config = client
+        .config_or_system()
+        .map_err(|err| anyhow::anyhow!("config: {port}: tls: client: {err}"))?;
+    let server_name = server_name
+        .map(|name| {
+            rustls_pki_types::ServerName::try_from(name.clone()).map_err(|_| {
+                anyhow::anyhow!("config: {port}: tls: client: server_name: invalid: {name}")
+            })
+        })
+        .transpose()?;
+    Ok(piko_server::tls::PeerTls {
+        config,
+        server_name,
+    })
+}

@@ -148,11 +148,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let signals = signal::Signals::install();
     let mut file: config_file::ServerFile = args.config.load()?;
     file.check().context("config")?;
-    args.proxy_security.refuse_unsupported().context("config")?;
-    args.upstream_security
-        .refuse_unsupported()
-        .context("config")?;
-    args.admin_security.refuse_unsupported().context("config")?;
     // Piko's validation order (spec §1.3.2): cluster, proxy, upstream, admin, log, grace period
     // (after our refusal of what is not built).
     let cluster = args.cluster.resolve(std::mem::take(&mut file.cluster))?;
@@ -205,6 +200,19 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .upstream_advertise_addr
         .or(file.upstream.advertise_addr);
     let admin_bind_addr = bind_addr("admin", args.admin_bind_addr, file.admin.bind_addr, ":8002")?;
+    let proxy_tls = args.proxy_security.server_tls(&file.proxy.tls, true)?;
+    let proxy_peer_tls = match proxy_tls {
+        Some(_) => Some(args.proxy_security.peer_tls(&file.proxy.tls.client)?),
+        None => None,
+    };
+    let upstream_tls = args
+        .upstream_security
+        .server_tls(&file.upstream.tls, false)?;
+    let admin_tls = args.admin_security.server_tls(&file.admin.tls, false)?;
+    let admin_peer_tls = match admin_tls {
+        Some(_) => Some(args.admin_security.peer_tls(&file.admin.tls.client)?),
+        None => None,
+    };
     let proxy_auth = args.proxy_security.verifier(&file.proxy.auth)?;
     let upstream_auth = args.upstream_security.verifier(&file.upstream.auth)?;
     let admin_auth = args.admin_security.verifier(&file.admin.auth)?;
@@ -277,6 +285,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             ..defaults.upstream.clone()
         },
         admin_auth,
+        proxy_tls,
+        upstream_tls,
+        admin_tls,
+        proxy_peer_tls,
+        admin_peer_tls,
         ..defaults
     };
     args.log.check(&file.log)?;

@@ -42,6 +42,29 @@ pub(crate) struct Args {
     /// Output format.
     #[arg(long = "output", global = true, value_enum, default_value = "yaml")]
     output: Format,
+    /// Token sent as a bearer token, for an admin port with `admin.auth`.
+    #[arg(long = "server.token", global = true, conflicts_with = "token_file")]
+    token: Option<String>,
+    /// File holding the token (read at the request).
+    #[arg(long = "server.token-file", global = true, id = "token_file")]
+    token_file: Option<std::path::PathBuf>,
+    /// CA bundle (PEM file) verifying an `https` admin port, instead of the system's roots.
+    #[arg(long = "server.tls.root-cas", global = true)]
+    tls_root_cas: Option<std::path::PathBuf>,
+    /// Client certificate (PEM file), for an admin port with `admin.tls.client_cas`.
+    #[arg(long = "server.tls.cert", global = true)]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM file) of the client certificate.
+    #[arg(long = "server.tls.key", global = true)]
+    tls_key: Option<std::path::PathBuf>,
+    /// Accept any certificate from the admin port.
+    #[arg(
+        long = "server.tls.insecure-skip-verify",
+        global = true,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    tls_insecure_skip_verify: Option<bool>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -97,9 +120,31 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .server_url
         .parse()
         .map_err(|err| anyhow::anyhow!("config: server: invalid url: {err}"))?;
+    let token = match (args.token, &args.token_file) {
+        (Some(token), _) => Some(token),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|err| {
+                    anyhow::anyhow!("config: server: token file: {}: {err}", path.display())
+                })?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    let tls = piko::ClientTls {
+        root_cas: args.tls_root_cas,
+        cert: args.tls_cert,
+        key: args.tls_key,
+        insecure_skip_verify: args.tls_insecure_skip_verify.unwrap_or(false),
+    }
+    .config_or_system()
+    .map_err(|err| anyhow::anyhow!("config: server: tls: {err}"))?;
     let client = StatusClient {
         base,
         forward: args.forward,
+        token,
+        tls,
     };
     let output = match args.command {
         Command::Upstream(UpstreamCommand::Endpoints) => Output::Endpoints(
@@ -144,24 +189,34 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .map_err(|err| anyhow::anyhow!("write output: {err}"))
 }
 
-/// Piko's status client: `GET` on the admin port, plain HTTP or HTTPS with the system's roots.
+/// Piko's status client: `GET` on the admin port, plain HTTP or HTTPS; with a bearer token when
+/// given one.
 struct StatusClient {
     base: Uri,
     forward: Option<String>,
+    token: Option<String>,
+    tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 impl StatusClient {
     async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let uri = self.uri(path)?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_platform_verifier()
+            .with_tls_config((*self.tls).clone())
             .https_or_http()
             .enable_http1()
             .build();
         let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector);
         let exchange = async {
+            let mut request = http::Request::get(uri);
+            if let Some(token) = &self.token {
+                request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            let request = request
+                .body(Empty::new())
+                .map_err(|err| anyhow::anyhow!("request: {err}"))?;
             let response = client
-                .get(uri)
+                .request(request)
                 .await
                 .map_err(|err| anyhow::anyhow!("request: {err}"))?;
             let status = response.status();
@@ -216,6 +271,8 @@ mod tests {
         StatusClient {
             base: base.parse().unwrap(),
             forward: forward.map(str::to_owned),
+            token: None,
+            tls: piko::ClientTls::default().config_or_system().unwrap(),
         }
     }
 

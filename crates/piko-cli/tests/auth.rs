@@ -3,21 +3,13 @@
 
 mod common;
 
-use aws_lc_rs::hmac;
-use base64::Engine as _;
 use common::start_server;
 use tokio::process::Command;
 
 const SECRET: &str = "process-test-secret";
 
 fn token(claims: &str) -> String {
-    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    let input = format!("{}.{}", b64(br#"{"alg":"HS256"}"#), b64(claims.as_bytes()));
-    let key = hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes());
-    format!(
-        "{input}.{}",
-        b64(hmac::sign(&key, input.as_bytes()).as_ref())
-    )
+    common::hs256_token(SECRET, claims)
 }
 
 async fn curl(proxy: &str, headers: &[String]) -> (String, String) {
@@ -72,5 +64,33 @@ async fn agents_and_clients_need_their_tokens() {
     assert_eq!(
         curl(&proxy, &[endpoint, client]).await,
         ("200".into(), "ok /hello".into())
+    );
+}
+
+/// `piko forward --connect.token-file`: the file is read for every tunnel, so a renewed token
+/// is used without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_reads_its_token_file_for_every_tunnel() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let (mut server, _admin, upstream, proxy) =
+        start_server(&["--proxy.auth.hmac-secret-key", SECRET]).await;
+    let echo = common::echo_service().await.to_string();
+    let _agent = common::start_agent_tcp(&mut server, &upstream, "t", &echo).await;
+    let token_file = common::TempFile::new("token", &token(r#"{"piko":{"endpoints":["other"]}}"#));
+    let url = format!("http://{proxy}");
+    let (_forward, addr) =
+        common::start_forward_to(&url, "t", &["--connect.token-file", token_file.path()]).await;
+    let echoes = async || {
+        let mut tunnel = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let _ = tunnel.write_all(b"ping").await;
+        let mut reply = [0u8; 4];
+        tunnel.read_exact(&mut reply).await.is_ok() && &reply == b"ping"
+    };
+    assert!(!echoes().await, "the token does not permit endpoint t");
+    std::fs::write(token_file.path(), token(r#"{"piko":{"endpoints":["t"]}}"#)).unwrap();
+    assert!(
+        echoes().await,
+        "the renewed token is read for the next tunnel"
     );
 }

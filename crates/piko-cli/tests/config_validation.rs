@@ -156,12 +156,27 @@ async fn server_rules() {
         (
             &["--admin.tls.cert", "/missing/cert.pem"],
             None,
-            "config: admin.tls: not supported yet",
+            "config: admin: tls: missing key",
         ),
         (
             &[],
-            Some("proxy:\n  tls:\n    client:\n      root_cas: /missing/ca.pem\n"),
-            "config: proxy.tls: not supported yet",
+            Some("upstream:\n  tls:\n    key: /missing/key.pem\n"),
+            "config: upstream: tls: missing cert",
+        ),
+        (
+            &[
+                "--proxy.tls.cert",
+                "/missing/cert.pem",
+                "--proxy.tls.key",
+                "/missing/key.pem",
+            ],
+            None,
+            "config: proxy: tls: /missing/cert.pem: I/O error: No such file or directory (os error 2)",
+        ),
+        (
+            &[],
+            Some("proxy:\n  tls:\n    client_cas: /missing/ca.pem\n"),
+            "config: proxy: tls: client_cas needs a cert and key",
         ),
         (
             &[],
@@ -335,6 +350,19 @@ async fn forward_rules() {
             "config: port: e: invalid addr",
         ),
         (&["start"], Some("ports: []\n"), "no ports configured"),
+        (
+            &[
+                "tcp",
+                "3000",
+                "e",
+                "--connect.token",
+                "t",
+                "--connect.token-file",
+                "/run/token",
+            ],
+            None,
+            "config: connect: token and token file are exclusive",
+        ),
     ];
     for (args, file, expected) in cases {
         let args: Vec<&str> = ["forward"].iter().chain(args.iter()).copied().collect();

@@ -44,6 +44,8 @@ const MAX_MESSAGE: u32 = 256 * 1024;
 pub struct Dialer {
     url: String,
     token: Option<Secret>,
+    /// Read at every dial instead of `token`.
+    token_file: Option<std::path::PathBuf>,
     tls: Option<Arc<rustls::ClientConfig>>,
 }
 
@@ -53,6 +55,7 @@ impl Dialer {
         Self {
             url: url.into(),
             token: None,
+            token_file: None,
             tls: None,
         }
     }
@@ -72,6 +75,13 @@ impl Dialer {
         self
     }
 
+    /// Reads the token from `path` at every dial, so a token renewed in the file is used from
+    /// the next tunnel on (tunnels already open are not cut when their token expires).
+    pub fn token_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.token_file = Some(path.into());
+        self
+    }
+
     /// Opens a connection to `endpoint`. One attempt, bounded by a 60 s handshake timeout (bound
     /// it further with `tokio::time::timeout`).
     ///
@@ -80,8 +90,12 @@ impl Dialer {
     /// token is refused, or the transport's error.
     pub async fn dial(&self, endpoint: &str) -> Result<TcpTunnel, ConnectError> {
         let url = ws_url(&self.url, TCP_PATH, endpoint)?;
+        let token = match &self.token_file {
+            Some(path) => Some(crate::secret::read_token_file(path)?),
+            None => self.token.clone(),
+        };
         let headers = Handshake {
-            token: self.token.clone(),
+            token,
             extra: vec![(HeaderName::from_static(HALF_CLOSE_HEADER), "1".into())],
             tls: self.tls.clone(),
             // Like Piko's Dialer: no outbound proxy.

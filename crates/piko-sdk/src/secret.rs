@@ -17,6 +17,18 @@ impl Secret {
     }
 }
 
+/// The token in a file, read now (surrounding white space dropped); a read failure is a
+/// transport error, retried like a failed connection.
+pub(crate) fn read_token_file(path: &std::path::Path) -> Result<Secret, crate::ConnectError> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        crate::ConnectError::Transport(std::io::Error::new(
+            err.kind(),
+            format!("token file {}: {err}", path.display()),
+        ))
+    })?;
+    Ok(Secret::new(text.trim()))
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")

@@ -84,16 +84,10 @@ impl Upstream {
 
     /// The token to connect with now.
     fn current_token(&self) -> Result<Option<Secret>, ConnectError> {
-        let Some(path) = &self.token_file else {
-            return Ok(self.token.clone());
-        };
-        let text = std::fs::read_to_string(path).map_err(|err| {
-            ConnectError::Transport(std::io::Error::new(
-                err.kind(),
-                format!("token file {}: {err}", path.display()),
-            ))
-        })?;
-        Ok(Some(Secret::new(text.trim())))
+        match &self.token_file {
+            Some(path) => crate::secret::read_token_file(path).map(Some),
+            None => Ok(self.token.clone()),
+        }
     }
 
     /// When the token to connect with now expires, if it is a JWT with an `exp`.

@@ -8,12 +8,16 @@ use std::time::Duration;
 use http::{HeaderValue, Request, Response, Uri, header};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
 
-use crate::serve::{Body, BoxError};
+use crate::{
+    serve::{Body, BoxError},
+    tls::PeerTls,
+};
 
 /// Marks the reply of a node that was forwarded a request but holds no upstream for it any more
 /// (its routing table moved on before the gossip did), so that the sender may try another node.
@@ -28,26 +32,44 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 /// The client side of node-to-node forwarding.
 #[derive(Debug)]
 pub(crate) struct Forwarder {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// `https` when the nodes' ports serve TLS.
+    scheme: &'static str,
 }
 
-impl Default for Forwarder {
-    fn default() -> Self {
+impl Forwarder {
+    /// A forwarder to plain ports, or to TLS ones with `tls`.
+    pub(crate) fn new(tls: Option<&PeerTls>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        // TLS is layered on top for `https` URLs.
+        connector.enforce_http(false);
         // A node that crashed a moment ago is still listed: fail fast rather than wait out
         // the proxy timeout (or forever, with none).
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_keepalive(Some(Duration::from_secs(15)));
+        // `https_or_http` needs rustls settings even when every URL is `http`.
+        let config = tls.map_or_else(unused_tls_config, |tls| (*tls.config).clone());
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http();
+        let builder = match tls.and_then(|tls| tls.server_name.clone()) {
+            Some(name) => {
+                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            }
+            None => builder,
+        }
+        .enable_http1();
+        // The connect timeout bounds TCP only: the TLS handshake is bounded by the caller's
+        // request timeout.
         Self {
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(POOL_IDLE)
-                .build(connector),
+                .build(builder.wrap_connector(connector)),
+            scheme: if tls.is_some() { "https" } else { "http" },
         }
     }
-}
 
-impl Forwarder {
     /// Sends `request` (already rewritten for an upstream) to the proxy port at `proxy_addr`.
     pub(crate) async fn send(
         &self,
@@ -59,7 +81,7 @@ impl Forwarder {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        *request.uri_mut() = format!("http://{proxy_addr}{path}")
+        *request.uri_mut() = format!("{}://{proxy_addr}{path}", self.scheme)
             .parse::<Uri>()
             .map_err(|err| SendError::Other(err.into()))?;
         // The rewrite asked for `Connection: close` (one request per upstream stream); between
@@ -81,6 +103,17 @@ impl Forwarder {
             }
         })
     }
+}
+
+/// Client settings for a forwarder that never speaks TLS.
+fn unused_tls_config() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("the default provider supports the default versions")
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth()
 }
 
 /// Why a relayed request got no response.
@@ -110,10 +143,21 @@ fn closed_unanswered(err: &hyper_util::client::legacy::Error) -> bool {
 
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Connect(err) => write!(f, "connect: {err}"),
-            Self::Unanswered(err) | Self::Other(err) => err.fmt(f),
+        let err = match self {
+            Self::Connect(err) => {
+                f.write_str("connect: ")?;
+                err
+            }
+            Self::Unanswered(err) | Self::Other(err) => err,
+        };
+        // hyper's client errors say what failed, their causes why (a refused certificate...).
+        write!(f, "{err}")?;
+        let mut source = err.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
         }
+        Ok(())
     }
 }
 

@@ -24,12 +24,15 @@
 //! - [`metrics`]: the Prometheus metrics of spec §10.2.
 //! - `admin`: `/health`, `/ready`, `/metrics` and the [`status`] routes; `advertise`: the
 //!   addresses the node publishes.
+//! - [`tls`]: TLS on a port, its files reloaded when they change; `client_io`: a client's plain or
+//!   TLS connection.
 //! - `serve`: the accept loop shared by the ports; `connection_deadlines` and
 //!   `request_body_idle`: the header read, idle and no-progress limits of client connections.
 
 mod admin;
 mod advertise;
 pub mod auth;
+mod client_io;
 pub mod cluster;
 mod connection_deadlines;
 mod counted_io;
@@ -42,6 +45,7 @@ mod serve;
 mod server;
 pub mod status;
 mod tcp_route;
+pub mod tls;
 pub mod upstream;
 pub mod upstreams;
 mod websocket_upgrade;

@@ -34,11 +34,12 @@ use piko_http::{
 };
 use piko_protocol::wire::{ENDPOINT_HEADER, FORWARD_HEADER};
 use prometheus_client::metrics::counter::Counter;
-use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio::io::AsyncWriteExt;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::{
     auth::{self, Grant, Refusal, Verifier},
+    client_io::ClientIo,
     cluster::{ForwardAuth, RemoteEndpoints, RemoteNode, SIGNATURE_HEADER},
     connection_deadlines::WatchedIo,
     counted_io::CountedReads,
@@ -537,12 +538,12 @@ where
         inner: other,
         read: bytes_out,
     };
-    match downcast_upgrade::<TokioIo<WatchedIo<TcpStream>>>(client) {
+    match downcast_upgrade::<TokioIo<WatchedIo<ClientIo>>>(client) {
         Ok(parts) => {
             // A tunnel may be quiet, or its client slow to read, for as long as it likes (Go
             // clears a hijacked connection's deadlines too).
             let client = parts.io.into_inner().into_inner();
-            set_write_stall_limit(&client, None);
+            set_write_stall_limit(client.tcp(), None);
             bytes_in.inc_by(parts.read_buf.len() as u64);
             if !parts.read_buf.is_empty() && other.write_all(&parts.read_buf).await.is_err() {
                 return Outcome::UpstreamError;

@@ -1,7 +1,7 @@
 //! The accept loop shared by the three HTTP ports: one task per connection, graceful shutdown of
 //! every connection when the port stops.
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, time::Duration};
+use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
@@ -12,9 +12,16 @@ use hyper_util::{
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::connection_deadlines::{Activity, Deadlines, Expired, TrackedBody, WatchedIo, watch};
+use crate::{
+    client_io::ClientIo,
+    connection_deadlines::{Activity, Deadlines, Expired, TrackedBody, WatchedIo, watch},
+    tls::ServerTls,
+};
 
 pub(crate) use piko_http::body::{Body, BoxError};
+
+/// How long a TLS handshake may take when the port has no header read limit.
+const DEFAULT_HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Interval of HTTP/2 keep-alive pings, and how long a reply may take.
 const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(30);
@@ -57,9 +64,11 @@ pub(crate) enum Protocols {
 
 /// Serves `listener` until `stop` is cancelled, then asks every connection to finish its
 /// in-flight requests; `tracker` lets the caller wait for them. Upgraded connections (WebSockets,
-/// tunnels) leave hyper's control: their owners track them.
+/// tunnels) leave hyper's control: their owners track them. With `tls`, every connection must
+/// complete a TLS handshake first (within the header read limit).
 pub(crate) async fn serve<F, Fut>(
     listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
     protocols: Protocols,
     limits: Limits,
     handler: F,
@@ -89,7 +98,22 @@ pub(crate) async fn serve<F, Fut>(
         }
         let handler = handler.clone();
         let stop = stop.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
+            let io = match tls {
+                None => ClientIo::Plain(tcp),
+                Some(tls) => {
+                    let limit = limits.deadlines.header_read.unwrap_or(DEFAULT_HANDSHAKE_LIMIT);
+                    let handshake = tokio::select! {
+                        handshake = tls.accept(tcp, limit) => handshake,
+                        () = stop.cancelled() => return,
+                    };
+                    match handshake {
+                        Some(stream) => ClientIo::Tls(Box::new(stream)),
+                        None => return,
+                    }
+                }
+            };
             let activity = Activity::new();
             let service = {
                 let activity = activity.clone();
@@ -119,7 +143,7 @@ pub(crate) async fn serve<F, Fut>(
             if matches!(protocols, Protocols::Http1) {
                 builder = builder.http1_only();
             }
-            let io = TokioIo::new(WatchedIo::new(tcp, activity.clone()));
+            let io = TokioIo::new(WatchedIo::new(io, activity.clone()));
             let connection = builder.serve_connection_with_upgrades(io, service);
             tokio::pin!(connection);
             let mut stopping = false;

@@ -26,6 +26,7 @@ use crate::{
     proxy,
     serve::{Limits, Protocols, serve},
     status::LocalNode,
+    tls::{PeerTls, ServerTls},
     upstream,
     upstreams::Upstreams,
 };
@@ -55,6 +56,18 @@ pub struct Config {
     pub upstream: upstream::Config,
     /// Token verification on the admin port (`admin.auth`).
     pub admin_auth: Option<Arc<crate::auth::Verifier>>,
+    /// TLS on the proxy port (load it with `http2` on).
+    pub proxy_tls: Option<Arc<ServerTls>>,
+    /// TLS on the upstream port.
+    pub upstream_tls: Option<Arc<ServerTls>>,
+    /// TLS on the admin port.
+    pub admin_tls: Option<Arc<ServerTls>>,
+    /// How to reach other nodes' proxy ports when they serve TLS (relayed requests); plain
+    /// HTTP when `None`.
+    pub proxy_peer_tls: Option<PeerTls>,
+    /// How to reach other nodes' admin ports when they serve TLS (`?forward=`); plain HTTP when
+    /// `None`.
+    pub admin_peer_tls: Option<PeerTls>,
     /// How long shutdown may take before what is left is cut.
     pub grace_period: Duration,
     /// How long the node keeps serving, not ready, once told to stop, before it stops accepting
@@ -81,6 +94,11 @@ impl Default for Config {
             proxy: proxy::Config::default(),
             upstream: upstream::Config::default(),
             admin_auth: None,
+            proxy_tls: None,
+            upstream_tls: None,
+            admin_tls: None,
+            proxy_peer_tls: None,
+            admin_peer_tls: None,
             grace_period: Duration::from_secs(60),
             shutdown_delay: Duration::ZERO,
             cluster: ClusterConfig::default(),
@@ -275,12 +293,23 @@ impl Server {
             upstreams: self.upstreams.clone(),
             local: self.local.clone(),
             membership: self.membership.clone(),
-            forwarder: Forwarder::default(),
+            forwarder: Forwarder::new(self.config.admin_peer_tls.as_ref()),
             auth: self.config.admin_auth.clone(),
         });
+        // Renewed certificates are picked up while the node runs.
+        let _tls_watchers: Vec<_> = [
+            &self.config.proxy_tls,
+            &self.config.upstream_tls,
+            &self.config.admin_tls,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|tls| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tls.clone().watch())))
+        .collect();
         tracing::info!(subsystem = "admin", addr = %self.admin_addr(), "starting admin server");
         let admin_server = serve(
             self.admin,
+            self.config.admin_tls.clone(),
             Protocols::Http1,
             Limits::default(),
             move |request, _| {
@@ -306,6 +335,7 @@ impl Server {
         tracing::info!(subsystem = "upstream", addr = %self.upstream.local_addr().expect("bound"), "starting upstream server");
         let upstream_server = tokio::spawn(serve(
             self.upstream,
+            self.config.upstream_tls.clone(),
             Protocols::Http1,
             Limits::default(),
             move |request, peer| upstream.clone().handle(request, peer),
@@ -325,12 +355,13 @@ impl Server {
             metrics: self.metrics.clone(),
             exchanges: exchanges.clone(),
             remotes: remotes.clone(),
-            forwarder: Forwarder::default(),
+            forwarder: Forwarder::new(self.config.proxy_peer_tls.as_ref()),
             auth: self.auth.clone(),
         });
         tracing::info!(subsystem = "proxy", addr = %self.proxy.local_addr().expect("bound"), "starting proxy server");
         let proxy_server = tokio::spawn(serve(
             self.proxy,
+            self.config.proxy_tls.clone(),
             Protocols::Http1And2,
             Limits {
                 deadlines: Deadlines {

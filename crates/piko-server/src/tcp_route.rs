@@ -131,7 +131,7 @@ pub(crate) async fn tunnel(
         };
         if let Ok(upgraded) = upgraded {
             let config = Some(websocket_config(MAX_MESSAGE));
-            match websocket_upgrade::into_tcp(upgraded) {
+            match websocket_upgrade::into_client_io(upgraded) {
                 Ok((tcp, read_buf)) => {
                     let ws = websocket_upgrade::server_websocket(tcp, read_buf, config).await;
                     relay(ws, stream, half_close, bytes).await;

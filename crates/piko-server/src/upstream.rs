@@ -146,9 +146,9 @@ impl Handler {
             // Closes of an upstream connection are abortive (zero linger, no close frame): a
             // v0.9.0 Go agent treats a clean close as its own shutdown and exits, but reconnects
             // after a reset (spec §5.7.2).
-            match websocket_upgrade::into_tcp(upgraded) {
+            match websocket_upgrade::into_client_io(upgraded) {
                 Ok((tcp, read_buf)) => {
-                    let _ = tcp.set_zero_linger();
+                    let _ = tcp.tcp().set_zero_linger();
                     let ws =
                         websocket_upgrade::server_websocket(tcp, read_buf, Some(ws_config)).await;
                     handler.start(ws, &endpoint, &client_ip, &tenant, expires).await;

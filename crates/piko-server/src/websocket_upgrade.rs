@@ -7,7 +7,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use hyper::upgrade::Upgraded;
 use hyper_util::{rt::TokioIo, server::conn::auto::upgrade::downcast};
-use tokio::net::TcpStream;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
@@ -17,6 +16,7 @@ use tokio_tungstenite::{
 };
 
 use crate::{
+    client_io::ClientIo,
     connection_deadlines::WatchedIo,
     json_error::full,
     serve::{Body, set_write_stall_limit},
@@ -97,22 +97,23 @@ pub(crate) fn switching_protocols(accept_key: &str) -> Response<Body> {
     response
 }
 
-/// The client's socket and the bytes hyper read past the handshake, once the connection has left
-/// hyper; its write stall limit is lifted (a WebSocket's own keep-alive judges it from here on).
-pub(crate) fn into_tcp(upgraded: Upgraded) -> Result<(TcpStream, Bytes), Upgraded> {
-    let parts = downcast::<TokioIo<WatchedIo<TcpStream>>>(upgraded)?;
-    let tcp = parts.io.into_inner().into_inner();
-    set_write_stall_limit(&tcp, None);
-    Ok((tcp, parts.read_buf))
+/// The client's connection and the bytes hyper read past the handshake, once the connection has
+/// left hyper; its write stall limit is lifted (a WebSocket's own keep-alive judges it from here
+/// on).
+pub(crate) fn into_client_io(upgraded: Upgraded) -> Result<(ClientIo, Bytes), Upgraded> {
+    let parts = downcast::<TokioIo<WatchedIo<ClientIo>>>(upgraded)?;
+    let io = parts.io.into_inner().into_inner();
+    set_write_stall_limit(io.tcp(), None);
+    Ok((io, parts.read_buf))
 }
 
 /// The server side of a WebSocket on `tcp`, starting with the bytes hyper read past the
 /// handshake (usually none).
 pub(crate) async fn server_websocket(
-    tcp: TcpStream,
+    tcp: ClientIo,
     read_buf: Bytes,
     config: Option<WebSocketConfig>,
-) -> WebSocketStream<TcpStream> {
+) -> WebSocketStream<ClientIo> {
     if read_buf.is_empty() {
         // tungstenite sizes a partially read buffer for its default reads, not the configured
         // ones: about 6 KiB more per idle upstream.

@@ -88,9 +88,9 @@ impl Process {
     }
 }
 
-/// A `piko server` on ephemeral loopback ports, with the addresses it logged: (admin, upstream,
-/// proxy).
-pub(crate) async fn start_server(extra: &[&str]) -> (Process, String, String, String) {
+/// `piko server` with its ports and gossip on ephemeral loopback ports, and `extra` flags; its
+/// addresses are in its first log lines.
+pub(crate) fn server_process(extra: &[&str]) -> Process {
     let mut args = vec![
         "server",
         "--proxy.bind-addr",
@@ -103,7 +103,13 @@ pub(crate) async fn start_server(extra: &[&str]) -> (Process, String, String, St
         "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
-    let mut server = Process::start(&args);
+    Process::start(&args)
+}
+
+/// A `piko server` on ephemeral loopback ports, with the addresses it logged: (admin, upstream,
+/// proxy).
+pub(crate) async fn start_server(extra: &[&str]) -> (Process, String, String, String) {
+    let mut server = server_process(extra);
     let mut addr = async |msg: &str| {
         server.wait_log(msg).await["addr"]
             .as_str()
@@ -114,6 +120,16 @@ pub(crate) async fn start_server(extra: &[&str]) -> (Process, String, String, St
     let upstream = addr("starting upstream server").await;
     let proxy = addr("starting proxy server").await;
     (server, admin, upstream, proxy)
+}
+
+/// An HS256 token with `claims` (JSON), signed with `secret`.
+pub(crate) fn hs256_token(secret: &str, claims: &str) -> String {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let input = format!("{}.{}", b64(br#"{"alg":"HS256"}"#), b64(claims.as_bytes()));
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+    let signature = aws_lc_rs::hmac::sign(&key, input.as_bytes());
+    format!("{input}.{}", b64(signature.as_ref()))
 }
 
 pub(crate) struct TempFile(std::path::PathBuf);
@@ -225,15 +241,26 @@ pub(crate) fn agent_http(endpoint: &str, service: &str, upstream: &str, extra: &
 
 /// `piko forward tcp` on an ephemeral loopback port, and that port.
 pub(crate) async fn start_forward(proxy: &str, endpoint: &str) -> (Process, SocketAddr) {
-    let url = format!("http://{proxy}");
-    let mut forward = Process::start(&[
+    start_forward_to(&format!("http://{proxy}"), endpoint, &[]).await
+}
+
+/// `piko forward tcp` to the proxy port at `url`, with `extra` flags, on an ephemeral loopback
+/// port, and that port.
+pub(crate) async fn start_forward_to(
+    url: &str,
+    endpoint: &str,
+    extra: &[&str],
+) -> (Process, SocketAddr) {
+    let mut args = vec![
         "forward",
         "tcp",
         "127.0.0.1:0",
         endpoint,
         "--connect.url",
-        &url,
-    ]);
+        url,
+    ];
+    args.extend_from_slice(extra);
+    let mut forward = Process::start(&args);
     let line = forward.wait_log("starting tcp forwarder").await;
     let addr = line["addr"].as_str().unwrap().parse().unwrap();
     (forward, addr)
