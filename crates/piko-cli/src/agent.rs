@@ -42,7 +42,8 @@ pub(crate) struct Shared {
     /// token before the current one expires (instead of --connect.token) [default: ""].
     #[arg(long = "connect.token-file")]
     token_file: Option<String>,
-    /// Tenant sent as `x-piko-tenant-id` (not supported yet: refused when set).
+    /// Tenant sent as `x-piko-tenant-id`: the server checks the token with the tenant's keys,
+    /// and the endpoints are the tenant's [default: ""].
     #[arg(long = "connect.tenant-id")]
     tenant_id: Option<String>,
     /// Deadline for each listener's first connection, retries included [default: 30s].
@@ -316,10 +317,10 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
         }
     };
     let file: config_file::AgentFile = shared.config.load()?;
-    file.check().context("config")?;
-    if shared.tenant_id.as_deref().is_some_and(|t| !t.is_empty()) {
-        anyhow::bail!("config: connect.tenant_id: not supported yet");
-    }
+    let tenant = shared
+        .tenant_id
+        .or(file.connect.tenant_id.clone())
+        .filter(|t| !t.is_empty());
     let connect_tls = shared.tls.config(&file.connect.tls)?;
     let proxy_url = shared
         .proxy_url
@@ -469,6 +470,9 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
     }
     if let Some(path) = &token_file {
         upstream = upstream.token_file(path);
+    }
+    if let Some(tenant) = tenant {
+        upstream = upstream.tenant(tenant);
     }
     if let Some(tls) = connect_tls {
         upstream = upstream.tls(tls);

@@ -1,9 +1,7 @@
 //! Piko's YAML configuration files (spec Appendix B), read strictly: an unknown key is an error
 //! naming the key and its line, so a typo never silently falls back to a default.
 //!
-//! Every key of Piko v0.9.0 is accepted so existing files keep loading. Keys whose feature is not
-//! built yet are either refused (authentication, TLS and tenants: serving without them when the
-//! operator asked for them would be a silent security downgrade) or ignored with a warning.
+//! Every key of Piko v0.9.0 is accepted so existing files keep loading.
 
 // Every key of Piko's schema is declared, so a typo is an error; fields are read as the features
 // behind them are built.
@@ -112,14 +110,6 @@ pub(crate) struct HeaderFilter {
     pub(crate) block_list: Option<Vec<String>>,
 }
 
-/// Refuses a security feature that is configured but not built yet.
-fn refuse(key: &str, configured: bool) -> anyhow::Result<()> {
-    if configured {
-        anyhow::bail!("{key}: not supported yet");
-    }
-    Ok(())
-}
-
 // ---- server ----------------------------------------------------------------------------------
 
 /// `piko server`'s file.
@@ -188,7 +178,7 @@ pub(crate) struct Upstream {
     pub(crate) auth: Auth,
     pub(crate) rebalance: Rebalance,
     pub(crate) tls: Tls,
-    tenants: Option<Vec<Tenant>>,
+    pub(crate) tenants: Option<Vec<Tenant>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -201,8 +191,8 @@ pub(crate) struct Rebalance {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct Tenant {
-    id: Option<String>,
+pub(crate) struct Tenant {
+    pub(crate) id: Option<String>,
     pub(crate) auth: Auth,
 }
 
@@ -213,20 +203,6 @@ pub(crate) struct Admin {
     pub(crate) advertise_addr: Option<String>,
     pub(crate) auth: Auth,
     pub(crate) tls: Tls,
-}
-
-impl ServerFile {
-    /// Refuses what must not be ignored.
-    pub(crate) fn check(&self) -> anyhow::Result<()> {
-        refuse(
-            "upstream.tenants",
-            self.upstream
-                .tenants
-                .as_ref()
-                .is_some_and(|t| !t.is_empty()),
-        )?;
-        Ok(())
-    }
 }
 
 // ---- agent -----------------------------------------------------------------------------------
@@ -249,7 +225,7 @@ pub(crate) struct Connect {
     pub(crate) token: Option<String>,
     /// Ours: a file holding the token, read at every connect.
     pub(crate) token_file: Option<String>,
-    tenant_id: Option<String>,
+    pub(crate) tenant_id: Option<String>,
     pub(crate) timeout: Option<GoDuration>,
     pub(crate) proxy_url: Option<String>,
     pub(crate) tls: ClientTls,
@@ -294,13 +270,6 @@ pub(crate) struct HttpClient {
     /// gzip and decompresses), so the client gets what it asked for either way.
     #[allow(dead_code)]
     disable_compression: Option<bool>,
-}
-
-impl AgentFile {
-    /// Refuses what must not be ignored (every other key the agent accepts is applied).
-    pub(crate) fn check(&self) -> anyhow::Result<()> {
-        refuse("connect.tenant_id", set(self.connect.tenant_id.as_ref()))
-    }
 }
 
 // ---- forward ---------------------------------------------------------------------------------
@@ -413,7 +382,6 @@ grace_period: 1m
             file.proxy.http.idle_timeout.unwrap().0,
             Duration::from_secs(300)
         );
-        file.check().unwrap();
     }
 
     #[test]
@@ -430,23 +398,6 @@ grace_period: 1m
             .unwrap_err()
             .to_string();
         assert!(err.contains("duration") || err.contains("string"), "{err}");
-    }
-
-    #[test]
-    fn tenants_are_refused_until_built() {
-        let file: ServerFile =
-            serde_saphyr::from_str("proxy:\n  auth:\n    hmac_secret_key: k\n").unwrap();
-        assert!(file.check().is_ok(), "auth keys are built");
-        let file: ServerFile =
-            serde_saphyr::from_str("upstream:\n  tls:\n    cert: /c.pem\n").unwrap();
-        assert!(file.check().is_ok(), "tls is built");
-        let tenants =
-            "upstream:\n  tenants:\n    - id: t1\n      auth:\n        hmac_secret_key: s\n";
-        let file: ServerFile = serde_saphyr::from_str(tenants).unwrap();
-        assert_eq!(
-            file.check().unwrap_err().to_string(),
-            "upstream.tenants: not supported yet"
-        );
     }
 
     #[test]
@@ -472,7 +423,6 @@ grace_period: 1m
         let listeners = file.listeners.as_ref().unwrap();
         assert_eq!(listeners[0].endpoint_id.as_deref(), Some("my-api"));
         assert_eq!(listeners[0].timeout.unwrap().0, Duration::from_secs(30));
-        file.check().unwrap();
     }
 
     #[test]

@@ -102,31 +102,20 @@ macro_rules! port_security_flags {
                 &self,
                 file: &crate::config_file::Auth,
             ) -> anyhow::Result<Option<std::sync::Arc<piko_server::auth::Verifier>>> {
-                let pick = |flag: &Option<String>, file: &Option<String>| flag.clone().or_else(|| file.clone());
-                let config = piko_server::auth::AuthConfig {
-                    hmac_secret_key: pick(&self.hmac_secret_key, &file.hmac_secret_key),
-                    rsa_public_key: pick(&self.rsa_public_key, &file.rsa_public_key),
-                    ecdsa_public_key: pick(&self.ecdsa_public_key, &file.ecdsa_public_key),
-                    audience: pick(&self.audience, &file.audience),
-                    issuer: pick(&self.issuer, &file.issuer),
-                    disable_disconnect_on_expiry: self
-                        .disable_disconnect_on_expiry
-                        .or(file.disable_disconnect_on_expiry)
-                        .unwrap_or(false),
-                    jwks: pick(&self.jwks_endpoint, &file.jwks.endpoint)
-                        .filter(|endpoint| !endpoint.is_empty())
-                        .map(|endpoint| piko_server::auth::JwksConfig {
-                            endpoint,
-                            cache_ttl: self
-                                .jwks_cache_ttl
-                                .or(file.jwks.cache_ttl.map(|d| d.0))
-                                .unwrap_or_default(),
-                            timeout: self
-                                .jwks_timeout
-                                .or(file.jwks.timeout.map(|d| d.0))
-                                .unwrap_or_default(),
-                        }),
-                };
+                let config = crate::security_flags::auth_config(
+                    file,
+                    crate::security_flags::AuthOverrides {
+                        hmac_secret_key: self.hmac_secret_key.as_ref(),
+                        rsa_public_key: self.rsa_public_key.as_ref(),
+                        ecdsa_public_key: self.ecdsa_public_key.as_ref(),
+                        audience: self.audience.as_ref(),
+                        issuer: self.issuer.as_ref(),
+                        disable_disconnect_on_expiry: self.disable_disconnect_on_expiry,
+                        jwks_endpoint: self.jwks_endpoint.as_ref(),
+                        jwks_cache_ttl: self.jwks_cache_ttl,
+                        jwks_timeout: self.jwks_timeout,
+                    },
+                );
                 piko_server::auth::Verifier::new(&config)
                     .map(|verifier| verifier.map(std::sync::Arc::new))
                     .map_err(|err| anyhow::anyhow!(concat!("config: ", $port, ": auth: {}"), err))
@@ -256,4 +245,76 @@ pub(crate) fn peer_tls(
         config,
         server_name,
     })
+}
+
+/// Flags that override a port's `auth:` keys.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct AuthOverrides<'a> {
+    pub(crate) hmac_secret_key: Option<&'a String>,
+    pub(crate) rsa_public_key: Option<&'a String>,
+    pub(crate) ecdsa_public_key: Option<&'a String>,
+    pub(crate) audience: Option<&'a String>,
+    pub(crate) issuer: Option<&'a String>,
+    pub(crate) disable_disconnect_on_expiry: Option<bool>,
+    pub(crate) jwks_endpoint: Option<&'a String>,
+    pub(crate) jwks_cache_ttl: Option<Duration>,
+    pub(crate) jwks_timeout: Option<Duration>,
+}
+
+/// An `auth:` block with its flags over it.
+pub(crate) fn auth_config(
+    file: &crate::config_file::Auth,
+    flags: AuthOverrides<'_>,
+) -> piko_server::auth::AuthConfig {
+    let pick =
+        |flag: Option<&String>, file: &Option<String>| flag.cloned().or_else(|| file.clone());
+    piko_server::auth::AuthConfig {
+        hmac_secret_key: pick(flags.hmac_secret_key, &file.hmac_secret_key),
+        rsa_public_key: pick(flags.rsa_public_key, &file.rsa_public_key),
+        ecdsa_public_key: pick(flags.ecdsa_public_key, &file.ecdsa_public_key),
+        audience: pick(flags.audience, &file.audience),
+        issuer: pick(flags.issuer, &file.issuer),
+        disable_disconnect_on_expiry: flags
+            .disable_disconnect_on_expiry
+            .or(file.disable_disconnect_on_expiry)
+            .unwrap_or(false),
+        jwks: pick(flags.jwks_endpoint, &file.jwks.endpoint)
+            .filter(|endpoint| !endpoint.is_empty())
+            .map(|endpoint| piko_server::auth::JwksConfig {
+                endpoint,
+                cache_ttl: flags
+                    .jwks_cache_ttl
+                    .or(file.jwks.cache_ttl.map(|d| d.0))
+                    .unwrap_or_default(),
+                timeout: flags
+                    .jwks_timeout
+                    .or(file.jwks.timeout.map(|d| d.0))
+                    .unwrap_or_default(),
+            }),
+    }
+}
+
+/// `upstream.tenants` (YAML only): each with an ID and keys of its own.
+///
+/// # Errors
+/// Piko's `config: upstream: tenant: missing tenant id` and `... tenant auth disabled`; ours for
+/// an ID with a `/` or given twice, and for keys that do not load.
+pub(crate) fn tenants(
+    file: &[crate::config_file::Tenant],
+) -> anyhow::Result<std::sync::Arc<piko_server::auth::Tenants>> {
+    let mut list = Vec::with_capacity(file.len());
+    for tenant in file {
+        let id = tenant.id.clone().unwrap_or_default();
+        if id.is_empty() {
+            anyhow::bail!("config: upstream: tenant: missing tenant id");
+        }
+        let config = auth_config(&tenant.auth, AuthOverrides::default());
+        let verifier = piko_server::auth::Verifier::new(&config)
+            .map_err(|err| anyhow::anyhow!("config: upstream: tenant: {id}: auth: {err}"))?
+            .ok_or_else(|| anyhow::anyhow!("config: upstream: tenant: tenant auth disabled"))?;
+        list.push((id, std::sync::Arc::new(verifier)));
+    }
+    piko_server::auth::Tenants::new(list)
+        .map(std::sync::Arc::new)
+        .map_err(|err| anyhow::anyhow!("config: upstream: tenant: {err}"))
 }

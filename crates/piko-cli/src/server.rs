@@ -147,7 +147,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     let signals = signal::Signals::install();
     let mut file: config_file::ServerFile = args.config.load()?;
-    file.check().context("config")?;
     // Piko's validation order (spec §1.3.2): cluster, proxy, upstream, admin, log, grace period
     // (after our refusal of what is not built).
     let cluster = args.cluster.resolve(std::mem::take(&mut file.cluster))?;
@@ -199,6 +198,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let _ = args
         .upstream_advertise_addr
         .or(file.upstream.advertise_addr);
+    let tenants =
+        crate::security_flags::tenants(file.upstream.tenants.as_deref().unwrap_or_default())?;
     let admin_bind_addr = bind_addr("admin", args.admin_bind_addr, file.admin.bind_addr, ":8002")?;
     let proxy_tls = args.proxy_security.server_tls(&file.proxy.tls, true)?;
     let proxy_peer_tls = match proxy_tls {
@@ -273,6 +274,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                     usize::try_from(n).unwrap_or(usize::MAX)
                 }),
             auth: proxy_auth,
+            tenants: tenants.clone(),
         },
         grace_period,
         shutdown_delay: args
@@ -282,6 +284,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         upstream: piko_server::upstream::Config {
             rebalance,
             auth: upstream_auth,
+            tenants,
             ..defaults.upstream.clone()
         },
         admin_auth,

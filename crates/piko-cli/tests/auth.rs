@@ -94,3 +94,35 @@ async fn forward_reads_its_token_file_for_every_tunnel() {
         "the renewed token is read for the next tunnel"
     );
 }
+
+/// Tenants from the config file: an agent with `--connect.tenant-id` and its tenant's token
+/// serves the tenant's endpoint, which clients reach with `x-piko-tenant-id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_serves_its_tenant_s_endpoint() {
+    let file = common::TempFile::new(
+        "server.yaml",
+        "upstream:\n  tenants:\n    - id: acme\n      auth:\n        hmac_secret_key: acme-key\n",
+    );
+    let (mut server, _admin, upstream, proxy) = start_server(&["--config.path", file.path()]).await;
+    let service = common::ok_service().await.to_string();
+    let acme_token = common::hs256_token("acme-key", "{}");
+    let _agent = common::agent_http(
+        "api",
+        &service,
+        &upstream,
+        &[
+            "--connect.tenant-id",
+            "acme",
+            "--connect.token",
+            &acme_token,
+        ],
+    );
+    let line = server.wait_log("upstream connected").await;
+    assert_eq!(line["endpoint-id"], "acme/api", "{line}");
+    let endpoint = "x-piko-endpoint: api".to_owned();
+    assert_eq!(
+        curl(&proxy, &[endpoint.clone(), "x-piko-tenant-id: acme".into()]).await,
+        ("200".into(), "ok /hello".into())
+    );
+    assert_eq!(curl(&proxy, &[endpoint]).await.0, "502");
+}

@@ -180,8 +180,18 @@ async fn server_rules() {
         ),
         (
             &[],
-            Some("upstream:\n  tenants:\n    - id: t\n      auth: {hmac_secret_key: k}\n"),
-            "config: upstream.tenants: not supported yet",
+            Some("upstream:\n  tenants:\n    - auth: {hmac_secret_key: k}\n"),
+            "config: upstream: tenant: missing tenant id",
+        ),
+        (
+            &[],
+            Some("upstream:\n  tenants:\n    - id: t\n"),
+            "config: upstream: tenant: tenant auth disabled",
+        ),
+        (
+            &[],
+            Some("upstream:\n  tenants:\n    - id: a/b\n      auth: {hmac_secret_key: k}\n"),
+            "config: upstream: tenant: a/b: invalid tenant id: '/' is not allowed",
         ),
     ];
     for (args, file, expected) in cases {
@@ -249,11 +259,6 @@ async fn agent_rules() {
             &["--grace-period", "0"],
             None,
             "config: missing grace period",
-        ),
-        (
-            &["--connect.tenant-id", "t"],
-            None,
-            "config: connect.tenant_id: not supported yet",
         ),
         (
             &["--server.enabled", "--server.bind-addr", ""],

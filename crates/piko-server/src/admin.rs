@@ -45,7 +45,12 @@ impl Handler {
     pub(crate) async fn handle(&self, request: &Request<Incoming>) -> Response<Body> {
         // Every request on the port (health and metrics included), as Piko checks them.
         if let Some(verifier) = &self.auth
-            && let Err(refusal) = crate::auth::authenticate(verifier, request.headers()).await
+            && let Err(refusal) = crate::auth::authenticate(
+                verifier,
+                &crate::auth::Tenants::default(),
+                request.headers(),
+            )
+            .await
         {
             tracing::warn!(subsystem = "admin", reason = ?refusal, "request refused");
             return refusal.response();

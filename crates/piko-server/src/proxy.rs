@@ -38,7 +38,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::{
-    auth::{self, Grant, Refusal, Verifier},
+    auth::{self, Grant, Refusal, Tenants, Verifier},
     client_io::ClientIo,
     cluster::{ForwardAuth, RemoteEndpoints, RemoteNode, SIGNATURE_HEADER},
     connection_deadlines::WatchedIo,
@@ -77,6 +77,8 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// Token verification (`proxy.auth`); none lets every client in.
     pub auth: Option<Arc<Verifier>>,
+    /// The upstream port's tenants: `x-piko-tenant-id` selects one's endpoints.
+    pub tenants: Arc<Tenants>,
 }
 
 impl Default for Config {
@@ -90,6 +92,7 @@ impl Default for Config {
             idle_timeout: Some(Duration::from_secs(300)),
             max_header_bytes: 1 << 20,
             auth: None,
+            tenants: Arc::default(),
         }
     }
 }
@@ -118,7 +121,7 @@ impl Handler {
         let record = RequestRecord::start(&self.config.access_log, &request);
         // Every request on the port, as Piko checks them, before anything else.
         if let Some(verifier) = &self.config.auth {
-            match auth::authenticate(verifier, request.headers()).await {
+            match auth::authenticate(verifier, &self.config.tenants, request.headers()).await {
                 Ok(grant) => {
                     request.extensions_mut().insert(grant);
                 }
@@ -158,6 +161,24 @@ impl Handler {
         }
     }
 
+    /// The name `endpoint` is routed by: among a tenant's endpoints when the request names a
+    /// configured tenant. Without tenants the header means nothing, as in Piko.
+    fn routed_endpoint<B>(
+        &self,
+        request: &Request<B>,
+        endpoint: String,
+    ) -> Result<String, Refusal> {
+        let tenants = &self.config.tenants;
+        match auth::requested_tenant(request.headers()) {
+            _ if tenants.is_empty() => Ok(endpoint),
+            None => Ok(endpoint),
+            Some(tenant) if tenants.contains(tenant) => {
+                Ok(auth::routed_name(Some(tenant), &endpoint))
+            }
+            Some(_) => Err(Refusal::UnknownTenant),
+        }
+    }
+
     async fn proxy(
         self: Arc<Self>,
         mut request: Request<Incoming>,
@@ -166,6 +187,10 @@ impl Handler {
     ) -> Response<Body> {
         match tcp_route::route(request.method(), request.uri().path()) {
             Route::Tunnel(endpoint) => {
+                let endpoint = match self.routed_endpoint(&request, endpoint) {
+                    Ok(endpoint) => endpoint,
+                    Err(refusal) => return refusal.response(),
+                };
                 return tcp_route::tunnel(&self, request, peer, &endpoint, meter).await;
             }
             Route::Redirect(location) => return tcp_route::redirect(&location),
@@ -174,6 +199,10 @@ impl Handler {
         let Some(endpoint) = endpoint_id(&request) else {
             tracing::warn!(subsystem = "proxy", "request missing endpoint id");
             return gin_error(StatusCode::BAD_REQUEST, "missing endpoint id");
+        };
+        let endpoint = match self.routed_endpoint(&request, endpoint) {
+            Ok(endpoint) => endpoint,
+            Err(refusal) => return refusal.response(),
         };
         if let Err(refusal) = permitted(&request, &endpoint) {
             return refusal.response();

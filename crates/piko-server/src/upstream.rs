@@ -24,7 +24,7 @@ use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::Role};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    auth::{self, Grant, Refusal, Verifier},
+    auth::{self, Grant, Refusal, TENANT_SEPARATOR, Tenants, Verifier},
     cluster::{self, RebalanceConfig, RemoteEndpoints},
     json_error::{gin_error, not_found},
     metrics::Metrics,
@@ -40,8 +40,10 @@ pub struct Config {
     pub mux: piko_mux::Config,
     /// Moving connections from a node with too many to the others.
     pub rebalance: RebalanceConfig,
-    /// Token verification (`upstream.auth`); none lets every agent in.
+    /// Token verification (`upstream.auth`); with no tenants either, every agent gets in.
     pub auth: Option<Arc<Verifier>>,
+    /// Tenants, each with its keys and its endpoint names (`upstream.tenants`).
+    pub tenants: Arc<Tenants>,
 }
 
 /// How long the requests of a session whose token expired may take to finish before it is
@@ -82,15 +84,22 @@ impl Handler {
         peer: SocketAddr,
     ) -> Response<Body> {
         // Every request on the port, as Piko checks them, before anything else.
-        let grant = match &self.config.auth {
-            Some(verifier) => match auth::authenticate(verifier, request.headers()).await {
-                Ok(grant) => Some(grant),
+        let tenants = &self.config.tenants;
+        let mut tenant_verifier = None;
+        let grant = if self.config.auth.is_some() || !tenants.is_empty() {
+            let default = self.config.auth.as_deref();
+            match auth::authenticate_upstream(default, tenants, request.headers()).await {
+                Ok((grant, tenant)) => {
+                    tenant_verifier = tenant.and_then(|tenant| tenants.verifier(tenant));
+                    Some((grant, tenant.map(str::to_owned)))
+                }
                 Err(refusal) => {
                     tracing::warn!(subsystem = "upstream", reason = ?refusal, "upstream refused");
                     return refusal.response();
                 }
-            },
-            None => None,
+            }
+        } else {
+            None
         };
         let Some(endpoint) = endpoint_from_path(request.uri().path(), UPSTREAM_PATH) else {
             return not_found();
@@ -101,22 +110,25 @@ impl Handler {
         if endpoint.len() > MAX_ENDPOINT_ID_LEN {
             return gin_error(StatusCode::BAD_REQUEST, "endpoint id too long");
         }
-        if let Some(grant) = &grant
+        if !tenants.is_empty() && endpoint.contains(TENANT_SEPARATOR) {
+            // It could pass for another tenant's endpoint.
+            return gin_error(StatusCode::BAD_REQUEST, "invalid endpoint id");
+        }
+        if let Some((grant, _)) = &grant
             && !grant.permits(&endpoint)
         {
             tracing::warn!(subsystem = "upstream", endpoint_id = %endpoint, token_endpoints = ?grant.endpoints, "endpoint not permitted");
             return Refusal::EndpointNotPermitted.response();
         }
-        // The session ends when its token does (unless configured otherwise).
+        // The session ends when its token does (unless its keys say otherwise).
+        let verifier = tenant_verifier.or(self.config.auth.as_ref());
         let expires = grant
             .as_ref()
-            .and_then(|grant: &Grant| grant.expires)
-            .filter(|_| {
-                self.config
-                    .auth
-                    .as_ref()
-                    .is_some_and(|verifier| verifier.disconnects_on_expiry())
-            });
+            .and_then(|(grant, _): &(Grant, _)| grant.expires)
+            .filter(|_| verifier.is_some_and(|verifier| verifier.disconnects_on_expiry()));
+        // A tenant's endpoints are its own.
+        let tenant_id = grant.as_ref().and_then(|(_, tenant)| tenant.as_deref());
+        let endpoint = auth::routed_name(tenant_id, &endpoint);
         if self.leaving.is_cancelled() {
             // Retryable for Go clients: they reconnect, through the balancer, to another node.
             return gin_error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");

@@ -9,7 +9,6 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use aws_lc_rs::hmac;
 use base64::Engine as _;
 use common::{Node, start_node_from, wait_upstreams};
 use piko_server::{
@@ -21,17 +20,7 @@ use serde_json::{Value, json};
 const SECRET: &str = "a-test-secret";
 
 fn token(claims: &Value) -> String {
-    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    let input = format!(
-        "{}.{}",
-        b64(br#"{"alg":"HS256","typ":"JWT"}"#),
-        b64(claims.to_string().as_bytes())
-    );
-    let key = hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes());
-    format!(
-        "{input}.{}",
-        b64(hmac::sign(&key, input.as_bytes()).as_ref())
-    )
+    common::hs256_token(SECRET, claims)
 }
 
 fn unix_now() -> u64 {
@@ -42,14 +31,7 @@ fn unix_now() -> u64 {
 }
 
 fn verifier() -> Arc<Verifier> {
-    Arc::new(
-        Verifier::new(&AuthConfig {
-            hmac_secret_key: Some(SECRET.into()),
-            ..AuthConfig::default()
-        })
-        .unwrap()
-        .unwrap(),
-    )
+    common::hmac_verifier(SECRET)
 }
 
 async fn node_with_auth() -> Node {

@@ -4,11 +4,15 @@
 //! - `token`: keys, verification, and what a token grants.
 //! - `jwks`: keys from a JWK Set, fetched and refreshed.
 //! - `request`: finding a request's token and refusing it as Piko does.
+//! - `tenants`: the upstream port's tenants and their endpoint names.
 
 mod jwks;
 mod request;
+mod tenants;
 mod token;
 
 pub use jwks::JwksConfig;
-pub(crate) use request::{Refusal, authenticate};
+pub(crate) use request::{Refusal, authenticate, authenticate_upstream};
+pub(crate) use tenants::requested_tenant;
+pub use tenants::{TENANT_SEPARATOR, TenantError, Tenants, routed_name};
 pub use token::{AuthConfig, Grant, TokenError, Verifier};

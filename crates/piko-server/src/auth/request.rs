@@ -4,14 +4,15 @@ use std::time::SystemTime;
 
 use http::{HeaderMap, Response, StatusCode};
 
-use super::token::{Grant, TokenError, Verifier};
+use super::{
+    tenants::{Tenants, requested_tenant},
+    token::{Grant, TokenError, Verifier},
+};
 use crate::{json_error::gin_error, serve::Body};
 
 /// Carries the token in preference to `Authorization`, which clients may need for the upstream
 /// service itself.
 const PIKO_AUTHORIZATION: &str = "x-piko-authorization";
-/// Names a tenant; refused while no tenants are configured.
-const TENANT: &str = "x-piko-tenant-id";
 
 /// Why a request was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,14 +45,42 @@ impl Refusal {
     }
 }
 
-/// Checks the request's token: what it grants, or why it is refused.
+/// Checks the request's token on the proxy or admin port: what it grants, or why it is
+/// refused. A tenant header must name one of `tenants` (on the proxy port it selects the
+/// tenant's endpoints; the admin port has none).
 pub(crate) async fn authenticate(
     verifier: &Verifier,
+    tenants: &Tenants,
     headers: &HeaderMap,
 ) -> Result<Grant, Refusal> {
-    if headers.get(TENANT).is_some_and(|tenant| !tenant.is_empty()) {
+    if requested_tenant(headers).is_some_and(|tenant| !tenants.contains(tenant)) {
         return Err(Refusal::UnknownTenant);
     }
+    verify(verifier, headers).await
+}
+
+/// Checks an upstream's token, with its tenant's keys when it names one: what it grants and the
+/// tenant, or why it is refused. As in Piko, once tenants are configured an upstream must name
+/// one; `default` verifies the others.
+pub(crate) async fn authenticate_upstream<'h>(
+    default: Option<&Verifier>,
+    tenants: &Tenants,
+    headers: &'h HeaderMap,
+) -> Result<(Grant, Option<&'h str>), Refusal> {
+    match requested_tenant(headers) {
+        Some(tenant) => {
+            let verifier = tenants.verifier(tenant).ok_or(Refusal::UnknownTenant)?;
+            Ok((verify(verifier, headers).await?, Some(tenant)))
+        }
+        None if !tenants.is_empty() => Err(Refusal::UnknownTenant),
+        None => match default {
+            Some(verifier) => Ok((verify(verifier, headers).await?, None)),
+            None => Err(Refusal::UnknownTenant),
+        },
+    }
+}
+
+async fn verify(verifier: &Verifier, headers: &HeaderMap) -> Result<Grant, Refusal> {
     let token = bearer(headers)?;
     verifier
         .verify(token, SystemTime::now())

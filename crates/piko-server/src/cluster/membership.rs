@@ -232,7 +232,7 @@ impl Membership {
     pub(crate) async fn publish_endpoints(&self, endpoints: &[(String, usize)]) {
         let wanted: BTreeMap<String, String> = endpoints
             .iter()
-            .map(|(id, count)| (endpoint_key("", id), count.to_string()))
+            .map(|(name, count)| (endpoint_key(name), count.to_string()))
             .collect();
         self.handle
             .with_chitchat(|chitchat| {
@@ -361,8 +361,13 @@ impl Membership {
 }
 
 /// Key of an endpoint's upstream count.
-fn endpoint_key(tenant: &str, endpoint: &str) -> String {
-    format!("{ENDPOINT_PREFIX}{tenant}/{endpoint}")
+/// The key of a routed endpoint name: a tenant's (`acme/api`) is its tenant and ID already.
+fn endpoint_key(name: &str) -> String {
+    if name.contains(crate::auth::TENANT_SEPARATOR) {
+        format!("{ENDPOINT_PREFIX}{name}")
+    } else {
+        format!("{ENDPOINT_PREFIX}/{name}")
+    }
 }
 
 fn node(id: &ChitchatId, state: &NodeState, reachable: bool) -> Option<Node> {

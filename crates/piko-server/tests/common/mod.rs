@@ -135,3 +135,26 @@ pub(crate) async fn serve_fixed_response(mut listener: piko::Listener, response:
         });
     }
 }
+
+/// An HS256 token with `claims`, signed with `secret`.
+pub(crate) fn hs256_token(secret: &str, claims: &serde_json::Value) -> String {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let input = format!(
+        "{}.{}",
+        b64(br#"{"alg":"HS256","typ":"JWT"}"#),
+        b64(claims.to_string().as_bytes())
+    );
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+    let signature = aws_lc_rs::hmac::sign(&key, input.as_bytes());
+    format!("{input}.{}", b64(signature.as_ref()))
+}
+
+/// A verifier of HS256 tokens signed with `secret`.
+pub(crate) fn hmac_verifier(secret: &str) -> std::sync::Arc<piko_server::auth::Verifier> {
+    let config = piko_server::auth::AuthConfig {
+        hmac_secret_key: Some(secret.into()),
+        ..piko_server::auth::AuthConfig::default()
+    };
+    std::sync::Arc::new(piko_server::auth::Verifier::new(&config).unwrap().unwrap())
+}
