@@ -168,6 +168,8 @@ pub(crate) struct ProxyHttp {
     pub(crate) write_timeout: Option<GoDuration>,
     pub(crate) idle_timeout: Option<GoDuration>,
     pub(crate) max_header_bytes: Option<u64>,
+    /// Ours: most client connections at once.
+    pub(crate) max_connections: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -179,6 +181,10 @@ pub(crate) struct Upstream {
     pub(crate) rebalance: Rebalance,
     pub(crate) tls: Tls,
     pub(crate) tenants: Option<Vec<Tenant>>,
+    /// Ours: most connections at once on the port.
+    pub(crate) max_connections: Option<u64>,
+    /// Ours: most upstreams per endpoint on a node.
+    pub(crate) max_upstreams_per_endpoint: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

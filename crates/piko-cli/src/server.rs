@@ -52,6 +52,10 @@ pub(crate) struct Args {
     /// Largest request head accepted, in bytes (larger ones get 431) [default: 1048576].
     #[arg(long = "proxy.http.max-header-bytes")]
     max_header_bytes: Option<u64>,
+    /// Most client connections open at once, tunnels included (more are closed when
+    /// accepted); 0 is no limit [default: 0].
+    #[arg(long = "proxy.http.max-connections")]
+    proxy_max_connections: Option<u64>,
     /// Level of the access log's records (5xx responses are at least warn) [default: info].
     #[arg(long = "proxy.access-log.level")]
     access_log_level: Option<String>,
@@ -98,6 +102,14 @@ pub(crate) struct Args {
     /// Fewest upstreams a node must hold before it sheds any [default: 50].
     #[arg(long = "upstream.rebalance.min-conns")]
     rebalance_min_conns: Option<u64>,
+    /// Most connections open at once on the upstream port, upstream sessions included; 0 is no
+    /// limit [default: 0].
+    #[arg(long = "upstream.max-connections")]
+    upstream_max_connections: Option<u64>,
+    /// Most upstreams one endpoint may have on this node (more get a retryable 429); 0 is no
+    /// limit [default: 0].
+    #[arg(long = "upstream.max-upstreams-per-endpoint")]
+    max_upstreams_per_endpoint: Option<u64>,
     /// Address the admin port listens on [default: :8002].
     #[arg(long = "admin.bind-addr")]
     admin_bind_addr: Option<String>,
@@ -273,6 +285,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 .map_or(defaults.proxy.max_header_bytes, |n| {
                     usize::try_from(n).unwrap_or(usize::MAX)
                 }),
+            max_connections: limit(args.proxy_max_connections, file.proxy.http.max_connections),
             auth: proxy_auth,
             tenants: tenants.clone(),
         },
@@ -285,6 +298,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             rebalance,
             auth: upstream_auth,
             tenants,
+            max_connections: limit(args.upstream_max_connections, file.upstream.max_connections),
+            max_upstreams_per_endpoint: limit(
+                args.max_upstreams_per_endpoint,
+                file.upstream.max_upstreams_per_endpoint,
+            ),
             ..defaults.upstream.clone()
         },
         admin_auth,
@@ -304,6 +322,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     crate::open_files::raise_limit();
     let server = Server::bind(config).await.context("bind")?;
     server.run(shutdown_requested(signals)).await
+}
+
+/// A count limit: flag, else file; 0 or unset is none.
+fn limit(flag: Option<u64>, file: Option<u64>) -> Option<usize> {
+    flag.or(file)
+        .filter(|&n| n > 0)
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 /// A port's bind address: flag, else file, else default; empty is an error.

@@ -75,6 +75,9 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// Largest request head accepted (larger ones get 431).
     pub max_header_bytes: usize,
+    /// Most client connections open at once, tunnels included (more are closed when
+    /// accepted); `None`: no limit.
+    pub max_connections: Option<usize>,
     /// Token verification (`proxy.auth`); none lets every client in.
     pub auth: Option<Arc<Verifier>>,
     /// The upstream port's tenants: `x-piko-tenant-id` selects one's endpoints.
@@ -91,6 +94,7 @@ impl Default for Config {
             write_timeout: Some(Duration::from_secs(10)),
             idle_timeout: Some(Duration::from_secs(300)),
             max_header_bytes: 1 << 20,
+            max_connections: None,
             auth: None,
             tenants: Arc::default(),
         }

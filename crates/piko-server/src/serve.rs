@@ -23,6 +23,9 @@ pub(crate) use piko_http::body::{Body, BoxError};
 /// How long a TLS handshake may take when the port has no header read limit.
 const DEFAULT_HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
+/// At most one warning per interval while connections are refused.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Interval of HTTP/2 keep-alive pings, and how long a reply may take.
 const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
@@ -36,6 +39,9 @@ pub(crate) struct Limits {
     pub(crate) deadlines: Deadlines,
     /// Largest request head, in bytes (hyper's floor is 8 KiB).
     pub(crate) max_header_bytes: usize,
+    /// Most connections open at once (upgraded ones included); more are closed as soon as
+    /// accepted. `None`: no limit.
+    pub(crate) max_connections: Option<usize>,
 }
 
 impl Default for Limits {
@@ -49,6 +55,7 @@ impl Default for Limits {
                 write_stall: Some(Duration::from_secs(10)),
             },
             max_header_bytes: 1 << 20,
+            max_connections: None,
         }
     }
 }
@@ -78,6 +85,10 @@ pub(crate) async fn serve<F, Fut>(
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
+    let slots = limits
+        .max_connections
+        .map(|max| Arc::new(tokio::sync::Semaphore::new(max)));
+    let mut last_refusal_logged: Option<tokio::time::Instant> = None;
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -91,6 +102,24 @@ pub(crate) async fn serve<F, Fut>(
                 }
             },
         };
+        let slot = match &slots {
+            Some(slots) => match slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    // Closed at once: the client learns now (a balancer tries another node)
+                    // rather than waiting in the backlog, and the node keeps its memory and
+                    // descriptors for the connections it serves.
+                    drop(tcp);
+                    let now = tokio::time::Instant::now();
+                    if last_refusal_logged.is_none_or(|at| now - at >= REFUSAL_LOG_INTERVAL) {
+                        last_refusal_logged = Some(now);
+                        tracing::warn!(%peer, limit = limits.max_connections, "connection limit reached; refusing connections");
+                    }
+                    continue;
+                }
+            },
+            None => None,
+        };
         let _ = tcp.set_nodelay(true);
         piko_protocol::enable_keepalive(&tcp);
         if let Some(limit) = limits.deadlines.write_stall {
@@ -101,7 +130,7 @@ pub(crate) async fn serve<F, Fut>(
         let tls = tls.clone();
         tracker.spawn(async move {
             let io = match tls {
-                None => ClientIo::Plain(tcp),
+                None => ClientIo::plain(tcp, slot),
                 Some(tls) => {
                     let limit = limits.deadlines.header_read.unwrap_or(DEFAULT_HANDSHAKE_LIMIT);
                     let handshake = tokio::select! {
@@ -109,7 +138,7 @@ pub(crate) async fn serve<F, Fut>(
                         () = stop.cancelled() => return,
                     };
                     match handshake {
-                        Some(stream) => ClientIo::Tls(Box::new(stream)),
+                        Some(stream) => ClientIo::tls(stream, slot),
                         None => return,
                     }
                 }

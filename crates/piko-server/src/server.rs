@@ -337,7 +337,10 @@ impl Server {
             self.upstream,
             self.config.upstream_tls.clone(),
             Protocols::Http1,
-            Limits::default(),
+            Limits {
+                max_connections: self.config.upstream.max_connections,
+                ..Limits::default()
+            },
             move |request, peer| upstream.clone().handle(request, peer),
             upstream_stop.clone(),
             upstream_tasks.clone(),
@@ -370,6 +373,7 @@ impl Server {
                     write_stall: self.config.proxy.write_timeout,
                 },
                 max_header_bytes: self.config.proxy.max_header_bytes,
+                max_connections: self.config.proxy.max_connections,
             },
             move |request, peer| proxy.clone().handle(request, peer),
             proxy_stop.clone(),

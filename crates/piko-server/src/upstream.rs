@@ -44,6 +44,12 @@ pub struct Config {
     pub auth: Option<Arc<Verifier>>,
     /// Tenants, each with its keys and its endpoint names (`upstream.tenants`).
     pub tenants: Arc<Tenants>,
+    /// Most connections open at once on the port, upstream sessions included (more are closed
+    /// when accepted); `None`: no limit.
+    pub max_connections: Option<usize>,
+    /// Most upstreams one endpoint may have on this node (more get a retryable 429); `None`: no
+    /// limit.
+    pub max_upstreams_per_endpoint: Option<usize>,
 }
 
 /// How long the requests of a session whose token expired may take to finish before it is
@@ -137,6 +143,16 @@ impl Handler {
             Ok(key) => key,
             Err(status) => return websocket_upgrade::rejection(status),
         };
+        if let Some(limit) = self.config.max_upstreams_per_endpoint
+            && self.upstreams.count(&endpoint) >= limit
+        {
+            // Retryable: the agent backs off, or its balancer finds a node with room.
+            tracing::warn!(subsystem = "upstream", endpoint_id = %endpoint, limit, "upstream refused: endpoint has its most upstreams");
+            return gin_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many upstreams for endpoint",
+            );
+        }
         let tenant = request
             .headers()
             .get(TENANT_HEADER)

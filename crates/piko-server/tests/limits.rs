@@ -1,0 +1,142 @@
+//! The limits that keep a node serving under abuse: each is hit, the excess is refused the way a
+//! client can tell, and the node goes on serving everyone else.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Node, exchange, start_node_from};
+use piko_server::Config;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+/// Whether the node closed `tcp` without a word (a refused connection).
+async fn closed_at_once(tcp: &mut TcpStream) -> bool {
+    let _ = tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// Polls (bounded) until a new connection to `addr` is served again.
+async fn served_again(addr: std::net::SocketAddr) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            if !closed_at_once(&mut tcp).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a freed slot serves a new connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_connections_beyond_the_limit_are_closed_and_slots_come_back() {
+    let mut config = Config::default();
+    config.proxy.max_connections = Some(2);
+    let node = start_node_from(config).await;
+
+    // Two kept-alive clients hold the two slots.
+    let mut first = TcpStream::connect(node.proxy).await.unwrap();
+    let mut second = TcpStream::connect(node.proxy).await.unwrap();
+    for client in [&mut first, &mut second] {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: e.example.com\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 502"), "served");
+    }
+    let mut third = TcpStream::connect(node.proxy).await.unwrap();
+    assert!(closed_at_once(&mut third).await, "over the limit");
+
+    drop(first);
+    served_again(node.proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_sessions_hold_their_slot_until_they_end() {
+    let mut config = Config::default();
+    config.upstream.max_connections = Some(1);
+    let node = start_node_from(config).await;
+    let listener = piko::Upstream::new(format!("http://{}", node.upstream))
+        .listen("e")
+        .await
+        .unwrap();
+    common::wait_upstreams(&node, "e", 1).await;
+    // The session left hyper (an upgrade) and still counts.
+    let mut other = TcpStream::connect(node.upstream).await.unwrap();
+    assert!(closed_at_once(&mut other).await);
+
+    drop(listener);
+    common::wait_upstreams(&node, "e", 0).await;
+    served_again(node.upstream).await;
+}
+
+/// A WebSocket handshake for an upstream of `endpoint`: the status line and body.
+async fn register(node: &Node, endpoint: &str) -> (String, String) {
+    let request = format!(
+        "GET /piko/v1/upstream/{endpoint} HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\n\
+         upgrade: websocket\r\nsec-websocket-version: 13\r\n\
+         sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    let mut tcp = TcpStream::connect(node.upstream).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_with_its_most_upstreams_refuses_more_with_a_retryable_429() {
+    let mut config = Config::default();
+    config.upstream.max_upstreams_per_endpoint = Some(1);
+    let node = start_node_from(config).await;
+    let _listener = piko::Upstream::new(format!("http://{}", node.upstream))
+        .listen("e")
+        .await
+        .unwrap();
+    common::wait_upstreams(&node, "e", 1).await;
+
+    let (status, body) = register(&node, "e").await;
+    assert_eq!(status, "HTTP/1.1 429 Too Many Requests");
+    assert_eq!(body, r#"{"error":"too many upstreams for endpoint"}"#);
+    // Other endpoints are not affected.
+    let (status, _) = register(&node, "f").await;
+    assert_eq!(status, "HTTP/1.1 101 Switching Protocols");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_400_and_the_node_serves_on() {
+    let node = start_node_from(Config::default()).await;
+    for garbage in [
+        "NOT HTTP AT ALL\r\n\r\n",
+        "GET / HTTP/1.1\r\nhost: x\r\nbad header line\r\n\r\n",
+        "GET / HTTP/1.1\r\nhost: x\r\ncontent-length: -5\r\n\r\n",
+    ] {
+        let mut tcp = TcpStream::connect(node.proxy).await.unwrap();
+        tcp.write_all(garbage.as_bytes()).await.unwrap();
+        let mut reply = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut reply)).await;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{garbage:?}: {reply:?}");
+    }
+    let (head, _) = exchange(
+        node.proxy,
+        "GET / HTTP/1.1\r\nhost: e.example.com\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+}
