@@ -37,8 +37,9 @@ pub(crate) struct ClusterFlags {
     /// Largest gossip datagram, in bytes [default: 1400].
     #[arg(long = "cluster.gossip.max-packet-size")]
     gossip_max_packet_size: Option<u64>,
-    /// Secret shared by the nodes to authenticate requests they relay to each other; empty: each
-    /// node publishes a random key of its own over gossip [default: ""].
+    /// Secret shared by the nodes: seals their gossip and authenticates the requests they relay
+    /// to each other; empty: gossip is open and each node publishes a random key of its own
+    /// over it [default: ""].
     #[arg(long = "cluster.secret")]
     secret: Option<String>,
 }

@@ -320,6 +320,9 @@ async fn nodes_relay_requests_and_admin_forwards_over_tls() {
         &key,
         "--admin.tls.client.root-cas",
         &ca,
+        // Sealed gossip too: every link between the nodes is authenticated.
+        "--cluster.secret",
+        "tls-cluster-secret",
     ];
     // Node A's gossip address is logged before its ports.
     let mut a_args = tls.to_vec();

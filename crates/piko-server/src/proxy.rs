@@ -235,6 +235,10 @@ impl Handler {
             .is_some()
             .then(|| hyper::upgrade::on(&mut request));
         prepare_request(&mut request, peer, upgrade_protocol.as_ref());
+        // The client's Piko token is for Piko (each node on the way checks it): the service
+        // behind the tunnel has no use for it and must not be able to replay it. Piko passes
+        // it on.
+        request.headers_mut().remove(auth::PIKO_AUTHORIZATION);
         let (parts, body) = request.into_parts();
         let route = match upgrade_protocol {
             Some(_) => metrics::Route::Upgrade,

@@ -141,6 +141,54 @@ async fn every_port_wants_a_valid_token() {
     assert!(refused.to_string().contains("invalid token"), "{refused}");
 }
 
+/// The client's Piko token stops at Piko: the service behind the tunnel gets its own
+/// `Authorization`, never `x-piko-authorization` (Piko passes it on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_piko_token_never_reaches_the_service() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let node = node_with_auth().await;
+    let all = token(&json!({ "exp": unix_now() + 600 }));
+    let mut listener = piko::Upstream::new(format!("http://{}", node.upstream))
+        .token(&all)
+        .listen("e")
+        .await
+        .unwrap();
+    // Answers with the request head it received.
+    tokio::spawn(async move {
+        while let Ok(mut stream) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let response = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", head.len());
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.write_all(&head).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    wait_upstreams(&node, "e", 1).await;
+    let (status, head) = get(
+        node.proxy,
+        "/",
+        &format!("authorization: Basic for-the-service\r\nx-piko-authorization: Bearer {all}\r\n"),
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    let head = head.to_lowercase();
+    assert!(
+        head.contains("authorization: basic for-the-service\r\n"),
+        "{head}"
+    );
+    assert!(!head.contains("x-piko-authorization"), "{head}");
+    assert!(!head.contains(&all.to_lowercase()), "{head}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_s_endpoints_limit_what_it_reaches_and_serves() {
     let node = node_with_auth().await;

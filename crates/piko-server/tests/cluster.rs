@@ -480,10 +480,11 @@ async fn a_relayed_request_that_cannot_connect_goes_to_another_node() {
     }
 }
 
-/// With `cluster.secret`, nodes route only to nodes that share it: one with another secret
-/// (or none) is a member of the gossip but receives nothing.
+/// With `cluster.secret`, gossip is sealed: nodes sharing the secret form a cluster and route to
+/// each other, while a node with another secret, or none, is never heard (its datagrams are
+/// forgeries to the others), though it gossips all along with a peer of its own kind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_nodes_sharing_the_secret_route_to_each_other() {
+async fn only_nodes_sharing_the_secret_form_a_cluster() {
     let with_secret = |secret: Option<&str>, join: Vec<String>| {
         let mut config = config(join);
         config.cluster.secret = secret.map(str::to_owned);
@@ -492,20 +493,27 @@ async fn only_nodes_sharing_the_secret_route_to_each_other() {
     let a = start_node_from(with_secret(Some("one"), Vec::new())).await;
     let same = start_node_from(with_secret(Some("one"), vec![a.gossip.clone()])).await;
     let other = start_node_from(with_secret(Some("two"), vec![a.gossip.clone()])).await;
+    let other_peer = start_node_from(with_secret(Some("two"), vec![other.gossip.clone()])).await;
     let open = start_node_from(with_secret(None, vec![a.gossip.clone()])).await;
+    let open_peer = start_node_from(with_secret(None, vec![open.gossip.clone()])).await;
     let _s = serve(&same, "same", "same").await;
     let _o = serve(&other, "other", "other").await;
     let _p = serve(&open, "open", "open").await;
-    for (holder, endpoint) in [(&same, "same"), (&other, "other"), (&open, "open")] {
-        until(&a, "every endpoint published", |nodes| {
-            nodes.iter().any(|n| {
-                n.id == holder.id
-                    && n.status == NodeStatus::Active
-                    && n.endpoints.contains_key(endpoint)
-            })
+    until(&a, "the node sharing the secret publishes", |nodes| {
+        nodes.iter().any(|n| {
+            n.id == same.id && n.status == NodeStatus::Active && n.endpoints.contains_key("same")
         })
-        .await;
-    }
+    })
+    .await;
+    // The outsiders gossip fine among their own kind, so they are sending to A too.
+    until(&other, "another secret's cluster", |nodes| {
+        status_of(nodes, &other_peer.id) == Some(NodeStatus::Active)
+    })
+    .await;
+    until(&open, "an open cluster", |nodes| {
+        status_of(nodes, &open_peer.id) == Some(NodeStatus::Active)
+    })
+    .await;
     // The routing table follows the gossip a moment later.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -516,6 +524,19 @@ async fn only_nodes_sharing_the_secret_route_to_each_other() {
         }
         assert!(tokio::time::Instant::now() < deadline, "{head}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Many join rounds of theirs later, A has still heard of neither, nor they of A.
+    let watch_until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < watch_until {
+        let nodes = a.membership.nodes().await;
+        for outsider in [&other, &other_peer, &open, &open_peer] {
+            assert_eq!(status_of(&nodes, &outsider.id), None, "{nodes:#?}");
+        }
+        for outsider in [&other, &open] {
+            let nodes = outsider.membership.nodes().await;
+            assert_eq!(status_of(&nodes, &a.id), None, "{nodes:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for endpoint in ["other", "open"] {
         let (head, _) = common::get(a.proxy, "/x", &format!("{endpoint}.example.com")).await;

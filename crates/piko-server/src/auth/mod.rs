@@ -12,7 +12,7 @@ mod tenants;
 mod token;
 
 pub use jwks::JwksConfig;
-pub(crate) use request::{Refusal, authenticate, authenticate_upstream};
+pub(crate) use request::{PIKO_AUTHORIZATION, Refusal, authenticate, authenticate_upstream};
 pub(crate) use tenants::requested_tenant;
 pub use tenants::{TENANT_SEPARATOR, TenantError, Tenants, routed_name};
 pub use token::{AuthConfig, Grant, TokenError, Verifier};

@@ -12,7 +12,7 @@ use crate::{json_error::gin_error, serve::Body};
 
 /// Carries the token in preference to `Authorization`, which clients may need for the upstream
 /// service itself.
-const PIKO_AUTHORIZATION: &str = "x-piko-authorization";
+pub(crate) const PIKO_AUTHORIZATION: &str = "x-piko-authorization";
 
 /// Why a request was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,8 +9,8 @@
 //! that it knows the secret, bound to its ID and proxy address, and nodes relay only to nodes
 //! whose proof checks (a forged node cannot make one for its own address). Without a secret each
 //! node draws a random key at start and publishes it in its gossip state, for its peers to sign
-//! with (the gossip port must then be private: issue 7 authenticates it). The signature header
-//! never reaches an upstream.
+//! with (the gossip port must then be private; with a secret, gossip is sealed). The signature
+//! header never reaches an upstream.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

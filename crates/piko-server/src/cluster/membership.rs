@@ -20,6 +20,7 @@ use tokio_util::task::AbortOnDropHandle;
 use super::{
     forward_auth::{FORWARD_KEY, ForwardAuth, MEMBER_PROOF},
     join::{Resolver, Seed, join_loop},
+    sealed_transport::SealedUdpTransport,
 };
 use crate::status::{GossipEntry, GossipNode, GossipNodeState};
 
@@ -48,11 +49,12 @@ pub struct ClusterConfig {
     /// Whether giving up ends the process (`cluster.abort_if_join_fails`) rather than serving
     /// alone.
     pub abort_if_join_fails: bool,
-    /// The secret nodes authenticate relayed requests with (`cluster.secret`); none: each node
-    /// publishes a random key of its own.
+    /// The secret nodes seal their gossip and authenticate relayed requests with
+    /// (`cluster.secret`); none: gossip is open, as in Piko, and each node publishes a random
+    /// key of its own for relayed requests.
     pub secret: Option<String>,
-    /// Carries the gossip; none: UDP on the gossip port. (Tests pass chitchat's in-process
-    /// `ChannelTransport`, whose links they cut to make partitions.)
+    /// Carries the gossip; none: UDP on the gossip port, sealed when there is a secret. (Tests
+    /// pass chitchat's in-process `ChannelTransport`, whose links they cut to make partitions.)
     pub transport: Option<GossipTransport>,
 }
 
@@ -198,7 +200,13 @@ impl Membership {
             Some(GossipTransport(transport)) => {
                 spawn_chitchat(chitchat_config, initial, transport.as_ref()).await?
             }
-            None => spawn_chitchat(chitchat_config, initial, &UdpTransport).await?,
+            None => match &config.secret {
+                Some(secret) => {
+                    let transport = SealedUdpTransport::new(secret);
+                    spawn_chitchat(chitchat_config, initial, &transport).await?
+                }
+                None => spawn_chitchat(chitchat_config, initial, &UdpTransport).await?,
+            },
         };
         let handle = Arc::new(handle);
         tracing::info!(subsystem = "gossip", node_id, bind_addr = %listen_addr, advertise_addr = %gossip_addr, "starting gossip");
