@@ -215,10 +215,11 @@ impl StatusClient {
             let request = request
                 .body(Empty::new())
                 .map_err(|err| anyhow::anyhow!("request: {err}"))?;
+            // With its causes: hyper says what failed, they say why (a refused certificate...).
             let response = client
                 .request(request)
                 .await
-                .map_err(|err| anyhow::anyhow!("request: {err}"))?;
+                .map_err(|err| anyhow::Error::new(err).context("request"))?;
             let status = response.status();
             if status != http::StatusCode::OK {
                 anyhow::bail!("request: bad status: {}", status.as_u16());

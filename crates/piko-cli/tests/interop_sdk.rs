@@ -2,8 +2,8 @@
 //! through Piko's adapter, Piko's yamux fork), playing the Go SDK's roles: a `Listener` served
 //! by `net/http` behind our server; a `Dialer` through our server to our `piko agent tcp`; and
 //! our `piko forward` through our server to a `ListenAndForward`. The Go TCP roles close a
-//! connection at its first end, as Piko does. (Piko's own module cannot be fetched here: see
-//! `interop/README.md`.)
+//! connection at its first end, as Piko does; and the same roles with a token over TLS. (Piko's
+//! own module cannot be fetched here: see `interop/README.md`.)
 //!
 //! Needs `go`. Without it the tests print why and pass, unless `PIKO_REQUIRE_INTEROP=1`.
 
@@ -15,7 +15,9 @@ use std::{
     sync::OnceLock,
 };
 
-use common::{PATIENCE, echo_service, start_agent_tcp, start_forward, start_server};
+use common::{
+    PATIENCE, Process, echo_service, pki::Pki, start_agent_tcp, start_forward, start_server,
+};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
@@ -57,10 +59,19 @@ fn sdk_peer() -> Option<PathBuf> {
 
 /// A Go upstream of `endpoint` on the server's upstream port, once it has connected.
 async fn go_upstream(peer: &Path, args: &[&str], upstream: &str, endpoint: &str) -> Child {
+    go_upstream_at(
+        peer,
+        args,
+        &format!("ws://{upstream}/piko/v1/upstream/{endpoint}"),
+    )
+    .await
+}
+
+/// A Go upstream connecting to `url`, once it has connected.
+async fn go_upstream_at(peer: &Path, args: &[&str], url: &str) -> Child {
     let mut child = Command::new(peer)
         .args(args)
-        .arg("-url")
-        .arg(format!("ws://{upstream}/piko/v1/upstream/{endpoint}"))
+        .args(["-url", url])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -72,6 +83,26 @@ async fn go_upstream(peer: &Path, args: &[&str], upstream: &str, endpoint: &str)
         .unwrap();
     assert_eq!(first.as_deref(), Some("connected"));
     child
+}
+
+/// Runs the Go `Dialer` role with `args` and asserts that its echo checked.
+async fn go_dial(peer: &Path, args: &[&str]) {
+    let output = tokio::time::timeout(
+        PATIENCE,
+        Command::new(peer)
+            .args(["-mode", "dial"])
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("the Go dialer hung")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.trim() == "PASS",
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,22 +140,8 @@ async fn a_go_dialer_reaches_our_tcp_agent() {
     let service = echo_service().await;
     let (mut server, _admin, upstream, proxy) = start_server(&[]).await;
     let _agent = start_agent_tcp(&mut server, &upstream, "echo", &service.to_string()).await;
-    let output = tokio::time::timeout(
-        PATIENCE,
-        Command::new(&peer)
-            .args(["-mode", "dial", "-bytes", "8388608", "-url"])
-            .arg(format!("ws://{proxy}/_piko/v1/tcp/echo"))
-            .output(),
-    )
-    .await
-    .expect("the Go dialer hung")
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.trim() == "PASS",
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let url = format!("ws://{proxy}/_piko/v1/tcp/echo");
+    go_dial(&peer, &["-bytes", "8388608", "-url", &url]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,4 +170,95 @@ async fn our_forward_reaches_a_go_listen_and_forward() {
         .unwrap();
     assert!(echoed == payload, "echoed bytes differ");
     drop(send.await.unwrap().unwrap());
+}
+
+/// The Go SDK's roles with a token, over TLS verified with a given CA: a Go `Listener` registers
+/// over `wss://` and serves curl's `https` requests; a Go `Dialer` reaches our TCP agent (itself
+/// connected over TLS with a token). Without its token the Go upstream gets Piko's 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_sdk_roles_with_a_token_over_tls() {
+    let Some(peer) = sdk_peer() else {
+        return;
+    };
+    let pki = Pki::new("interop");
+    let (cert, key, ca) = (
+        pki.path("cert.pem"),
+        pki.path("key.pem"),
+        pki.path("ca.pem"),
+    );
+    let secret = "interop-secret";
+    let (mut server, _admin, upstream, proxy) = start_server(&[
+        "--proxy.tls.cert",
+        &cert,
+        "--proxy.tls.key",
+        &key,
+        "--upstream.tls.cert",
+        &cert,
+        "--upstream.tls.key",
+        &key,
+        "--proxy.auth.hmac-secret-key",
+        secret,
+        "--upstream.auth.hmac-secret-key",
+        secret,
+    ])
+    .await;
+    let token = common::hs256_token(secret, "{}");
+    let listener_url = format!("wss://{upstream}/piko/v1/upstream/go-http");
+
+    let refused = tokio::time::timeout(
+        PATIENCE,
+        Command::new(&peer)
+            .args(["-mode", "http", "-ca", &ca, "-url", &listener_url])
+            .output(),
+    )
+    .await
+    .expect("the refused Go upstream hung")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("401"),
+        "{stderr}"
+    );
+
+    let _go_upstream = go_upstream_at(
+        &peer,
+        &["-mode", "http", "-ca", &ca, "-token", &token],
+        &listener_url,
+    )
+    .await;
+    server.wait_log("upstream connected").await;
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert", &ca])
+        .args(["-H", "x-piko-endpoint: go-http"])
+        .args(["-H", &format!("x-piko-authorization: Bearer {token}")])
+        .arg(format!("https://{proxy}/hello?x=1"))
+        .output()
+        .await
+        .expect("curl is installed");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "GET /hello?x=1 ");
+
+    let service = echo_service().await.to_string();
+    let upstream_url = format!("https://{upstream}");
+    let _agent = Process::start(&[
+        "agent",
+        "tcp",
+        "echo",
+        &service,
+        "--connect.url",
+        &upstream_url,
+        "--connect.tls.root-cas",
+        &ca,
+        "--connect.token",
+        &token,
+    ]);
+    server.wait_log("upstream connected").await;
+    let url = format!("wss://{proxy}/_piko/v1/tcp/echo");
+    go_dial(
+        &peer,
+        &[
+            "-bytes", "1048576", "-ca", &ca, "-token", &token, "-url", &url,
+        ],
+    )
+    .await;
 }

@@ -1,94 +1,20 @@
 //! TLS end to end with generated certificates: a `piko server` serving TLS on its three ports,
 //! a `piko agent` connecting over `https`, curl (`--cacert`, HTTP/2, plain HTTP), `piko forward`
 //! (a WebSocket over TLS), `piko server status` with a token; certificate renewal without a
-//! restart; client certificates; two nodes relaying to each other over TLS.
+//! restart; client certificates; two nodes relaying to each other over TLS; a WebSocket client
+//! (Python's `websockets`) reaching a WebSocket service through `wss://`.
 
 mod common;
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
-use common::{PATIENCE, Process, start_server};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair,
-};
+use common::{PATIENCE, Process, pki::Pki, start_server};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     process::Command,
 };
 
 const SECRET: &str = "tls-test-secret";
-
-/// A directory of PEM files: a CA, a server certificate for `localhost` and 127.0.0.1, and a
-/// client certificate, all issued by that CA.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("piko-tls-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let pki = Self { dir };
-        pki.issue();
-        pki
-    }
-
-    /// Writes a new CA and new certificates over the old ones (the key first, as a careless
-    /// renewal might).
-    fn issue(&self) {
-        // Distinct names: OpenSSL (curl) takes a certificate whose subject is its issuer's for a
-        // self-signed one.
-        let name = |cn: &str| {
-            let mut name = DistinguishedName::new();
-            name.push(DnType::CommonName, cn);
-            name
-        };
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name = name("piko test ca");
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let server_key = KeyPair::generate().unwrap();
-        let mut server_params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        server_params.distinguished_name = name("localhost");
-        let server = server_params.signed_by(&server_key, &ca).unwrap();
-        let client_key = KeyPair::generate().unwrap();
-        let mut client_params = CertificateParams::new(vec!["client".to_owned()]).unwrap();
-        client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        client_params.distinguished_name = name("client");
-        let client = client_params.signed_by(&client_key, &ca).unwrap();
-        self.write("key.pem", &server_key.serialize_pem());
-        self.write("cert.pem", &server.pem());
-        self.write("ca.pem", &ca.pem());
-        self.write("client-key.pem", &client_key.serialize_pem());
-        self.write("client.pem", &client.pem());
-    }
-
-    fn write(&self, name: &str, text: &str) {
-        // Written whole then renamed: a reader never sees half a file.
-        let temp = self.dir.join(format!(".{name}"));
-        std::fs::write(&temp, text).unwrap();
-        std::fs::rename(temp, self.dir.join(name)).unwrap();
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).to_str().unwrap().to_owned()
-    }
-
-    /// Another file with the current CA, for clients of the next renewal to keep using.
-    fn keep_ca(&self, name: &str) -> String {
-        std::fs::copy(self.dir.join("ca.pem"), self.dir.join(name)).unwrap();
-        self.path(name)
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn token(claims: &str) -> String {
     common::hs256_token(SECRET, claims)
@@ -208,6 +134,24 @@ async fn every_port_serves_tls_to_real_clients_and_renewed_certificates_need_no_
     // A client that does not trust the certificate does not get through.
     let (code, _, _) = curl(&["-H", endpoint, &url]).await;
     assert_ne!(code, 0);
+    // Agents that cannot verify the node, or speak plain HTTP to it, say why: the first keeps
+    // trying (a certificate can be fixed on the server side), the second cannot succeed.
+    let mut untrusting = Process::start(&[
+        "agent",
+        "http",
+        "x",
+        &service,
+        "--connect.url",
+        &upstream_url,
+    ]);
+    let failed = untrusting.wait_log("connect failed; retrying").await;
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("certificate"), "{failed}");
+    let plain_url = format!("http://{upstream}");
+    let mut plain = Process::start(&["agent", "http", "x", &service, "--connect.url", &plain_url]);
+    let failed = plain.wait_log("connect failed; non-retryable").await;
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("use an https:// URL"), "{failed}");
 
     // A WebSocket over TLS: `piko forward` through the proxy port's TCP route.
     let proxy_url = format!("https://{proxy}");
@@ -222,6 +166,11 @@ async fn every_port_serves_tls_to_real_clients_and_renewed_certificates_need_no_
     // The admin port: TLS and a token.
     let admin_url = format!("https://{admin}");
     let status = ["server", "status", "upstream", "endpoints", "--server.url"];
+    let mut untrusting = status.to_vec();
+    untrusting.push(admin_url.as_str());
+    let (code, stdout, _) = piko(&untrusting).await;
+    assert_eq!(code, 1);
+    assert!(stdout.contains("certificate"), "{stdout}");
     let mut with_ca = status.to_vec();
     with_ca.extend([admin_url.as_str(), "--server.tls.root-cas", &ca]);
     let (code, stdout, _) = piko(&with_ca).await;
@@ -420,5 +369,75 @@ async fn nodes_relay_requests_and_admin_forwards_over_tls() {
     assert!(
         stdout.contains("e: 1") && stdout.contains("t: 1"),
         "{stdout}"
+    );
+}
+
+/// A WebSocket echo service (Python's `websockets`, Debian's python3-websockets): prints its
+/// port, then echoes every message with its type.
+const WEBSOCKET_ECHO: &str = r#"
+import asyncio, websockets
+async def echo(ws, path=None):
+    async for message in ws:
+        await ws.send(message)
+async def main():
+    async with websockets.serve(echo, "127.0.0.1", 0) as server:
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Future()
+asyncio.run(main())
+"#;
+
+/// A WebSocket client (Python's `websockets`) connecting to `argv[1]` with the CA in `argv[2]`
+/// and `x-piko-endpoint: argv[3]`: sends a text and a binary message and prints what comes back.
+const WEBSOCKET_CLIENT: &str = r#"
+import asyncio, ssl, sys, websockets
+async def main():
+    context = ssl.create_default_context(cafile=sys.argv[2])
+    headers = {"x-piko-endpoint": sys.argv[3]}
+    async with websockets.connect(sys.argv[1], ssl=context, extra_headers=headers) as ws:
+        for message in ["hello over tls", b"\x00\x01\x02"]:
+            await ws.send(message)
+            reply = await ws.recv()
+            print(type(reply).__name__, reply)
+asyncio.run(main())
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_reaches_a_websocket_service_over_tls() {
+    use tokio::io::AsyncBufReadExt as _;
+    let pki = Pki::new("websocket");
+    let args = tls_flags(&pki, &["proxy"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut server, _admin, upstream, proxy) = start_server(&args).await;
+    let mut echo = Command::new("/usr/bin/python3")
+        .args(["-c", WEBSOCKET_ECHO])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("/usr/bin/python3 (apt-get install python3-websockets)");
+    let mut lines = tokio::io::BufReader::new(echo.stdout.take().unwrap()).lines();
+    let port = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("the WebSocket service never started")
+        .unwrap()
+        .expect("the WebSocket service printed its port");
+    let service = format!("127.0.0.1:{port}");
+    let _agent = common::agent_http("ws", &service, &upstream, &[]);
+    server.wait_log("upstream connected").await;
+
+    let output = tokio::time::timeout(
+        PATIENCE,
+        Command::new("/usr/bin/python3")
+            .args(["-c", WEBSOCKET_CLIENT])
+            .arg(format!("wss://{proxy}/echo"))
+            .args([pki.path("ca.pem").as_str(), "ws"])
+            .output(),
+    )
+    .await
+    .expect("the WebSocket client hung")
+    .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "str hello over tls\nbytes b'\\x00\\x01\\x02'\n"
     );
 }

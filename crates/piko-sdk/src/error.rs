@@ -17,6 +17,13 @@ pub enum ConnectError {
     /// The connection or the WebSocket handshake failed without an HTTP answer.
     #[error("{0}")]
     Transport(#[from] io::Error),
+    /// The server does not answer in HTTP/1.1, as a TLS port answers a plain request (Go's
+    /// servers, and ours, say `HTTP/1.0 400`): the URL's scheme or port is wrong, which retrying
+    /// will not change.
+    #[error(
+        "websocket: bad handshake: the server does not answer in HTTP/1.1 (a TLS port? use an https:// URL)"
+    )]
+    NotHttp11,
     /// The URL cannot be used.
     #[error("invalid url: {0}")]
     Url(String),
@@ -33,7 +40,7 @@ impl ConnectError {
         match self {
             Self::Status { status, .. } => matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
             Self::Transport(_) => true,
-            Self::Url(_) | Self::Tls(_) => false,
+            Self::Url(_) | Self::Tls(_) | Self::NotHttp11 => false,
         }
     }
 }

@@ -1,6 +1,11 @@
 //! `Listener`: the streams a server opens to this upstream, across reconnects.
 
-use std::{future::Future, net::SocketAddr, pin::Pin, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    time::{Duration, SystemTime},
+};
 
 use piko_mux::{Session, SessionEnd, Stream};
 use tokio::{sync::mpsc, time::Instant};
@@ -43,8 +48,10 @@ pub struct Listener {
     backoff: Backoff,
     /// Kept across [`Listener::accept`] calls, which may be cancelled.
     moving: Option<Reconnecting>,
-    /// When to connect again because the token expires.
+    /// When to look for a renewed token because the current one expires.
     refresh_at: Option<Instant>,
+    /// When the token of the current session expires (a token file's JWT only).
+    session_expiry: Option<SystemTime>,
     closed: bool,
 }
 
@@ -52,12 +59,25 @@ pub struct Listener {
 /// life when that is shorter): time for the requests on the old session to finish.
 const REFRESH_MARGIN: Duration = Duration::from_secs(30);
 
-/// When to replace a session whose token expires at `expires`.
-fn refresh_time(expires: Option<std::time::SystemTime>) -> Option<Instant> {
+/// How often the token file is read again, near its token's expiry, until it has been renewed.
+const RENEWAL_CHECK: Duration = Duration::from_secs(1);
+
+/// When to start looking for a renewal of a token that expires at `expires`.
+fn refresh_time(expires: Option<SystemTime>) -> Option<Instant> {
     let left = expires?
-        .duration_since(std::time::SystemTime::now())
+        .duration_since(SystemTime::now())
         .unwrap_or_default();
     Some(Instant::now() + left - REFRESH_MARGIN.min(left / 2))
+}
+
+/// When to look again for a renewal that has not come yet; none once the token has expired (the
+/// server ends the session, and the reconnect reads the file anyway).
+fn recheck_time(expires: Option<SystemTime>) -> Option<Instant> {
+    let left = expires?
+        .duration_since(SystemTime::now())
+        .ok()
+        .filter(|left| !left.is_zero())?;
+    Some(Instant::now() + RENEWAL_CHECK.min(left))
 }
 
 impl Listener {
@@ -69,7 +89,7 @@ impl Listener {
         backoff: Backoff,
     ) -> Self {
         let (draining_tx, draining_streams) = mpsc::unbounded_channel();
-        let refresh_at = refresh_time(upstream.token_expiry());
+        let session_expiry = upstream.renewable_token_expiry();
         Self {
             upstream,
             endpoint,
@@ -80,7 +100,8 @@ impl Listener {
             connected_at: Instant::now(),
             backoff,
             moving: None,
-            refresh_at,
+            refresh_at: refresh_time(session_expiry),
+            session_expiry,
             closed: false,
         }
     }
@@ -127,11 +148,17 @@ impl Listener {
                     self.move_session();
                 }
                 () = until(self.refresh_at), if self.moving.is_none() => {
-                    // The token expires soon: the server would cut this session then. Connect
-                    // with the current token (read again) before leaving it.
-                    tracing::info!(subsystem = "client", endpoint_id = %self.endpoint, "token expiring; reconnecting");
-                    self.refresh_at = None;
-                    self.move_session();
+                    // The token expires soon: the server would cut this session then. Once the
+                    // file holds a renewed token, connect with it before leaving this session;
+                    // until then, reconnecting with the same token would gain nothing.
+                    let current = self.upstream.renewable_token_expiry();
+                    if current.is_some() && current != self.session_expiry {
+                        tracing::info!(subsystem = "client", endpoint_id = %self.endpoint, "token expiring; reconnecting");
+                        self.refresh_at = None;
+                        self.move_session();
+                    } else {
+                        self.refresh_at = recheck_time(self.session_expiry);
+                    }
                 }
                 (connected, backoff) = async { self.moving.as_mut().expect("guarded").0.as_mut().await }, if self.moving.is_some() => {
                     self.moving = None;
@@ -142,7 +169,7 @@ impl Listener {
                     self.session = session;
                     self.server = server;
                     self.connected_at = Instant::now();
-                    self.refresh_at = refresh_time(self.upstream.token_expiry());
+                    self.note_session_token();
                 }
             }
         }
@@ -184,8 +211,16 @@ impl Listener {
             tokio::time::sleep(self.backoff.next_wait()).await;
         }
         self.session = self.connect_again().await?;
-        self.refresh_at = refresh_time(self.upstream.token_expiry());
+        self.note_session_token();
         Ok(())
+    }
+
+    /// Records when the token of the session just connected expires, and when to look for its
+    /// renewal. (Read just after connecting: a renewal in between is taken for the session's
+    /// token, and the session is then replaced when the server ends it, as without a file.)
+    fn note_session_token(&mut self) {
+        self.session_expiry = self.upstream.renewable_token_expiry();
+        self.refresh_at = refresh_time(self.session_expiry);
     }
 
     async fn connect_again(&mut self) -> Result<Session, Error> {
@@ -235,5 +270,33 @@ async fn until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn renewal_is_looked_for_before_expiry_and_not_after() {
+        let now = Instant::now();
+        let in_secs = |secs| Some(SystemTime::now() + Duration::from_secs(secs));
+        // A day-long token: looked for 30 s before it expires; a 10 s one: halfway.
+        let day = refresh_time(in_secs(86_400)).unwrap() - now;
+        assert!(day.abs_diff(Duration::from_secs(86_370)) < Duration::from_millis(100));
+        let short = refresh_time(in_secs(10)).unwrap() - now;
+        assert!(short.abs_diff(Duration::from_secs(5)) < Duration::from_millis(100));
+        // Not renewed yet: the file is read again every second, until the expiry.
+        let again = recheck_time(in_secs(10)).unwrap() - now;
+        assert!(again.abs_diff(RENEWAL_CHECK) < Duration::from_millis(100));
+        let at = Instant::now();
+        let last = recheck_time(Some(SystemTime::now() + Duration::from_millis(300))).unwrap() - at;
+        assert!(last.abs_diff(Duration::from_millis(300)) < Duration::from_millis(100));
+        assert_eq!(
+            recheck_time(Some(SystemTime::now() - Duration::from_secs(1))),
+            None
+        );
+        assert_eq!(refresh_time(None), None);
+        assert_eq!(recheck_time(None), None);
     }
 }

@@ -90,8 +90,11 @@ impl Upstream {
         }
     }
 
-    /// When the token to connect with now expires, if it is a JWT with an `exp`.
-    pub(crate) fn token_expiry(&self) -> Option<std::time::SystemTime> {
+    /// When the token in the token file expires, if it is a JWT with an `exp`. None for a token
+    /// given directly: it cannot be renewed, so there is nothing to reconnect for before it
+    /// expires (the server ends the session then, unless configured not to).
+    pub(crate) fn renewable_token_expiry(&self) -> Option<std::time::SystemTime> {
+        self.token_file.as_ref()?;
         let token = self.current_token().ok()??;
         jwt_expiry(token.expose())
     }

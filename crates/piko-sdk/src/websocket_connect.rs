@@ -154,6 +154,9 @@ fn handshake_error(err: tungstenite::Error) -> ConnectError {
             }
         }
         tungstenite::Error::Io(err) => ConnectError::Transport(err),
+        tungstenite::Error::Protocol(tungstenite::error::ProtocolError::WrongHttpVersion) => {
+            ConnectError::NotHttp11
+        }
         other => ConnectError::Transport(std::io::Error::other(other)),
     }
 }
@@ -163,6 +166,15 @@ mod tests {
     use piko_protocol::wire::{TCP_PATH, UPSTREAM_PATH};
 
     use super::*;
+
+    #[test]
+    fn an_http_1_0_answer_is_a_wrong_url_not_retried() {
+        let err = handshake_error(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::WrongHttpVersion,
+        ));
+        assert!(matches!(err, ConnectError::NotHttp11), "{err:?}");
+        assert!(!err.is_retryable());
+    }
 
     #[test]
     fn ws_url_keeps_the_prefix_and_encodes_the_endpoint() {

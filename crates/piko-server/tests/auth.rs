@@ -13,7 +13,7 @@ use base64::Engine as _;
 use common::{Node, start_node_from, wait_upstreams};
 use piko_server::{
     Config,
-    auth::{AuthConfig, Verifier},
+    auth::{AuthConfig, TokenError, Verifier},
 };
 use serde_json::{Value, json};
 
@@ -225,6 +225,33 @@ async fn an_upstream_session_ends_with_its_token() {
         .expect("the session outlived its token");
 }
 
+/// With `disable_disconnect_on_expiry` (Piko's option) a session outlives its token and keeps
+/// serving; only new connections need a valid one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_may_outlive_its_token_when_configured() {
+    let lenient = Verifier::new(&AuthConfig {
+        hmac_secret_key: Some(SECRET.into()),
+        disable_disconnect_on_expiry: true,
+        ..AuthConfig::default()
+    })
+    .unwrap()
+    .unwrap();
+    let mut config = Config::default();
+    config.upstream.auth = Some(Arc::new(lenient));
+    let node = start_node_from(config).await;
+    let expires = unix_now() + 1;
+    serve(&node, "e", &token(&json!({ "exp": expires })))
+        .await
+        .unwrap();
+    wait_upstreams(&node, "e", 1).await;
+    // Past the expiry (whole seconds, so a second and a bit after it), the session still serves.
+    while unix_now() <= expires + 1 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(node.proxy, "/", "").await, (200, "ok".into()));
+    assert_eq!(node.upstreams.count("e"), 1);
+}
+
 /// An ES256 key pair and its JWK.
 struct EcKey {
     pair: aws_lc_rs::signature::EcdsaKeyPair,
@@ -379,6 +406,20 @@ async fn jwks_from_a_file_and_its_errors() {
         .await
         .unwrap();
     assert_eq!(grant.endpoints, ["e"]);
+
+    // A provider that cannot be reached at start is not a start-up error: tokens are refused
+    // until a fetch succeeds.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let unreachable = format!("http://{}/jwks.json", closed.local_addr().unwrap());
+    drop(closed);
+    let verifier = Verifier::new(&jwks(unreachable)).unwrap().unwrap();
+    assert_eq!(
+        verifier
+            .verify(&key.token(&json!({})), SystemTime::now())
+            .await
+            .unwrap_err(),
+        TokenError::Invalid
+    );
 
     let err = Verifier::new(&jwks("ftp://idp/jwks".into())).unwrap_err();
     assert_eq!(err, "jwks: unsupported scheme: ftp");

@@ -147,7 +147,7 @@ func connect(transport string) (*pair, error) {
 		})}
 		// Serve's error only reports the listener closing at the end.
 		go srv.Serve(ln)
-		c, err := wsconn.Dial(context.Background(), "ws://"+ln.Addr().String()+"/piko/v1/upstream/bench", "")
+		c, err := wsconn.Dial(context.Background(), "ws://"+ln.Addr().String()+"/piko/v1/upstream/bench", "", nil)
 		if err != nil {
 			srv.Close()
 			return nil, err

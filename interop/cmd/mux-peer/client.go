@@ -38,7 +38,7 @@ var errNoCommand = errors.New("stream closed before any command")
 // code.
 func runClient(url string, keepAlive, keepAliveTimeout time.Duration) int {
 	ctx, cancel := context.WithTimeout(context.Background(), wsconn.HandshakeTimeout)
-	conn, err := wsconn.Dial(ctx, url, "")
+	conn, err := wsconn.Dial(ctx, url, "", nil)
 	cancel()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "mux-peer: dial %s: %v\n", url, err)

@@ -6,6 +6,10 @@
 //	sdk-peer -mode forward -url ws://HOST/piko/v1/upstream/ID -addr HOST:PORT
 //	sdk-peer -mode http -url ws://HOST/piko/v1/upstream/ID
 //
+// Every mode takes -token (sent as "Authorization: Bearer", as Piko's SDK
+// sends its token) and -ca (a PEM file replacing the system roots for wss://
+// URLs, as the SDK's TLS config does).
+//
 // dial is the SDK's Dialer: it opens one connection through a proxy port,
 // writes N pattern bytes while reading them back from an echo service, checks
 // them, closes, and prints PASS or FAIL (exit 0 or 1).
@@ -22,6 +26,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
@@ -43,24 +49,60 @@ func main() {
 	url := flag.String("url", "", "WebSocket URL: the proxy port's TCP route (dial) or the upstream port's route (forward)")
 	bytes := flag.Int64("bytes", 1<<20, "dial: bytes to send and expect back")
 	addr := flag.String("addr", "", "forward: local address each stream is forwarded to")
+	token := flag.String("token", "", "bearer token sent when connecting")
+	ca := flag.String("ca", "", "PEM file of CAs verifying a wss:// server instead of the system's")
 	flag.Parse()
+	tlsConfig, err := rootCAs(*ca)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sdk-peer: %v\n", err)
+		os.Exit(2)
+	}
+	server := server{url: *url, token: *token, tls: tlsConfig}
 	switch *mode {
 	case "dial":
-		os.Exit(dial(*url, *bytes))
+		os.Exit(dial(server, *bytes))
 	case "forward":
-		os.Exit(forward(*url, *addr))
+		os.Exit(forward(server, *addr))
 	case "http":
-		os.Exit(serveHTTP(*url))
+		os.Exit(serveHTTP(server))
 	default:
 		fmt.Fprintln(os.Stderr, "sdk-peer: -mode must be dial, forward or http")
 		os.Exit(2)
 	}
 }
 
-func dial(url string, n int64) int {
+// server is where and how to connect.
+type server struct {
+	url   string
+	token string
+	tls   *tls.Config
+}
+
+// rootCAs is the TLS config trusting the CAs in the PEM file at path; nil
+// (Go's defaults) when path is empty.
+func rootCAs(path string) (*tls.Config, error) {
+	if path == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: no certificate", path)
+	}
+	return &tls.Config{RootCAs: pool}, nil
+}
+
+func (s server) dial() (*wsconn.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), wsconn.HandshakeTimeout)
-	conn, err := wsconn.Dial(ctx, url, "")
-	cancel()
+	defer cancel()
+	return wsconn.Dial(ctx, s.url, s.token, s.tls)
+}
+
+func dial(server server, n int64) int {
+	conn, err := server.dial()
 	if err != nil {
 		fmt.Printf("FAIL dial: %v\n", err)
 		return 1
@@ -84,12 +126,10 @@ func dial(url string, n int64) int {
 // listen registers as an upstream the way Piko's Go SDK does: a WebSocket
 // through Piko's adapter, then a yamux client session whose accepted streams
 // are the endpoint's connections.
-func listen(url string) (*yamux.Session, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), wsconn.HandshakeTimeout)
-	conn, err := wsconn.Dial(ctx, url, "")
-	cancel()
+func listen(server server) (*yamux.Session, error) {
+	conn, err := server.dial()
 	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", url, err)
+		return nil, fmt.Errorf("dial %s: %w", server.url, err)
 	}
 	sess, err := yamux.Client(conn, pikomux.Config("client", pikomux.DefaultKeepAlive, pikomux.DefaultKeepAliveTimeout))
 	if err != nil {
@@ -99,8 +139,8 @@ func listen(url string) (*yamux.Session, error) {
 	return sess, nil
 }
 
-func serveHTTP(url string) int {
-	sess, err := listen(url)
+func serveHTTP(server server) int {
+	sess, err := listen(server)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "sdk-peer: %v\n", err)
 		return 1
@@ -115,8 +155,8 @@ func serveHTTP(url string) int {
 	return 0
 }
 
-func forward(url, addr string) int {
-	sess, err := listen(url)
+func forward(server server, addr string) int {
+	sess, err := listen(server)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "sdk-peer: %v\n", err)
 		return 1

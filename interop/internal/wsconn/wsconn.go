@@ -18,6 +18,7 @@ package wsconn
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -54,10 +55,11 @@ func NewUpgrader() *websocket.Upgrader {
 }
 
 // Dial connects to a ws:// or wss:// URL the way Piko's Go agent and SDK do
-// (60 s handshake timeout, optional bearer token). A non-101 answer is
-// reported as "<status>: <error>" like Piko's client.
-func Dial(ctx context.Context, url string, token string) (*Conn, error) {
-	dialer := &websocket.Dialer{HandshakeTimeout: HandshakeTimeout}
+// (60 s handshake timeout, optional bearer token, optional TLS settings for
+// wss://, nil meaning Go's defaults). A non-101 answer is reported as
+// "<status>: <error>" like Piko's client.
+func Dial(ctx context.Context, url string, token string, tlsConfig *tls.Config) (*Conn, error) {
+	dialer := &websocket.Dialer{HandshakeTimeout: HandshakeTimeout, TLSClientConfig: tlsConfig}
 	header := make(http.Header)
 	if token != "" {
 		header.Set("Authorization", "Bearer "+token)

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, reason = "each test file uses part of it")]
 
+pub(crate) mod pki;
+
 use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use serde_json::Value;
