@@ -134,8 +134,8 @@ async fn every_port_serves_tls_to_real_clients_and_renewed_certificates_need_no_
     // A client that does not trust the certificate does not get through.
     let (code, _, _) = curl(&["-H", endpoint, &url]).await;
     assert_ne!(code, 0);
-    // Agents that cannot verify the node, or speak plain HTTP to it, say why: the first keeps
-    // trying (a certificate can be fixed on the server side), the second cannot succeed.
+    // Agents that cannot verify the node, or speak plain HTTP to it, keep trying (the server's
+    // side can be fixed) and say why.
     let mut untrusting = Process::start(&[
         "agent",
         "http",
@@ -149,7 +149,7 @@ async fn every_port_serves_tls_to_real_clients_and_renewed_certificates_need_no_
     assert!(error.contains("certificate"), "{failed}");
     let plain_url = format!("http://{upstream}");
     let mut plain = Process::start(&["agent", "http", "x", &service, "--connect.url", &plain_url]);
-    let failed = plain.wait_log("connect failed; non-retryable").await;
+    let failed = plain.wait_log("connect failed; retrying").await;
     let error = failed["error"].as_str().unwrap();
     assert!(error.contains("use an https:// URL"), "{failed}");
 

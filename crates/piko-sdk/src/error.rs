@@ -18,8 +18,8 @@ pub enum ConnectError {
     #[error("{0}")]
     Transport(#[from] io::Error),
     /// The server does not answer in HTTP/1.1, as a TLS port answers a plain request (Go's
-    /// servers, and ours, say `HTTP/1.0 400`): the URL's scheme or port is wrong, which retrying
-    /// will not change.
+    /// servers, and ours, say `HTTP/1.0 400`): most likely the URL's scheme is wrong. Retried
+    /// all the same, since an HTTP/1.0 error page from a proxy in between looks the same.
     #[error(
         "websocket: bad handshake: the server does not answer in HTTP/1.1 (a TLS port? use an https:// URL)"
     )]
@@ -39,8 +39,8 @@ impl ConnectError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Status { status, .. } => matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
-            Self::Transport(_) => true,
-            Self::Url(_) | Self::Tls(_) | Self::NotHttp11 => false,
+            Self::Transport(_) | Self::NotHttp11 => true,
+            Self::Url(_) | Self::Tls(_) => false,
         }
     }
 }

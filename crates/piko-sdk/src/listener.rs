@@ -52,6 +52,8 @@ pub struct Listener {
     refresh_at: Option<Instant>,
     /// When the token of the current session expires (a token file's JWT only).
     session_expiry: Option<SystemTime>,
+    /// The session being replaced because its token expires, and when it does.
+    leaving: Option<(Session, SystemTime)>,
     closed: bool,
 }
 
@@ -102,6 +104,7 @@ impl Listener {
             moving: None,
             refresh_at: refresh_time(session_expiry),
             session_expiry,
+            leaving: None,
             closed: false,
         }
     }
@@ -151,10 +154,14 @@ impl Listener {
                     // The token expires soon: the server would cut this session then. Once the
                     // file holds a renewed token, connect with it before leaving this session;
                     // until then, reconnecting with the same token would gain nothing.
-                    let current = self.upstream.renewable_token_expiry();
-                    if current.is_some() && current != self.session_expiry {
+                    let renewed = self.upstream.renewable_token_expiry().is_some_and(|expiry| {
+                        expiry > SystemTime::now()
+                            && self.session_expiry.is_none_or(|current| expiry > current)
+                    });
+                    if renewed {
                         tracing::info!(subsystem = "client", endpoint_id = %self.endpoint, "token expiring; reconnecting");
                         self.refresh_at = None;
+                        self.leaving = self.session_expiry.map(|expiry| (self.session.clone(), expiry));
                         self.move_session();
                     } else {
                         self.refresh_at = recheck_time(self.session_expiry);
@@ -165,7 +172,11 @@ impl Listener {
                     self.backoff = backoff;
                     let (session, server) = connected?;
                     // The old session is left to the server, which closes it once its streams
-                    // are done (at the token's expiry, or when it has drained).
+                    // are done (at the token's expiry, or when it has drained); one whose token
+                    // expired is retired here if the server keeps it.
+                    if let Some((old, expiry)) = self.leaving.take() {
+                        tokio::spawn(retire(old, expiry));
+                    }
                     self.session = session;
                     self.server = server;
                     self.connected_at = Instant::now();
@@ -265,6 +276,24 @@ impl Listener {
     }
 }
 
+/// How long after its token's expiry a replaced session is left to the server (which ends it
+/// then, its requests given 30 s to finish) before it is ended here: a server with
+/// `disable_disconnect_on_expiry` keeps it, and every renewal would leave one more behind.
+const RETIRE_AFTER_EXPIRY: Duration = Duration::from_secs(35);
+
+/// Ends a replaced session the server has kept past its token's expiry: GoAway (the server stops
+/// routing to it), its streams finish (for as long again at most), then it is closed.
+async fn retire(old: Session, expiry: SystemTime) {
+    let wait = expiry.duration_since(SystemTime::now()).unwrap_or_default() + RETIRE_AFTER_EXPIRY;
+    tokio::select! {
+        _ = old.closed() => return,
+        () = tokio::time::sleep(wait) => {}
+    }
+    old.go_away();
+    let _ = tokio::time::timeout(RETIRE_AFTER_EXPIRY, old.streams_closed()).await;
+    old.close();
+}
+
 /// Resolves at `at`; never without one.
 async fn until(at: Option<Instant>) {
     match at {
@@ -298,5 +327,25 @@ mod tests {
         );
         assert_eq!(refresh_time(None), None);
         assert_eq!(recheck_time(None), None);
+    }
+
+    /// A replaced session the server keeps past its token's expiry is ended here: GoAway, then
+    /// closed once its streams are done; one the server ends is left alone.
+    #[tokio::test(start_paused = true)]
+    async fn a_replaced_session_is_retired_if_the_server_keeps_it() {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let client = Session::client(ours, piko_mux::Config::default());
+        let server = Session::server(theirs, piko_mux::Config::default());
+        let expired = SystemTime::now() - Duration::from_secs(1);
+        let retiring = tokio::spawn(retire(client.clone(), expired));
+        // A request still in flight when the time comes.
+        let stream = server.open().await.unwrap();
+        let accepted = client.accept().await.unwrap();
+        server.remote_go_away().await.unwrap();
+        assert!(!client.is_closed(), "its stream is still open");
+        drop(accepted);
+        drop(stream);
+        retiring.await.unwrap();
+        assert!(client.is_closed());
     }
 }

@@ -241,7 +241,8 @@ fn jwt_expiry(token: &str) -> Option<std::time::SystemTime> {
         .ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&claims).ok()?;
     let exp = claims.get("exp")?.as_f64()?;
-    (exp.is_finite() && exp >= 0.0).then(|| std::time::UNIX_EPOCH + Duration::from_secs_f64(exp))
+    // Whatever the file holds, never a panic: no negative, infinite or far-future overflow.
+    std::time::UNIX_EPOCH.checked_add(Duration::try_from_secs_f64(exp).ok()?)
 }
 
 #[cfg(test)]
@@ -275,5 +276,12 @@ mod tests {
         assert_eq!(jwt_expiry(&token(r#"{"exp":"soon"}"#)), None);
         assert_eq!(jwt_expiry("not a jwt"), None);
         assert_eq!(jwt_expiry("opaque-token"), None);
+        for absurd in ["1e300", "-1", "1.8e19"] {
+            assert_eq!(
+                jwt_expiry(&token(&format!(r#"{{"exp":{absurd}}}"#))),
+                None,
+                "{absurd}"
+            );
+        }
     }
 }

@@ -168,12 +168,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_http_1_0_answer_is_a_wrong_url_not_retried() {
+    fn an_http_1_0_answer_says_what_is_likely_wrong() {
         let err = handshake_error(tungstenite::Error::Protocol(
             tungstenite::error::ProtocolError::WrongHttpVersion,
         ));
         assert!(matches!(err, ConnectError::NotHttp11), "{err:?}");
-        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("use an https:// URL"), "{err}");
     }
 
     #[test]

@@ -379,6 +379,105 @@ async fn jwks_rotation_with_agents_connected() {
     assert_eq!(node.upstreams.count("e"), 2, "connected agents stay");
 }
 
+/// A JWT with `header`, empty claims, signed by `sign`.
+fn jwt(header: &Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(b"{}"));
+    let signature = sign(input.as_bytes());
+    format!("{input}.{}", b64(&signature))
+}
+
+/// Every key type a JWK Set may hold: RSA (limited to its `alg`), OKP Ed25519 and `oct`; a
+/// token without `kid` is tried against every key; a token naming one key but signed by another,
+/// or naming no key of the set, is invalid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_key_types() {
+    use aws_lc_rs::{
+        hmac,
+        rand::SystemRandom,
+        rsa::KeySize,
+        signature::{self, Ed25519KeyPair, KeyPair as _, RsaKeyPair},
+    };
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let rsa = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
+    let ed = Ed25519KeyPair::generate().unwrap();
+    let secret = b"an oct key of thirty-two bytes!!";
+    let set = json!({ "keys": [
+        {
+            "kty": "RSA", "kid": "rsa", "alg": "RS256",
+            "n": b64(rsa.public_key().modulus().big_endian_without_leading_zero()),
+            "e": b64(rsa.public_key().exponent().big_endian_without_leading_zero()),
+        },
+        { "kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": b64(ed.public_key().as_ref()) },
+        { "kty": "oct", "kid": "oct", "k": b64(secret) },
+        { "kty": "unknown types are skipped" },
+    ]});
+    let dir = std::env::temp_dir().join(format!("piko-jwks-types-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("jwks.json");
+    std::fs::write(&path, set.to_string()).unwrap();
+    let verifier = Verifier::new(&AuthConfig {
+        jwks: Some(piko_server::auth::JwksConfig {
+            endpoint: format!("file://{}", path.display()),
+            cache_ttl: Duration::ZERO,
+            timeout: Duration::ZERO,
+        }),
+        ..AuthConfig::default()
+    })
+    .unwrap()
+    .unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+
+    let rsa = &rsa;
+    let rsa_sign = move |padding: &'static dyn signature::RsaEncoding| {
+        move |input: &[u8]| {
+            let mut out = vec![0; rsa.public_modulus_len()];
+            rsa.sign(padding, &SystemRandom::new(), input, &mut out)
+                .unwrap();
+            out
+        }
+    };
+    let ed_sign = |input: &[u8]| ed.sign(input).as_ref().to_vec();
+    let oct_sign = |input: &[u8]| {
+        hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), input)
+            .as_ref()
+            .to_vec()
+    };
+    let cases = [
+        (
+            jwt(
+                &json!({"alg": "RS256", "kid": "rsa"}),
+                rsa_sign(&signature::RSA_PKCS1_SHA256),
+            ),
+            true,
+        ),
+        // The key names RS256: the same key with PS256 is refused.
+        (
+            jwt(
+                &json!({"alg": "PS256", "kid": "rsa"}),
+                rsa_sign(&signature::RSA_PSS_SHA256),
+            ),
+            false,
+        ),
+        (jwt(&json!({"alg": "EdDSA", "kid": "ed"}), ed_sign), true),
+        (jwt(&json!({"alg": "HS256", "kid": "oct"}), oct_sign), true),
+        (jwt(&json!({"alg": "EdDSA"}), ed_sign), true),
+        (jwt(&json!({"alg": "EdDSA", "kid": "rsa"}), ed_sign), false),
+        (jwt(&json!({"alg": "HS256", "kid": "ed"}), oct_sign), false),
+        (
+            jwt(&json!({"alg": "EdDSA", "kid": "elsewhere"}), ed_sign),
+            false,
+        ),
+    ];
+    for (index, (token, valid)) in cases.iter().enumerate() {
+        let outcome = verifier.verify(token, SystemTime::now()).await;
+        assert_eq!(outcome.is_ok(), *valid, "case {index}: {outcome:?}");
+        if !valid {
+            assert_eq!(outcome.unwrap_err(), TokenError::Invalid, "case {index}");
+        }
+    }
+}
+
 /// A JWK Set read from a file, and the start-up errors of a bad JWKS configuration.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwks_from_a_file_and_its_errors() {

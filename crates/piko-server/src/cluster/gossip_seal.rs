@@ -2,17 +2,17 @@
 //! TLS, and chitchat believes whatever reaches its port: without a seal, any host that can send
 //! to the gossip port could announce a node of its own, or publish newer values under a real
 //! node's name. Each datagram carries an HMAC-SHA256 tag under a key derived from the secret,
-//! and the time it was sealed; a node ignores a datagram whose tag does not check, or whose time
-//! is more than [`MAX_SKEW`] from its own clock. Within that window a captured datagram could be
-//! replayed, which teaches nothing new: chitchat keeps the highest version of every key and
-//! heartbeat.
+//! and the time it was sealed; a node ignores a datagram whose tag does not check, whose time is
+//! more than [`MAX_SKEW`] from its own clock, or that it has seen before (a replay, from its
+//! sender's address or any other).
 //!
 //! Chitchat fills a datagram up to UDP's largest payload, leaving no room for the seal, so a
 //! message that no longer fits travels in fragments, each sealed, joined again on arrival.
 //!
-//! A datagram is `chunk ‖ message ID (u32) ‖ index << 4 | count (u8) ‖ sealed at, in ms since
-//! the Unix epoch (u64) ‖ tag (32 bytes)`, integers big-endian, the tag over all that precedes
-//! it.
+//! A datagram is `"pk" ‖ version 1 (u8) ‖ message ID (u32) ‖ index << 4 | count (u8) ‖ sealed
+//! at, in ms since the Unix epoch (u64) ‖ chunk ‖ tag (32 bytes)`, integers big-endian, the tag
+//! over all that precedes it. The header comes first so that chitchat itself (a node without
+//! the secret) cannot decode a sealed message: its own messages start with another magic number.
 
 use std::{
     borrow::Cow,
@@ -26,9 +26,12 @@ use aws_lc_rs::hmac;
 /// UDP's largest payload over IPv4, chitchat's datagram size.
 pub(crate) const MAX_DATAGRAM: usize = 65_507;
 
+const MAGIC: [u8; 2] = *b"pk";
+const VERSION: u8 = 1;
+const HEADER_LEN: usize = MAGIC.len() + 1 + 4 + 1 + 8;
 const TAG_LEN: usize = 32;
-const TRAILER_LEN: usize = 4 + 1 + 8 + TAG_LEN;
-const MAX_CHUNK: usize = MAX_DATAGRAM - TRAILER_LEN;
+const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
+const MAX_CHUNK: usize = MAX_DATAGRAM - OVERHEAD;
 /// The count fits in four bits; chitchat's messages need two at most.
 const MAX_FRAGMENTS: usize = 15;
 
@@ -40,6 +43,13 @@ const MAX_SKEW: Duration = Duration::from_secs(300);
 const FRAGMENT_WAIT: Duration = Duration::from_secs(5);
 /// Messages waiting for fragments at once; the oldest gives way.
 const MAX_PENDING: usize = 64;
+
+/// How long a datagram's tag is remembered: a replay must arrive within [`MAX_SKEW`] of its seal
+/// time, which was itself within [`MAX_SKEW`] of the first arrival.
+const REPLAY_MEMORY: Duration = Duration::from_secs(2 * 300);
+/// Tags remembered at most (a few hundred datagrams a second for ten minutes); the oldest give
+/// way. Only sealed datagrams are remembered, so only members fill it.
+const MAX_REMEMBERED: usize = 1 << 18;
 
 /// The key gossip is sealed with, derived from the cluster's secret so that it differs from the
 /// key relayed requests are signed with.
@@ -63,6 +73,8 @@ pub(crate) enum Refusal {
     Stale,
     /// Sealed, but its fragment numbers make no sense.
     BadFragment,
+    /// Seen before.
+    Replayed,
 }
 
 impl std::fmt::Display for Refusal {
@@ -71,6 +83,7 @@ impl std::fmt::Display for Refusal {
             Self::NotSealed => "not sealed with this cluster's secret",
             Self::Stale => "sealed more than 5 minutes away from this node's clock",
             Self::BadFragment => "bad fragment numbers",
+            Self::Replayed => "a replay of a datagram already received",
         })
     }
 }
@@ -82,6 +95,7 @@ pub(crate) struct Opened<'a> {
     index: u8,
     count: u8,
     chunk: &'a [u8],
+    tag: &'a [u8],
 }
 
 /// The datagrams that carry `message`, sealed at `now_ms`.
@@ -97,11 +111,13 @@ pub(crate) fn seal(key: &GossipKey, message: &[u8], message_id: u32, now_ms: u64
         .take(count)
         .enumerate()
         .map(|(index, chunk)| {
-            let mut datagram = Vec::with_capacity(chunk.len() + TRAILER_LEN);
-            datagram.extend_from_slice(chunk);
+            let mut datagram = Vec::with_capacity(chunk.len() + OVERHEAD);
+            datagram.extend_from_slice(&MAGIC);
+            datagram.push(VERSION);
             datagram.extend_from_slice(&message_id.to_be_bytes());
             datagram.push(fragment_byte(index, count));
             datagram.extend_from_slice(&now_ms.to_be_bytes());
+            datagram.extend_from_slice(chunk);
             let tag = hmac::sign(&key.0, &datagram);
             datagram.extend_from_slice(tag.as_ref());
             datagram
@@ -117,24 +133,25 @@ fn fragment_byte(index: usize, count: usize) -> u8 {
     ((index as u8) << 4) | count as u8
 }
 
-/// Checks `datagram`'s seal at `now_ms`.
+/// Checks `datagram`'s seal at `now_ms` (not whether it is a replay: see [`ReplayGuard`]).
 pub(crate) fn open<'d>(
     key: &GossipKey,
     datagram: &'d [u8],
     now_ms: u64,
 ) -> Result<Opened<'d>, Refusal> {
-    let Some(signed_len) = datagram.len().checked_sub(TAG_LEN) else {
-        return Err(Refusal::NotSealed);
-    };
-    if signed_len < TRAILER_LEN - TAG_LEN {
+    if datagram.len() < OVERHEAD || datagram[..MAGIC.len()] != MAGIC {
         return Err(Refusal::NotSealed);
     }
-    let (signed, tag) = datagram.split_at(signed_len);
+    let (signed, tag) = datagram.split_at(datagram.len() - TAG_LEN);
     hmac::verify(&key.0, signed, tag).map_err(|_| Refusal::NotSealed)?;
-    let (chunk, trailer) = signed.split_at(signed_len - (TRAILER_LEN - TAG_LEN));
-    let message_id = u32::from_be_bytes(trailer[..4].try_into().expect("4 bytes"));
-    let fragment = trailer[4];
-    let sealed_at = u64::from_be_bytes(trailer[5..].try_into().expect("8 bytes"));
+    let (header, chunk) = signed.split_at(HEADER_LEN);
+    let header = &header[MAGIC.len()..];
+    if header[0] != VERSION {
+        return Err(Refusal::NotSealed);
+    }
+    let message_id = u32::from_be_bytes(header[1..5].try_into().expect("4 bytes"));
+    let fragment = header[5];
+    let sealed_at = u64::from_be_bytes(header[6..14].try_into().expect("8 bytes"));
     if sealed_at.abs_diff(now_ms) > duration_ms(MAX_SKEW) {
         return Err(Refusal::Stale);
     }
@@ -147,7 +164,35 @@ pub(crate) fn open<'d>(
         index,
         count,
         chunk,
+        tag,
     })
+}
+
+/// The tags of the datagrams received lately, to refuse a second copy of any.
+#[derive(Default)]
+pub(crate) struct ReplayGuard {
+    seen: std::collections::HashSet<[u8; 16]>,
+    order: std::collections::VecDeque<(Instant, [u8; 16])>,
+}
+
+impl ReplayGuard {
+    /// Whether `opened` arrives for the first time (at `now`); remembers it.
+    pub(crate) fn first_time(&mut self, opened: &Opened<'_>, now: Instant) -> bool {
+        while let Some((at, tag)) = self.order.front() {
+            if now.duration_since(*at) < REPLAY_MEMORY && self.order.len() < MAX_REMEMBERED {
+                break;
+            }
+            self.seen.remove(tag);
+            self.order.pop_front();
+        }
+        // Half the tag is plenty to tell datagrams apart (it was checked in full).
+        let tag: [u8; 16] = opened.tag[..16].try_into().expect("tags are 32 bytes");
+        if !self.seen.insert(tag) {
+            return false;
+        }
+        self.order.push_back((now, tag));
+        true
+    }
 }
 
 /// Milliseconds since the Unix epoch: the seal's clock.

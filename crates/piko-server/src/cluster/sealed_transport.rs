@@ -6,7 +6,8 @@
 //! message chitchat sends to a peer's relay is read back, sealed and sent to the peer from the
 //! gossip port; a datagram from the peer whose seal checks is handed to chitchat from that
 //! peer's relay, and the relay's address is mapped back to the peer's in what chitchat receives.
-//! Gossip is a few datagrams a second: the extra loopback hop costs nothing that matters.
+//! Gossip is tens of small datagrams a second: the extra loopback hop costs nothing that
+//! matters.
 
 use std::{
     collections::HashMap,
@@ -22,7 +23,9 @@ use chitchat::{
     transport::{RecvOutcome, SendOutcome, Socket, Transport},
 };
 
-use super::gossip_seal::{GossipKey, MAX_DATAGRAM, Reassembly, Refusal, open, seal, unix_ms};
+use super::gossip_seal::{
+    GossipKey, MAX_DATAGRAM, Reassembly, Refusal, ReplayGuard, open, seal, unix_ms,
+};
 
 /// How long a message chitchat sent to a relay may take to be read back (it is already there:
 /// loopback delivers at once).
@@ -31,6 +34,9 @@ const READ_BACK_LIMIT: Duration = Duration::from_secs(1);
 /// Relays at once; the least recently used gives way (chitchat then sees that peer at a new
 /// address, which it only replies to).
 const MAX_RELAYS: usize = 1024;
+
+/// A relay unused for this long is closed when the next one opens: a node long gone.
+const RELAY_IDLE: Duration = Duration::from_secs(600);
 
 /// At most one warning per interval while datagrams are refused.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -66,6 +72,7 @@ impl Transport for SealedUdpTransport {
             chitchat_addr,
             relays: Relays::default(),
             reassembly: Reassembly::default(),
+            replays: ReplayGuard::default(),
             next_message_id: rand::random(),
             buf: vec![0; MAX_DATAGRAM + 1].into_boxed_slice(),
             refusals: RefusalLog::default(),
@@ -82,6 +89,7 @@ struct SealedSocket {
     chitchat_addr: SocketAddr,
     relays: Relays,
     reassembly: Reassembly,
+    replays: ReplayGuard,
     next_message_id: u32,
     buf: Box<[u8]>,
     refusals: RefusalLog,
@@ -181,7 +189,12 @@ impl SealedSocket {
                 return;
             }
         };
-        let Some(message) = self.reassembly.add(from, opened, Instant::now()) else {
+        let now = Instant::now();
+        if !self.replays.first_time(&opened, now) {
+            self.refusals.note(from, Refusal::Replayed);
+            return;
+        }
+        let Some(message) = self.reassembly.add(from, opened, now) else {
             return;
         };
         match self.relays.for_peer(from) {
@@ -192,9 +205,7 @@ impl SealedSocket {
                 let to = socket2::SockAddr::from(self.chitchat_addr);
                 drop(socket2::SockRef::from(&relay.socket).send_to(&message, &to));
             }
-            Err(error) => {
-                tracing::warn!(subsystem = "gossip", %error, "failed to open a gossip relay socket");
-            }
+            Err(error) => self.refusals.relay_failed(&error),
         }
     }
 }
@@ -224,6 +235,7 @@ struct Relay {
 impl Relays {
     fn for_peer(&mut self, peer: SocketAddr) -> io::Result<&Relay> {
         if !self.by_peer.contains_key(&peer) {
+            self.close_idle();
             if self.by_peer.len() >= MAX_RELAYS {
                 self.evict_least_recently_used();
             }
@@ -253,6 +265,20 @@ impl Relays {
         self.peer_by_relay.get(&relay_addr).copied()
     }
 
+    fn close_idle(&mut self) {
+        let Self {
+            by_peer,
+            peer_by_relay,
+        } = self;
+        by_peer.retain(|_, relay| {
+            let keep = relay.used.elapsed() < RELAY_IDLE;
+            if !keep {
+                peer_by_relay.remove(&relay.addr);
+            }
+            keep
+        });
+    }
+
     fn evict_least_recently_used(&mut self) {
         let oldest = self
             .by_peer
@@ -271,9 +297,24 @@ impl Relays {
 struct RefusalLog {
     last: Option<Instant>,
     unreported: u64,
+    last_relay_failure: Option<Instant>,
 }
 
 impl RefusalLog {
+    /// A relay socket could not be opened (out of file descriptors, most likely): the datagram
+    /// is lost. Warned of at most once per interval too.
+    fn relay_failed(&mut self, error: &io::Error) {
+        let now = Instant::now();
+        if self
+            .last_relay_failure
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_INTERVAL)
+        {
+            return;
+        }
+        self.last_relay_failure = Some(now);
+        tracing::warn!(subsystem = "gossip", %error, "failed to open a gossip relay socket");
+    }
+
     fn note(&mut self, from: SocketAddr, refusal: Refusal) {
         let now = Instant::now();
         if self

@@ -23,7 +23,7 @@ fn a_sealed_message_opens_with_the_same_secret_only() {
     let key = GossipKey::from_secret("s3cret");
     let datagrams = seal(&key, b"chitchat syn", 1, NOW);
     assert_eq!(datagrams.len(), 1);
-    assert_eq!(datagrams[0].len(), b"chitchat syn".len() + TRAILER_LEN);
+    assert_eq!(datagrams[0].len(), b"chitchat syn".len() + OVERHEAD);
     assert_eq!(whole(&key, b"chitchat syn", NOW).unwrap(), b"chitchat syn");
     let other = GossipKey::from_secret("other");
     assert_eq!(open(&other, &datagrams[0], NOW), Err(Refusal::NotSealed));
@@ -50,7 +50,7 @@ fn any_changed_byte_breaks_the_seal() {
         open(&key, &datagram[..datagram.len() - 1], NOW),
         Err(Refusal::NotSealed)
     );
-    for len in 0..TRAILER_LEN {
+    for len in 0..OVERHEAD {
         assert_eq!(open(&key, &vec![0; len], NOW), Err(Refusal::NotSealed));
     }
 }
@@ -128,12 +128,32 @@ fn waiting_messages_are_bounded() {
 fn nonsense_fragment_numbers_are_refused() {
     let key = GossipKey::from_secret("s3cret");
     for fragment in [0x00, 0x11, 0x21] {
-        let mut datagram = b"x".to_vec();
+        let mut datagram = MAGIC.to_vec();
+        datagram.push(VERSION);
         datagram.extend_from_slice(&1u32.to_be_bytes());
         datagram.push(fragment);
         datagram.extend_from_slice(&NOW.to_be_bytes());
+        datagram.push(b'x');
         let tag = hmac::sign(&key.0, &datagram);
         datagram.extend_from_slice(tag.as_ref());
         assert_eq!(open(&key, &datagram, NOW), Err(Refusal::BadFragment));
     }
+}
+
+#[test]
+fn a_datagram_is_accepted_once() {
+    let key = GossipKey::from_secret("s3cret");
+    let mut guard = ReplayGuard::default();
+    let start = Instant::now();
+    let first = seal(&key, b"syn", 1, NOW).remove(0);
+    let second = seal(&key, b"syn", 2, NOW).remove(0);
+    let opened = open(&key, &first, NOW).unwrap();
+    assert!(guard.first_time(&opened, start));
+    assert!(!guard.first_time(&opened, start + Duration::from_secs(1)));
+    // The same message again, sealed anew: another datagram.
+    assert!(guard.first_time(&open(&key, &second, NOW).unwrap(), start));
+    // Forgotten only once its seal time is long out of the window.
+    let later = start + REPLAY_MEMORY + Duration::from_secs(1);
+    assert!(guard.first_time(&opened, later));
+    assert_eq!(guard.order.len(), 1, "the old entries went");
 }

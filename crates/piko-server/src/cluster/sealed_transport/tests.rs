@@ -70,3 +70,54 @@ async fn unsealed_or_foreign_datagrams_are_never_heard() {
         member.local_addr().unwrap()
     );
 }
+
+#[tokio::test]
+async fn chitchat_without_the_secret_cannot_read_sealed_gossip() {
+    let mut open = chitchat::transport::UdpTransport
+        .open(loopback())
+        .await
+        .unwrap();
+    let open_addr = open.local_addr().unwrap();
+    let mut sealed = SealedUdpTransport::new("s3cret")
+        .open(loopback())
+        .await
+        .unwrap();
+    sealed.send(open_addr, message()).await.unwrap();
+    let mut plain = chitchat::transport::UdpTransport
+        .open(loopback())
+        .await
+        .unwrap();
+    plain.send(open_addr, message()).await.unwrap();
+    assert_eq!(recv(&mut open).await.from_addr, plain.local_addr().unwrap());
+}
+
+#[tokio::test]
+async fn a_captured_datagram_is_heard_once_whoever_sends_it_again() {
+    let transport = SealedUdpTransport::new("s3cret");
+    let mut node = transport.open(loopback()).await.unwrap();
+    let node_addr = node.local_addr().unwrap();
+    let mut member = transport.open(loopback()).await.unwrap();
+    // An eavesdropper's capture: what the member sent, as it went on the wire.
+    let eavesdropper = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+    member
+        .send(eavesdropper.local_addr().unwrap(), message())
+        .await
+        .unwrap();
+    let mut captured = vec![0; MAX_DATAGRAM];
+    let (len, _) = eavesdropper.recv_from(&mut captured).await.unwrap();
+    captured.truncate(len);
+    let replayer = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+    for _ in 0..2 {
+        replayer.send_to(&captured, node_addr).await.unwrap();
+    }
+    member.send(node_addr, message()).await.unwrap();
+    assert_eq!(
+        recv(&mut node).await.from_addr,
+        replayer.local_addr().unwrap()
+    );
+    // The second copy was dropped: next comes the member's new message.
+    assert_eq!(
+        recv(&mut node).await.from_addr,
+        member.local_addr().unwrap()
+    );
+}
