@@ -69,7 +69,8 @@ fn refresh_time(expires: Option<SystemTime>) -> Option<Instant> {
     let left = expires?
         .duration_since(SystemTime::now())
         .unwrap_or_default();
-    Some(Instant::now() + left - REFRESH_MARGIN.min(left / 2))
+    // Past what an instant can hold (an absurd `exp`): never.
+    Instant::now().checked_add(left - REFRESH_MARGIN.min(left / 2))
 }
 
 /// When to look again for a renewal that has not come yet; none once the token has expired (the
@@ -79,7 +80,7 @@ fn recheck_time(expires: Option<SystemTime>) -> Option<Instant> {
         .duration_since(SystemTime::now())
         .ok()
         .filter(|left| !left.is_zero())?;
-    Some(Instant::now() + RENEWAL_CHECK.min(left))
+    Instant::now().checked_add(RENEWAL_CHECK.min(left))
 }
 
 impl Listener {
