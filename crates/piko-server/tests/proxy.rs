@@ -328,11 +328,8 @@ async fn websocket_upgrades_are_relayed_end_to_end() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let (_, metrics) = common::get(node.admin, "/metrics", "admin").await;
-        if metrics.contains(counted) {
-            assert!(
-                metrics.contains("piko_proxy_requests_in_flight 0\n"),
-                "{metrics}"
-            );
+        // Counted and no longer in flight: two updates, which a scrape may fall between.
+        if metrics.contains(counted) && metrics.contains("piko_proxy_requests_in_flight 0\n") {
             assert!(
                 metrics.contains(
                     "piko_proxy_route_duration_seconds_count{route=\"upgrade\",outcome=\"success\"} 1\n"
