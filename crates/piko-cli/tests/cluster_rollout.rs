@@ -421,6 +421,31 @@ async fn a_rolling_restart_under_load_fails_no_request() {
     assert_eq!(ok, sent);
 }
 
+/// Waits (bounded) until every node routes TCP tunnels to `endpoint`: its TCP route answers a
+/// plain GET with the handshake's refusal rather than `502 no available upstreams` (the routing
+/// table follows the gossip `await_settled` looks at a moment later).
+async fn await_tcp_route(client: &HttpClient, all: &[NodePorts], endpoint: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    for ports in all {
+        let url = format!("http://127.0.0.1:{}/_piko/v1/tcp/{endpoint}", ports.proxy);
+        loop {
+            let outcome = get(client, &url, None).await;
+            if outcome
+                .as_ref()
+                .is_ok_and(|(status, _)| *status != 502 && *status != 503)
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {} never routed {endpoint}: {outcome:?}",
+                ports.proxy
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// Echoes `payload` through a TCP tunnel opened by `piko forward` (`forward`) at `local`; on
 /// failure, says what `piko forward` logged.
 async fn echo_through(forward: &mut Process, local: SocketAddr, payload: &[u8]) {
@@ -469,6 +494,7 @@ async fn a_crashed_node_is_routed_around_and_a_late_joiner_learns_everything() {
         &upstream_url,
     ]));
     await_settled(&client, &ports, 4).await;
+    await_tcp_route(&client, &ports, "gamma").await;
     await_balancer(&client, balancer.proxy, ports.len()).await;
     let (mut forward, tunnel) = common::start_forward(&balancer.proxy.to_string(), "gamma").await;
     // Several tunnels: the balancer spreads them over the nodes, most not the gamma agent's.
@@ -481,6 +507,7 @@ async fn a_crashed_node_is_routed_around_and_a_late_joiner_learns_everything() {
     nodes[0].child.wait().await.unwrap();
     let held = ports[0].hold();
     await_settled(&client, &ports[1..], 4).await;
+    await_tcp_route(&client, &ports[1..], "gamma").await;
     eprintln!(
         "a crashed node was routed around in {:?}",
         crashed.elapsed()
