@@ -26,8 +26,9 @@ pub(crate) const FORWARD_KEY: &str = "forward_key";
 /// address, never the secret).
 pub(crate) const MEMBER_PROOF: &str = "member_proof";
 
-/// How far a signature's timestamp may be from the receiving node's clock.
-const MAX_SKEW: Duration = Duration::from_secs(300);
+/// How far a signature's timestamp may be from the receiving node's clock (a sealed gossip
+/// datagram's too).
+pub(super) const MAX_SKEW: Duration = Duration::from_secs(300);
 
 /// This node's forwarding keys.
 #[derive(Debug)]

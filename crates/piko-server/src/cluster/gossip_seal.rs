@@ -23,6 +23,8 @@ use std::{
 
 use aws_lc_rs::hmac;
 
+use super::forward_auth::MAX_SKEW;
+
 /// UDP's largest payload over IPv4, chitchat's datagram size.
 pub(crate) const MAX_DATAGRAM: usize = 65_507;
 
@@ -35,10 +37,6 @@ const MAX_CHUNK: usize = MAX_DATAGRAM - OVERHEAD;
 /// The count fits in four bits; chitchat's messages need two at most.
 const MAX_FRAGMENTS: usize = 15;
 
-/// How far a datagram's seal time may be from the receiving node's clock (as for relayed
-/// requests).
-const MAX_SKEW: Duration = Duration::from_secs(300);
-
 /// How long the first fragments of a message wait for the rest.
 const FRAGMENT_WAIT: Duration = Duration::from_secs(5);
 /// Messages waiting for fragments at once; the oldest gives way.
@@ -46,7 +44,7 @@ const MAX_PENDING: usize = 64;
 
 /// How long a datagram's tag is remembered: a replay must arrive within [`MAX_SKEW`] of its seal
 /// time, which was itself within [`MAX_SKEW`] of the first arrival.
-const REPLAY_MEMORY: Duration = Duration::from_secs(2 * 300);
+const REPLAY_MEMORY: Duration = Duration::from_secs(2 * MAX_SKEW.as_secs());
 /// Tags remembered at most (a few hundred datagrams a second for ten minutes); the oldest give
 /// way. Only sealed datagrams are remembered, so only members fill it.
 const MAX_REMEMBERED: usize = 1 << 18;
