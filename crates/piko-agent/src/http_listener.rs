@@ -11,6 +11,7 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo},
 };
+use piko_http::error_after_flush::ErrorAfterFlush;
 use piko_http::{
     access_log::{self, RequestRecord},
     body::{Body, full},
@@ -257,7 +258,8 @@ impl Proxy {
         } else {
             remove_hop_by_hop(response.headers_mut());
         }
-        response.map(|body| body.map_err(Into::into).boxed())
+        // A service that fails mid-body (a reset): what it sent before reaches the server first.
+        response.map(|body| ErrorAfterFlush::new(body).map_err(Into::into).boxed())
     }
 }
 

@@ -51,6 +51,7 @@ pub struct AgentMetrics {
     request_size: Family<EndpointLabel, Histogram, fn() -> Histogram>,
     response_size: Family<EndpointLabel, Histogram, fn() -> Histogram>,
     handler_errors: Family<CauseLabel, Counter>,
+    alive_tasks: Gauge,
 }
 
 impl AgentMetrics {
@@ -64,6 +65,7 @@ impl AgentMetrics {
             request_size: Family::new_with_constructor(size_histogram),
             response_size: Family::new_with_constructor(size_histogram),
             handler_errors: Family::default(),
+            alive_tasks: Gauge::default(),
         };
         let mut metrics = metrics;
         let registry = &mut metrics.registry;
@@ -94,6 +96,11 @@ impl AgentMetrics {
             metrics.response_size.clone(),
         );
         registry.register(
+            "piko_runtime_alive_tasks",
+            "Tasks alive in the agent's async runtime (one per connection and stream: a count that never comes back down is a leak)",
+            metrics.alive_tasks.clone(),
+        );
+        registry.register(
             "promhttp_metric_handler_errors",
             "Total number of internal errors encountered by the promhttp metric handler",
             metrics.handler_errors.clone(),
@@ -106,6 +113,11 @@ impl AgentMetrics {
     /// # Errors
     /// The registry could not be encoded (counted in `promhttp_metric_handler_errors_total`).
     pub fn render(&self) -> Result<String, std::fmt::Error> {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let tasks = runtime.metrics().num_alive_tasks();
+            self.alive_tasks
+                .set(i64::try_from(tasks).unwrap_or(i64::MAX));
+        }
         prometheus_text::encode(&self.registry).inspect_err(|_| {
             self.handler_errors
                 .get_or_create(&CauseLabel { cause: "encoding" })
@@ -125,7 +137,7 @@ impl Default for AgentMetrics {
 pub(crate) struct RequestMeter {
     metrics: Arc<AgentMetrics>,
     endpoint: EndpointLabel,
-    method: http::Method,
+    method: MethodLabel,
     started: Instant,
 }
 
@@ -146,7 +158,7 @@ impl RequestMeter {
         Self {
             metrics,
             endpoint,
-            method: request.method().clone(),
+            method: MethodLabel::of(request.method()),
             started: Instant::now(),
         }
     }
@@ -155,7 +167,7 @@ impl RequestMeter {
     pub(crate) fn finish(self, response: http::Response<Body>) -> http::Response<Body> {
         let labels = RequestLabels {
             status: response.status().as_u16(),
-            method: MethodLabel(self.method.clone()),
+            method: self.method,
             endpoint: self.endpoint.endpoint.clone(),
         };
         response.map(|body| {

@@ -154,6 +154,9 @@ pub(crate) struct Proxy {
     pub(crate) bind_addr: Option<String>,
     pub(crate) advertise_addr: Option<String>,
     pub(crate) timeout: Option<GoDuration>,
+    /// Ours: most requests in flight per endpoint on a node. Signed, so that a negative value
+    /// gets our own error naming the key.
+    pub(crate) max_requests_per_endpoint: Option<i64>,
     pub(crate) access_log: AccessLog,
     pub(crate) http: ProxyHttp,
     pub(crate) auth: Auth,
@@ -166,6 +169,8 @@ pub(crate) struct ProxyHttp {
     pub(crate) read_timeout: Option<GoDuration>,
     pub(crate) read_header_timeout: Option<GoDuration>,
     pub(crate) write_timeout: Option<GoDuration>,
+    /// Ours: the write timeout of WebSocket and TCP tunnels.
+    pub(crate) tunnel_write_timeout: Option<GoDuration>,
     pub(crate) idle_timeout: Option<GoDuration>,
     pub(crate) max_header_bytes: Option<u64>,
     /// Ours: most client connections at once.

@@ -45,6 +45,10 @@ pub(crate) struct Args {
     /// long downloads and event streams pass); 0 disables [default: 10s].
     #[arg(long = "proxy.http.write-timeout", value_parser = duration::parse)]
     write_timeout: Option<Duration>,
+    /// How long a WebSocket or TCP tunnel's client may refuse bytes before it is cut (longer
+    /// than the write timeout: a tunnel's client may pause); 0 disables [default: 5m].
+    #[arg(long = "proxy.http.tunnel-write-timeout", value_parser = duration::parse)]
+    tunnel_write_timeout: Option<Duration>,
     /// How long a keep-alive connection may wait for its next request; 0 disables
     /// [default: 5m].
     #[arg(long = "proxy.http.idle-timeout", value_parser = duration::parse)]
@@ -56,6 +60,13 @@ pub(crate) struct Args {
     /// accepted); 0 is no limit [default: 0].
     #[arg(long = "proxy.http.max-connections")]
     proxy_max_connections: Option<u64>,
+    /// Most requests, tunnels included, in flight to one endpoint through this node (more get a
+    /// retryable 503); 0 is no limit [default: 0].
+    #[arg(
+        long = "proxy.max-requests-per-endpoint",
+        allow_negative_numbers = true
+    )]
+    max_requests_per_endpoint: Option<i64>,
     /// Level of the access log's records (5xx responses are at least warn) [default: info].
     #[arg(long = "proxy.access-log.level")]
     access_log_level: Option<String>,
@@ -182,6 +193,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         "proxy.access",
         "proxy",
     )?;
+    let max_requests_per_endpoint = match args
+        .max_requests_per_endpoint
+        .or(file.proxy.max_requests_per_endpoint)
+    {
+        Some(n) if n < 0 => {
+            anyhow::bail!("config: proxy: max requests per endpoint cannot be negative")
+        }
+        n => limit(n.map(i64::unsigned_abs), None),
+    };
     let upstream_bind_addr = bind_addr(
         "upstream",
         args.upstream_bind_addr,
@@ -274,6 +294,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 file.proxy.http.write_timeout,
                 defaults.proxy.write_timeout,
             ),
+            tunnel_write_timeout: pick(
+                args.tunnel_write_timeout,
+                file.proxy.http.tunnel_write_timeout,
+                defaults.proxy.tunnel_write_timeout,
+            ),
             idle_timeout: pick(
                 args.idle_timeout,
                 file.proxy.http.idle_timeout,
@@ -286,6 +311,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                     usize::try_from(n).unwrap_or(usize::MAX)
                 }),
             max_connections: limit(args.proxy_max_connections, file.proxy.http.max_connections),
+            max_requests_per_endpoint,
             auth: proxy_auth,
             tenants: tenants.clone(),
         },

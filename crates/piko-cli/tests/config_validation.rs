@@ -91,6 +91,16 @@ async fn server_rules() {
             "config: proxy: access log: response headers: cannot define both allow list and block list",
         ),
         (
+            &["--proxy.max-requests-per-endpoint", "-1"],
+            None,
+            "config: proxy: max requests per endpoint cannot be negative",
+        ),
+        (
+            &[],
+            Some("proxy:\n  max_requests_per_endpoint: -5\n"),
+            "config: proxy: max requests per endpoint cannot be negative",
+        ),
+        (
             &["--upstream.bind-addr", ""],
             None,
             "config: upstream: missing bind addr",

@@ -125,3 +125,62 @@ async fn a_failure_after_start_up_is_logged_as_failed_to_run() {
         .unwrap();
     assert_eq!(status.code(), Some(1));
 }
+
+/// The messages a server logs up to its proxy port's start line.
+async fn start_up_messages(server: &mut Process) -> Vec<String> {
+    let mut messages = Vec::new();
+    tokio::time::timeout(common::PATIENCE, async {
+        while let Some(line) = server.logs.recv().await {
+            let msg = line["msg"].as_str().unwrap_or_default().to_owned();
+            let done = msg == "starting proxy server";
+            messages.push(msg);
+            if done {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the server never started");
+    messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_gossip_beyond_loopback_is_warned_about_at_start() {
+    const WARNING: &str = "gossip listens beyond loopback without cluster.secret: anyone who \
+        reaches it can announce a node and receive relayed requests; set cluster.secret \
+        (--cluster.secret) on every node";
+    let loopback_ports = [
+        "--proxy.bind-addr",
+        "127.0.0.1:0",
+        "--upstream.bind-addr",
+        "127.0.0.1:0",
+        "--admin.bind-addr",
+        "127.0.0.1:0",
+    ];
+    let start = |extra: &[&str]| {
+        let mut args = vec!["server"];
+        args.extend_from_slice(&loopback_ports);
+        args.extend_from_slice(extra);
+        Process::start(&args)
+    };
+    let mut open = start(&["--cluster.gossip.bind-addr", "0.0.0.0:0"]);
+    let line = expect(&mut open, "cluster", WARNING, &["addr"]).await;
+    assert_eq!(line["level"], "warn");
+
+    for extra in [
+        &[
+            "--cluster.gossip.bind-addr",
+            "0.0.0.0:0",
+            "--cluster.secret",
+            "s3cret",
+        ][..],
+        &["--cluster.gossip.bind-addr", "127.0.0.1:0"][..],
+    ] {
+        let mut quiet = start(extra);
+        let messages = start_up_messages(&mut quiet).await;
+        assert!(
+            !messages.iter().any(|msg| msg == WARNING),
+            "{extra:?}: {messages:?}"
+        );
+    }
+}

@@ -44,6 +44,9 @@
 mod config;
 mod error;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod id_hash;
 mod session;
 mod state;

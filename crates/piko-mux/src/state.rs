@@ -336,6 +336,11 @@ impl State {
             }
             stream.holder = Holder::Live;
             stream.acked = true;
+            if stream.reset.is_some() {
+                // Reset while queued, with bytes still to read: the peer is done with it, so
+                // it is neither acknowledged nor granted more window.
+                return Poll::Ready(Ok(id));
+            }
             // The peer was granted the implied initial window until now; the rest comes with
             // the ACK.
             stream.recv_window += extra;
@@ -365,7 +370,10 @@ impl State {
             .streams
             .get_mut(&id)
             .expect("live stream is in the table");
-        if let Some(err) = &stream.reset {
+        // Bytes the peer sent before its RST are read first; the reset is reported after them.
+        if let Some(err) = &stream.reset
+            && (stream.recv_buf.is_empty() || !matches!(err, StreamError::ResetByPeer))
+        {
             return Poll::Ready(Err(err.clone()));
         }
         if stream.recv_buf.is_empty() {
@@ -385,7 +393,11 @@ impl State {
         dst.put_slice(&back[..copied - from_front]);
         stream.recv_buf.drain(..copied);
         stream.recv_consumed += copied as u32;
-        if stream.recv_consumed >= half_window && !stream.remote_fin && self.end.is_none() {
+        if stream.recv_consumed >= half_window
+            && !stream.remote_fin
+            && stream.reset.is_none()
+            && self.end.is_none()
+        {
             let delta = std::mem::take(&mut stream.recv_consumed);
             stream.recv_window += delta;
             self.push_control(Header::window_update(id, Flags::NONE, delta), fx);
@@ -480,6 +492,8 @@ impl State {
             .get_mut(&id)
             .expect("live stream is in the table");
         if stream.reset.is_some() || stream.finished() {
+            // Whatever the peer sent before its own RST is no longer wanted.
+            stream.recv_buf = VecDeque::new();
             return;
         }
         stream.reset = Some(StreamError::ResetLocally);
@@ -578,6 +592,10 @@ impl State {
             Part::DataStart(header) => {
                 self.on_stream_open_flags(header, fx)?;
                 let id = header.stream_id;
+                // The payload goes only to a stream it was charged to. A frame for an ID of ours
+                // not opened yet must not fill the stream we open while it arrives: its length
+                // was never checked against a window. ID 0 is never a stream.
+                self.inbound = 0;
                 if let Some(stream) = self.streams.get_mut(&id) {
                     if header.length > stream.recv_window {
                         return Err(ProtocolError::WindowExceeded {
@@ -588,8 +606,8 @@ impl State {
                         .into());
                     }
                     stream.recv_window -= header.length;
+                    self.inbound = id;
                 }
-                self.inbound = id;
                 Ok(())
             }
             Part::Payload(data) => {
@@ -711,8 +729,9 @@ impl State {
             fx.wake(stream.read_waker.take());
         }
         if header.flags.contains(Flags::RST) && stream.reset.is_none() {
+            // The unread bytes stay: they arrived before the RST, so the reader gets them first
+            // (a reply written just before a reset is not lost).
             stream.reset = Some(StreamError::ResetByPeer);
-            stream.recv_buf = VecDeque::new();
             stream.wake_all(fx);
         }
         if stream.finished() {
@@ -721,7 +740,7 @@ impl State {
                     self.streams.remove(&id);
                     self.detached.remove(&(deadline, id));
                 }
-                Holder::Queued if stream.reset.is_some() => {
+                Holder::Queued if stream.reset.is_some() && stream.recv_buf.is_empty() => {
                     self.streams.remove(&id);
                     self.accept_queue.retain(|&queued| queued != id);
                 }
@@ -855,5 +874,139 @@ impl State {
         fx.open = true;
         fx.status = true;
         true
+    }
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl State {
+    /// Checks the receive-window accounting of every stream; a description of the first broken
+    /// rule otherwise. `inbound_in_flight` is how much of the Data frame now arriving (on
+    /// `self.inbound`) was charged against its window but has not been applied yet.
+    ///
+    /// While the peer can still send on a stream, every byte of the window it was granted is
+    /// in exactly one place: still the peer's to use, buffered for the reader, consumed by the
+    /// reader but not granted back yet, or in flight. A stream whose sums drift either lets a
+    /// peer buffer more than the window (memory) or stalls it forever (lost credit).
+    pub(crate) fn check_invariants(&self, inbound_in_flight: u32) -> Result<(), String> {
+        for (&id, stream) in &self.streams {
+            let granted = if stream.opened_locally || stream.acked {
+                self.receive_window
+            } else {
+                INITIAL_STREAM_WINDOW
+            };
+            if stream.recv_buf.len() > granted as usize {
+                return Err(format!(
+                    "stream {id} buffers {} bytes, more than its window of {granted}",
+                    stream.recv_buf.len()
+                ));
+            }
+            if matches!(stream.holder, Holder::Detached(_)) && !stream.recv_buf.is_empty() {
+                return Err(format!("detached stream {id} keeps unread bytes"));
+            }
+            if stream.reset.is_some() || stream.remote_fin {
+                continue;
+            }
+            let in_flight = if id == self.inbound {
+                inbound_in_flight
+            } else {
+                0
+            };
+            let accounted = u64::from(stream.recv_window)
+                + stream.recv_buf.len() as u64
+                + u64::from(stream.recv_consumed)
+                + u64::from(in_flight);
+            if accounted != u64::from(granted) {
+                return Err(format!(
+                    "stream {id} ({:?}, opened locally: {}, acked: {}): window {} + buffered {} \
+                     + consumed {} + in flight {in_flight} = {accounted}, granted {granted}",
+                    stream.holder,
+                    stream.opened_locally,
+                    stream.acked,
+                    stream.recv_window,
+                    stream.recv_buf.len(),
+                    stream.recv_consumed,
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use super::*;
+
+    #[test]
+    fn window_accounting_holds_through_a_scripted_exchange() {
+        let config = Config {
+            receive_window: 2 * INITIAL_STREAM_WINDOW,
+            ..Config::default()
+        };
+        let now = Instant::now();
+        let mut state = State::new(Role::Server, &config, now);
+        let mut fx = Effects::default();
+        let check = |state: &State, in_flight| {
+            state
+                .check_invariants(in_flight)
+                .unwrap_or_else(|broken| panic!("{broken}"));
+        };
+
+        // The peer opens stream 1 and sends 10 bytes in two pieces while it is queued.
+        let syn = Header::window_update(1, Flags::SYN, 0);
+        state.on_part(Part::Control(syn), &mut fx).unwrap();
+        check(&state, 0);
+        let data = Header::data(1, Flags::NONE, 10);
+        state.on_part(Part::DataStart(data), &mut fx).unwrap();
+        check(&state, 10);
+        state.on_part(Part::Payload(b"hello"), &mut fx).unwrap();
+        check(&state, 5);
+        state.on_part(Part::Payload(b"world"), &mut fx).unwrap();
+        check(&state, 0);
+        state.on_part(Part::DataEnd(data), &mut fx).unwrap();
+        check(&state, 0);
+
+        // Accepting grants the larger window; reading moves bytes to "consumed".
+        assert!(matches!(state.accept(&mut fx), Poll::Ready(Ok(1))));
+        check(&state, 0);
+        let mut buf = [0u8; 4];
+        let mut dst = tokio::io::ReadBuf::new(&mut buf);
+        let read = state.poll_read(1, Waker::noop(), &mut dst, &mut fx);
+        assert!(matches!(read, Poll::Ready(Ok(()))));
+        assert_eq!(dst.filled(), b"hell");
+        check(&state, 0);
+
+        // A stream of our own, shut down and dropped: detached, still accounted for.
+        let Poll::Ready(Ok(own)) = state.open(now, Duration::from_secs(75), &mut fx) else {
+            panic!("open failed");
+        };
+        check(&state, 0);
+        state.shutdown(own, &mut fx).unwrap();
+        state.release(own, now, Duration::from_secs(300), &mut fx);
+        check(&state, 0);
+        fx.wake_all();
+
+        // A Data frame for an ID of ours not opened yet, opened while its payload arrives: the
+        // payload, never charged to a window, is dropped rather than buffered.
+        let early = Header::data(4, Flags::NONE, 6);
+        state.on_part(Part::DataStart(early), &mut fx).unwrap();
+        let Poll::Ready(Ok(4)) = state.open(now, Duration::from_secs(75), &mut fx) else {
+            panic!("open did not take ID 4");
+        };
+        check(&state, 0);
+        state.on_part(Part::Payload(b"sneaky"), &mut fx).unwrap();
+        state.on_part(Part::DataEnd(early), &mut fx).unwrap();
+        check(&state, 0);
+        assert!(state.streams[&4].recv_buf.is_empty());
+
+        // And the check does catch a stream whose credit went missing.
+        state
+            .streams
+            .get_mut(&1)
+            .expect("stream 1 is live")
+            .recv_window -= 1;
+        let broken = state.check_invariants(0).unwrap_err();
+        assert!(broken.starts_with("stream 1 "), "{broken}");
     }
 }

@@ -674,3 +674,74 @@ async fn an_open_refused_by_the_peer_frees_its_slot() {
     let next = tokio::time::timeout(Duration::from_secs(5), server.open()).await;
     assert!(next.expect("slot never freed").is_ok());
 }
+
+/// Encodes frames back to back, as one write (and so, here, one read of the session's).
+fn frames(frames: &[(Header, &[u8])]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for (header, payload) in frames {
+        bytes.extend_from_slice(&header.encode());
+        bytes.extend_from_slice(payload);
+    }
+    bytes
+}
+
+/// Waits until the session has processed everything sent before: a ping's answer.
+async fn round_trip(peer: &mut RawPeer, nonce: u32) {
+    peer.send(Header::ping(Flags::SYN, nonce), &[]).await;
+    loop {
+        let frame = peer.recv().await.unwrap();
+        if frame.header == Header::ping(Flags::ACK, nonce) {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn bytes_before_a_reset_are_read_before_the_reset() {
+    let (server, mut peer) = pair(no_keep_alive(), false);
+    let mut separate = server.open().await.unwrap();
+    let mut same_frame = server.open().await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(peer.recv().await.unwrap().header.flags, Flags::SYN);
+    }
+    // A reply, then an RST on its own frame; and a reply carrying the RST flag itself.
+    peer.send_raw(&frames(&[
+        (Header::data(2, Flags::ACK, 5), b"reply"),
+        (Header::window_update(2, Flags::RST, 0), b""),
+        (Header::data(4, Flags::ACK | Flags::RST, 4), b"last"),
+    ]))
+    .await;
+    round_trip(&mut peer, 1).await;
+    for (stream, expected) in [(&mut separate, &b"reply"[..]), (&mut same_frame, b"last")] {
+        let mut got = Vec::new();
+        let err = stream.read_to_end(&mut got).await.unwrap_err();
+        assert_eq!(got, expected);
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+        // Writing after a reset fails at once.
+        assert!(stream.write_all(b"x").await.is_err());
+    }
+}
+
+#[tokio::test]
+async fn a_stream_reset_while_queued_delivers_its_bytes_and_is_not_acknowledged() {
+    let (client, mut peer) = pair(no_keep_alive(), true);
+    peer.send_raw(&frames(&[
+        (Header::data(2, Flags::SYN, 7), b"request"),
+        (Header::window_update(2, Flags::RST, 0), b""),
+    ]))
+    .await;
+    round_trip(&mut peer, 1).await;
+    let mut stream = client.accept().await.unwrap();
+    let mut got = Vec::new();
+    let err = stream.read_to_end(&mut got).await.unwrap_err();
+    assert_eq!(got, b"request");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    drop(stream);
+    // Neither an ACK nor a window update nor an RST for the reset stream: the next frame is the
+    // next ping's answer.
+    peer.send(Header::ping(Flags::SYN, 2), &[]).await;
+    assert_eq!(
+        peer.recv().await.unwrap().header,
+        Header::ping(Flags::ACK, 2)
+    );
+}

@@ -6,7 +6,9 @@
 //!   frame header and its payload as two messages, and gorilla's client fragments messages over
 //!   4 KiB.
 //! - A text message is an error. A close frame, or the connection ending without one (Go peers
-//!   just close the socket), is a normal end of stream.
+//!   just close the socket), is a normal end of stream. A connection reset is an error for a
+//!   reader of bytes (a tunnel's client must see its peer's reset, not a clean end), but only an
+//!   end for the multiplexer, whose session is over either way.
 //! - Pings are answered by tungstenite on the next read or write.
 //! - With half-close (a TCP tunnel whose both ends are ours, negotiated with
 //!   [`HALF_CLOSE_HEADER`](crate::wire::HALF_CLOSE_HEADER)), an empty binary message is the end of
@@ -71,6 +73,8 @@ pub struct WsByteStream<S> {
     /// Unread remainder of the current message.
     chunk: Bytes,
     eof: bool,
+    /// The connection was reset rather than closed (with `eof`).
+    reset: bool,
     half_close: bool,
     /// The half-close marker has been sent.
     write_closed: bool,
@@ -86,6 +90,7 @@ impl<S> WsByteStream<S> {
             ws,
             chunk: Bytes::new(),
             eof: false,
+            reset: false,
             half_close: false,
             write_closed: false,
             scratch: BytesMut::new(),
@@ -125,6 +130,14 @@ fn is_end_of_stream(err: &WsError) -> bool {
     }
 }
 
+/// Whether a read error is the peer aborting the connection rather than closing it.
+fn is_reset(err: &WsError) -> bool {
+    matches!(err, WsError::Io(err) if matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+    ))
+}
+
 fn to_io(err: WsError) -> io::Error {
     match err {
         WsError::Io(err) => err,
@@ -151,6 +164,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsByteStream<S> {
                 return Poll::Ready(Ok(()));
             }
             if self.eof {
+                if self.reset {
+                    return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+                }
                 return Poll::Ready(Ok(()));
             }
             ready!(self.as_mut().poll_message(cx))?;
@@ -183,6 +199,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsByteStream<S> {
                 }
                 Some(Err(err)) if is_end_of_stream(&err) => {
                     self.eof = true;
+                    self.reset = is_reset(&err);
                     return Poll::Ready(Ok(()));
                 }
                 Some(Err(err)) => return Poll::Ready(Err(to_io(err))),

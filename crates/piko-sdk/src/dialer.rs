@@ -127,6 +127,12 @@ impl TcpTunnel {
     pub fn server_addr(&self) -> SocketAddr {
         self.server
     }
+
+    /// Closes the tunnel with a reset, so that the endpoint's service sees its connection reset
+    /// rather than ended: what to do when the local side of a relay failed.
+    pub fn abort(self) {
+        let _ = self.stream.get_ref().get_ref().tcp().set_zero_linger();
+    }
 }
 
 impl AsyncRead for TcpTunnel {

@@ -34,7 +34,9 @@ pub enum ForwardError {
 ///
 /// # Errors
 /// The dial failed (then `conn` is shut down, so its peer sees the connection end without
-/// data), or a copy failed.
+/// data), or a copy failed: a side was reset. Bytes read before the failure have been passed on,
+/// the local connection is reset, and `conn` is left to the caller to drop (a stream dropped
+/// before its shutdown is reset), so that neither peer mistakes the failure for a clean end.
 pub async fn forward_connection<S>(
     mut conn: S,
     addr: &str,
@@ -64,7 +66,10 @@ where
     piko_protocol::enable_keepalive(&local);
     piko_protocol::relay(&mut conn, &mut local)
         .await
-        .map_err(ForwardError::Relay)
+        .map_err(|err| {
+            let _ = local.set_zero_linger();
+            ForwardError::Relay(err)
+        })
 }
 
 /// Forwards every connection of a listener to a local address; made by

@@ -20,6 +20,16 @@ pub(crate) enum ServerStream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+impl ServerStream {
+    /// The TCP connection underneath.
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(tcp) => tcp,
+            Self::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
 impl AsyncRead for ServerStream {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -23,6 +23,7 @@ use crate::{
     serve::Body,
     status::{self, LocalNode},
     upstreams::Upstreams,
+    warn_limit::warn_limited,
 };
 
 /// What the admin port's handler needs.
@@ -52,7 +53,7 @@ impl Handler {
             )
             .await
         {
-            tracing::warn!(subsystem = "admin", reason = ?refusal, "request refused");
+            warn_limited!(subsystem = "admin", reason = ?refusal, "request refused");
             return refusal.response();
         }
         if request.method() != Method::GET {

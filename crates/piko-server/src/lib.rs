@@ -27,7 +27,9 @@
 //! - [`tls`]: TLS on a port, its files reloaded when they change; `client_io`: a client's plain or
 //!   TLS connection.
 //! - `serve`: the accept loop shared by the ports; `connection_deadlines` and
-//!   `request_body_idle`: the header read, idle and no-progress limits of client connections.
+//!   `request_body_idle`: the header read, idle and no-progress limits of client connections;
+//!   `endpoint_load`: the in-flight request limit per endpoint; `warn_limit`: rate limits for
+//!   the warnings peers can cause.
 
 mod admin;
 mod advertise;
@@ -36,7 +38,11 @@ mod client_io;
 pub mod cluster;
 mod connection_deadlines;
 mod counted_io;
+mod endpoint_load;
 mod forward;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod json_error;
 pub mod metrics;
 pub mod proxy;
@@ -48,6 +54,7 @@ mod tcp_route;
 pub mod tls;
 pub mod upstream;
 pub mod upstreams;
+mod warn_limit;
 mod websocket_upgrade;
 
 pub use server::{Config, Server, generate_node_id};

@@ -208,7 +208,18 @@ pub struct Metrics {
     upstream_connects: Counter,
     upstream_disconnects: Family<ReasonLabel, Counter>,
     remote_requests: Family<NodeLabel, Counter>,
+    alive_tasks: Gauge,
+    /// The node IDs `remote_requests` has a series for. IDs come from gossip, so the set is
+    /// capped and pruned as nodes are forgotten.
+    remote_request_nodes: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// Most node IDs `piko_upstreams_remote_requests` labels; requests to further nodes are counted
+/// under `node_id="other"` until a labelled node is forgotten.
+pub(crate) const MAX_REMOTE_NODE_LABELS: usize = 256;
+
+/// The `node_id` that stands for every node past [`MAX_REMOTE_NODE_LABELS`].
+const OTHER_NODE: &str = "other";
 
 impl Metrics {
     /// Every family of spec §10.2, registered under Piko's names.
@@ -278,11 +289,19 @@ impl Metrics {
             "Streams open to upstreams connected to this node",
             proxy.active_streams.clone(),
         );
+        let alive_tasks = Gauge::default();
+        registry.register(
+            "piko_runtime_alive_tasks",
+            "Tasks alive in the node's async runtime (one per connection, stream and timer job: a count that never comes back down is a leak)",
+            alive_tasks.clone(),
+        );
         let metrics = Self {
             proxy,
             upstream_connects: Counter::default(),
             upstream_disconnects: Family::default(),
             remote_requests: Family::default(),
+            alive_tasks,
+            remote_request_nodes: std::sync::Mutex::default(),
             connected_upstreams: Gauge::default(),
             registered_endpoints: Gauge::default(),
             upstream_requests: Counter::default(),
@@ -362,6 +381,11 @@ impl Metrics {
         self.proxy
             .active_streams
             .set(i64::try_from(upstreams.open_streams()).unwrap_or(i64::MAX));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let tasks = runtime.metrics().num_alive_tasks();
+            self.alive_tasks
+                .set(i64::try_from(tasks).unwrap_or(i64::MAX));
+        }
         prometheus_text::encode(&self.registry).inspect_err(|_| {
             self.handler_errors
                 .get_or_create(&CauseLabel { cause: "encoding" })
@@ -373,11 +397,43 @@ impl Metrics {
 impl Metrics {
     /// A request was forwarded to `node_id`.
     pub(crate) fn remote_request(&self, node_id: &str) {
+        let node_id = {
+            let mut labelled = self
+                .remote_request_nodes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if labelled.contains(node_id) {
+                node_id
+            } else if labelled.len() < MAX_REMOTE_NODE_LABELS {
+                labelled.insert(node_id.to_owned());
+                node_id
+            } else {
+                OTHER_NODE
+            }
+        };
         self.remote_requests
             .get_or_create(&NodeLabel {
                 node_id: node_id.to_owned(),
             })
             .inc();
+    }
+
+    /// Drops the `remote_requests` series of nodes the cluster no longer knows, so that node IDs
+    /// which come and go (a new ID at every restart) do not pile up.
+    pub(crate) fn forget_remote_nodes(&self, known: impl Fn(&str) -> bool) {
+        let mut labelled = self
+            .remote_request_nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        labelled.retain(|node_id| {
+            let keep = known(node_id);
+            if !keep {
+                self.remote_requests.remove(&NodeLabel {
+                    node_id: node_id.clone(),
+                });
+            }
+            keep
+        });
     }
 
     /// An upstream connected.
@@ -442,9 +498,11 @@ const GOSSIP_COUNTERS: [(&str, &str); 10] = [
 /// went away).
 pub(crate) struct RequestMeter {
     metrics: std::sync::Arc<Metrics>,
-    method: http::Method,
+    method: MethodLabel,
     started: std::time::Instant,
     route: Route,
+    /// The request's slot of its endpoint's in-flight limit: the meter lives exactly as long.
+    slot: Option<crate::endpoint_load::Slot>,
 }
 
 impl RequestMeter {
@@ -456,10 +514,16 @@ impl RequestMeter {
             .observe(approximate_request_size(request));
         Self {
             metrics,
-            method: request.method().clone(),
+            method: MethodLabel::of(request.method()),
             started: std::time::Instant::now(),
             route: Route::Http,
+            slot: None,
         }
+    }
+
+    /// Keeps `slot` until the request is over.
+    pub(crate) fn hold(&mut self, slot: crate::endpoint_load::Slot) {
+        self.slot = Some(slot);
     }
 
     /// The request turned out to be on `route`.
@@ -477,7 +541,7 @@ impl RequestMeter {
         let status = response.status().as_u16();
         let labels = RequestLabels {
             status,
-            method: MethodLabel(self.method.clone()),
+            method: self.method,
         };
         let outcome = Outcome::of(status, response.extensions().get::<NoUpstream>().is_some());
         response.map(|body| {
@@ -501,7 +565,7 @@ impl RequestMeter {
     pub(crate) fn finish_tunnel(self, outcome: Outcome) {
         let labels = RequestLabels {
             status: 200,
-            method: MethodLabel(self.method.clone()),
+            method: self.method,
         };
         let proxy = &self.metrics.proxy;
         let elapsed = self.started.elapsed();
@@ -513,5 +577,43 @@ impl RequestMeter {
 impl Drop for RequestMeter {
     fn drop(&mut self) {
         self.metrics.proxy.in_flight.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote_series(metrics: &Metrics) -> Vec<String> {
+        let text = prometheus_text::encode(&metrics.registry).unwrap();
+        text.lines()
+            .filter(|line| line.starts_with("piko_upstreams_remote_requests_total{"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn node_ids_from_gossip_label_a_bounded_set_of_series() {
+        let metrics = Metrics::new();
+        for n in 0..MAX_REMOTE_NODE_LABELS + 100 {
+            metrics.remote_request(&format!("forged-{n}"));
+        }
+        let series = remote_series(&metrics);
+        assert_eq!(series.len(), MAX_REMOTE_NODE_LABELS + 1);
+        assert!(
+            series.iter().any(|line| line
+                .starts_with(r#"piko_upstreams_remote_requests_total{node_id="other"} 100"#)),
+            "{series:?}"
+        );
+
+        // Forgotten nodes free their series and their places.
+        metrics.forget_remote_nodes(|id| id == "forged-0");
+        assert_eq!(remote_series(&metrics).len(), 2);
+        metrics.remote_request("real");
+        assert!(
+            remote_series(&metrics)
+                .iter()
+                .any(|line| line.contains(r#"node_id="real""#))
+        );
     }
 }

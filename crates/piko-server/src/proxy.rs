@@ -8,9 +8,10 @@
 //!   they are produced.
 //! - Upgrades (WebSockets and others) are relayed: after the upstream's `101` both connections
 //!   become one byte pipe.
-//! - `timeout` bounds the wait for the response headers only: a long download or a slow stream
-//!   of events is not cut (Piko cuts any response not finished within 10 s: spec §15.2). The
-//!   read and write timeouts bound a client's silence, not the exchange's length.
+//! - `timeout` bounds the wait for the response headers only (an upgrade's `101` included): a
+//!   long download or a slow stream of events is not cut (Piko cuts any response not finished
+//!   within 10 s: spec §15.2). The read and write timeouts bound a client's silence, not the
+//!   exchange's length; `tunnel_write_timeout` does the same, longer, for upgraded connections.
 
 use std::{
     future::Future,
@@ -28,11 +29,12 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::{rt::TokioIo, server::conn::auto::upgrade::downcast as downcast_upgrade};
+use piko_http::error_after_flush::ErrorAfterFlush;
 use piko_http::{
     access_log::{self, RequestRecord},
     hop_by_hop::{remove as remove_hop_by_hop, upgrade_protocol},
 };
-use piko_protocol::wire::{ENDPOINT_HEADER, FORWARD_HEADER};
+use piko_protocol::wire::{ENDPOINT_HEADER, FORWARD_HEADER, MAX_ENDPOINT_ID_LEN};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::AsyncWriteExt;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
@@ -43,6 +45,7 @@ use crate::{
     cluster::{ForwardAuth, RemoteEndpoints, RemoteNode, SIGNATURE_HEADER},
     connection_deadlines::WatchedIo,
     counted_io::CountedReads,
+    endpoint_load::EndpointLoad,
     forward::{self, Forwarder},
     json_error::{gin_error, proxy_error},
     metrics::{self, Direction, Metrics, Outcome, RequestMeter},
@@ -50,13 +53,14 @@ use crate::{
     serve::{Body, BoxError, set_write_stall_limit},
     tcp_route::{self, Route},
     upstreams::Upstreams,
+    warn_limit::warn_limited,
 };
 
 /// Settings of the proxy port.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// How long to wait for an upstream's response headers; `None` waits forever. Not applied to
-    /// `Upgrade: websocket` requests, whose upstream may take its time to answer (Piko's rule).
+    /// How long to wait for an upstream's response headers, an upgrade's `101` included (Piko
+    /// waits for a WebSocket's forever); `None` waits forever.
     pub timeout: Option<Duration>,
     /// The access log.
     pub access_log: access_log::Config,
@@ -71,6 +75,9 @@ pub struct Config {
     /// waits forever. An idle limit, not a deadline: downloads and event streams of any length
     /// pass while they progress.
     pub write_timeout: Option<Duration>,
+    /// The same for an upgraded connection (a WebSocket or TCP tunnel), whose client may pause
+    /// for longer; `None` waits forever (as Piko does).
+    pub tunnel_write_timeout: Option<Duration>,
     /// How long a connection may wait for its next request before it is closed; `None` keeps it.
     pub idle_timeout: Option<Duration>,
     /// Largest request head accepted (larger ones get 431).
@@ -78,6 +85,9 @@ pub struct Config {
     /// Most client connections open at once, tunnels included (more are closed when
     /// accepted); `None`: no limit.
     pub max_connections: Option<usize>,
+    /// Most requests (tunnels included) in flight to one endpoint through this node; more are
+    /// answered with a retryable 503. `None`: no limit.
+    pub max_requests_per_endpoint: Option<usize>,
     /// Token verification (`proxy.auth`); none lets every client in.
     pub auth: Option<Arc<Verifier>>,
     /// The upstream port's tenants: `x-piko-tenant-id` selects one's endpoints.
@@ -92,9 +102,11 @@ impl Default for Config {
             read_header_timeout: Some(Duration::from_secs(10)),
             read_timeout: Some(Duration::from_secs(10)),
             write_timeout: Some(Duration::from_secs(10)),
+            tunnel_write_timeout: Some(Duration::from_secs(300)),
             idle_timeout: Some(Duration::from_secs(300)),
             max_header_bytes: 1 << 20,
             max_connections: None,
+            max_requests_per_endpoint: None,
             auth: None,
             tenants: Arc::default(),
         }
@@ -114,6 +126,8 @@ pub(crate) struct Handler {
     pub(crate) forwarder: Forwarder,
     /// Tells requests relayed by other nodes from clients' requests.
     pub(crate) auth: Arc<ForwardAuth>,
+    /// `max_requests_per_endpoint`, when set.
+    pub(crate) endpoint_load: Option<Arc<EndpointLoad>>,
 }
 
 impl Handler {
@@ -130,7 +144,7 @@ impl Handler {
                     request.extensions_mut().insert(grant);
                 }
                 Err(refusal) => {
-                    tracing::warn!(subsystem = "proxy", reason = ?refusal, "request refused");
+                    warn_limited!(subsystem = "proxy", reason = ?refusal, "request refused");
                     let response = refusal.response();
                     return match record {
                         Some(record) => record.finish(&self.config.access_log, response),
@@ -162,6 +176,38 @@ impl Handler {
         match record {
             Some(record) => record.finish(&self.config.access_log, response),
             None => response,
+        }
+    }
+
+    /// Takes a slot of `endpoint`'s in-flight limit for the request (held by its meter until the
+    /// response or tunnel ends): `None`; or, when the endpoint has no slot left, the answer: Piko's
+    /// JSON error with a retryable 503.
+    pub(crate) fn refused_over_endpoint_limit(
+        &self,
+        endpoint: &str,
+        meter: &mut Option<RequestMeter>,
+    ) -> Option<Response<Body>> {
+        let Some(load) = &self.endpoint_load else {
+            return None;
+        };
+        match load.try_acquire(endpoint) {
+            Some(slot) => {
+                if let Some(meter) = meter.as_mut() {
+                    meter.hold(slot);
+                }
+                None
+            }
+            None => {
+                warn_limited!(subsystem = "proxy", endpoint_id = %endpoint, "endpoint has its most requests in flight");
+                let mut response = proxy_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many requests in flight for endpoint",
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                Some(response)
+            }
         }
     }
 
@@ -201,15 +247,23 @@ impl Handler {
             Route::Http => {}
         }
         let Some(endpoint) = endpoint_id(&request) else {
-            tracing::warn!(subsystem = "proxy", "request missing endpoint id");
+            warn_limited!(subsystem = "proxy", "request missing endpoint id");
             return gin_error(StatusCode::BAD_REQUEST, "missing endpoint id");
         };
+        // Before the name reaches a log line or a table: as the TCP route and upstreams do.
+        if endpoint.len() > MAX_ENDPOINT_ID_LEN {
+            warn_limited!(subsystem = "proxy", "endpoint id too long");
+            return gin_error(StatusCode::BAD_REQUEST, "endpoint id too long");
+        }
         let endpoint = match self.routed_endpoint(&request, endpoint) {
             Ok(endpoint) => endpoint,
             Err(refusal) => return refusal.response(),
         };
         if let Err(refusal) = permitted(&request, &endpoint) {
             return refusal.response();
+        }
+        if let Some(response) = self.refused_over_endpoint_limit(&endpoint, meter) {
+            return response;
         }
         let upgrade_protocol = upgrade_protocol(request.headers());
         if let (Some(meter), Some(_)) = (meter.as_mut(), &upgrade_protocol) {
@@ -220,10 +274,7 @@ impl Handler {
         if let Some(node) = self.remote_for(&request, &endpoint) {
             return self.forward(request, peer, &endpoint, node, meter).await;
         }
-        let timeout = match upgrade_protocol.as_ref() {
-            Some(protocol) if protocol == "websocket" => None,
-            _ => self.config.timeout,
-        };
+        let timeout = self.config.timeout;
         // The timeout covers everything up to the response headers, including waiting for the
         // stream itself (an agent that stopped acknowledging streams holds opens back).
         let deadline = timeout.map(|limit| tokio::time::Instant::now() + limit);
@@ -257,7 +308,7 @@ impl Handler {
         {
             Ok(parts) => parts,
             Err(err) => {
-                tracing::warn!(subsystem = "proxy.http", error = %err, "proxy request");
+                warn_limited!(subsystem = "proxy.http", error = %err, "proxy request");
                 return proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable");
             }
         };
@@ -290,11 +341,11 @@ impl Handler {
         let mut response = match result {
             Ok(response) => response,
             Err(err) if caused_by_idle_body(&err) => {
-                tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, "request body read timed out");
+                warn_limited!(subsystem = "proxy.http", endpoint_id = %endpoint, "request body read timed out");
                 return request_timeout();
             }
             Err(err) => {
-                tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, error = %err, "proxy request");
+                warn_limited!(subsystem = "proxy.http", endpoint_id = %endpoint, error = %err, "proxy request");
                 return proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable");
             }
         };
@@ -309,6 +360,7 @@ impl Handler {
                 let proxy = &self.metrics.proxy;
                 let bytes_in = proxy.bytes(metrics::Route::Upgrade, Direction::In).clone();
                 let bytes_out = proxy.bytes(metrics::Route::Upgrade, Direction::Out).clone();
+                let tunnel_write_timeout = self.config.tunnel_write_timeout;
                 self.exchanges.spawn(async move {
                     let relay = async {
                         let (Ok(client), Ok(upstream)) =
@@ -317,7 +369,8 @@ impl Handler {
                             // The client went before its side of the upgrade completed.
                             return Outcome::ClientError;
                         };
-                        splice(client, TokioIo::new(upstream), bytes_in, bytes_out).await
+                        let bytes = (bytes_in, bytes_out);
+                        splice(client, TokioIo::new(upstream), bytes, tunnel_write_timeout).await
                     };
                     let outcome = relay.await;
                     if let Some(meter) = meter {
@@ -330,11 +383,13 @@ impl Handler {
         }
         let exchanges = self.exchanges.clone();
         response.map(|body| {
-            ExchangeBody {
+            // An upstream that fails mid-body (its stream reset): what it sent before reaches
+            // the client first.
+            ErrorAfterFlush::new(ExchangeBody {
                 body,
                 connection: inline,
                 exchanges,
-            }
+            })
             .boxed()
         })
     }
@@ -428,10 +483,12 @@ impl Handler {
             let bytes_out = proxy
                 .bytes(metrics::Route::Forwarded, Direction::Out)
                 .clone();
+            let tunnel_write_timeout = self.config.tunnel_write_timeout;
             self.exchanges.spawn(async move {
                 let outcome = match tokio::join!(client_upgrade, node_upgrade) {
                     (Ok(client), Ok(node)) => {
-                        splice(client, TokioIo::new(node), bytes_in, bytes_out).await
+                        let bytes = (bytes_in, bytes_out);
+                        splice(client, TokioIo::new(node), bytes, tunnel_write_timeout).await
                     }
                     _ => Outcome::ClientError,
                 };
@@ -483,7 +540,7 @@ impl Handler {
             .await
             .ok_or_else(|| Failure::Other(upstream_timeout(endpoint)))?;
         result.map_err(|err| {
-            tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, node_id = %node.id, error = %err, "proxy request");
+            warn_limited!(subsystem = "proxy.http", endpoint_id = %endpoint, node_id = %node.id, error = %err, "proxy request");
             let response = proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable");
             match err {
                 forward::SendError::Connect(_) => Failure::Unreachable(response),
@@ -512,13 +569,13 @@ impl Handler {
                 }
                 Some(Err(piko_mux::Error::RemoteGoAway)) => continue,
                 Some(Err(err)) => {
-                    tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, error = %err, "proxy request");
+                    warn_limited!(subsystem = "proxy.http", endpoint_id = %endpoint, error = %err, "proxy request");
                     return Err(proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable"));
                 }
                 None => return Err(upstream_timeout(endpoint)),
             }
         }
-        tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, "no available upstreams");
+        warn_limited!(subsystem = "proxy.http", endpoint_id = %endpoint, "no available upstreams");
         Err(no_available_upstreams())
     }
 }
@@ -548,7 +605,7 @@ impl Failure {
 pub(crate) fn permitted<B>(request: &Request<B>, endpoint: &str) -> Result<(), Refusal> {
     match request.extensions().get::<Grant>() {
         Some(grant) if !grant.permits(endpoint) => {
-            tracing::warn!(subsystem = "proxy", endpoint_id = %endpoint, token_endpoints = ?grant.endpoints, "endpoint not permitted");
+            warn_limited!(subsystem = "proxy", endpoint_id = %endpoint, token_endpoints = ?grant.endpoints, "endpoint not permitted");
             Err(Refusal::EndpointNotPermitted)
         }
         _ => Ok(()),
@@ -567,7 +624,12 @@ fn is_forwarded<B>(request: &Request<B>) -> bool {
 
 /// Relays an upgraded client connection and the other side of its tunnel (an upstream's
 /// stream, or another node) until both ends are done, counting the bytes each way.
-async fn splice<T>(client: Upgraded, other: T, bytes_in: Counter, bytes_out: Counter) -> Outcome
+async fn splice<T>(
+    client: Upgraded,
+    other: T,
+    (bytes_in, bytes_out): (Counter, Counter),
+    write_stall_limit: Option<Duration>,
+) -> Outcome
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -577,10 +639,10 @@ where
     };
     match downcast_upgrade::<TokioIo<WatchedIo<ClientIo>>>(client) {
         Ok(parts) => {
-            // A tunnel may be quiet, or its client slow to read, for as long as it likes (Go
-            // clears a hijacked connection's deadlines too).
+            // A tunnel may be quiet for as long as it likes, and its client may pause reading
+            // for longer than a response's (Go clears a hijacked connection's deadlines).
             let client = parts.io.into_inner().into_inner();
-            set_write_stall_limit(client.tcp(), None);
+            set_write_stall_limit(client.tcp(), write_stall_limit);
             bytes_in.inc_by(parts.read_buf.len() as u64);
             if !parts.read_buf.is_empty() && other.write_all(&parts.read_buf).await.is_err() {
                 return Outcome::UpstreamError;
@@ -589,7 +651,11 @@ where
                 inner: client,
                 read: bytes_in,
             };
-            let _ = piko_protocol::relay(&mut client, &mut other).await;
+            if piko_protocol::relay(&mut client, &mut other).await.is_err() {
+                // A reset on either side reaches the client as a reset, after the bytes that
+                // came before it; the other side is dropped unfinished, which resets it too.
+                let _ = client.inner.tcp().set_zero_linger();
+            }
         }
         Err(client) => {
             let mut client = CountedReads {
@@ -652,7 +718,7 @@ async fn response_within<F: Future>(
 }
 
 fn upstream_timeout(endpoint: &str) -> Response<Body> {
-    tracing::warn!(subsystem = "proxy.http", endpoint_id = %endpoint, "proxy request timed out");
+    warn_limited!(subsystem = "proxy.http", endpoint_id = %endpoint, "proxy request timed out");
     proxy_error(StatusCode::GATEWAY_TIMEOUT, "upstream timeout")
 }
 

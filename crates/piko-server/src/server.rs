@@ -21,6 +21,7 @@ use crate::{
         self, ClusterConfig, ForwardAuth, Membership, RemoteEndpoints, Resolver, SystemResolver,
     },
     connection_deadlines::Deadlines,
+    endpoint_load::EndpointLoad,
     forward::Forwarder,
     metrics::Metrics,
     proxy,
@@ -107,6 +108,12 @@ impl Default for Config {
     }
 }
 
+/// Whether gossip bound to `bound` is open to anyone who reaches it: not on loopback, and not
+/// sealed with a shared secret.
+fn gossip_is_open(bound: std::net::SocketAddr, secret: Option<&str>) -> bool {
+    secret.is_none_or(str::is_empty) && !bound.ip().is_loopback()
+}
+
 /// A node ID as Piko makes them: `prefix` followed by 7 random characters of `[a-z0-9]`, new on
 /// every start (so a restarted node is a new node to the cluster).
 pub fn generate_node_id(prefix: &str) -> String {
@@ -167,6 +174,13 @@ impl Server {
                     format!("gossip listen: {}: {err}", config.gossip_bind_addr),
                 )
             })?;
+        if gossip_is_open(gossip.local_addr()?, config.cluster.secret.as_deref()) {
+            tracing::warn!(
+                subsystem = "cluster",
+                addr = %gossip.local_addr()?,
+                "gossip listens beyond loopback without cluster.secret: anyone who reaches it can announce a node and receive relayed requests; set cluster.secret (--cluster.secret) on every node"
+            );
+        }
         let gossip_addr = advertise_addr(
             config.gossip_advertise_addr.as_deref(),
             gossip.local_addr()?,
@@ -331,6 +345,11 @@ impl Server {
             leaving: upstream_leaving.clone(),
             drain: upstream_drain.clone(),
             hard_stop: upstream_hard_stop.clone(),
+            registrations: self
+                .config
+                .upstream
+                .max_upstreams_per_endpoint
+                .map(EndpointLoad::new),
         });
         tracing::info!(subsystem = "upstream", addr = %self.upstream.local_addr().expect("bound"), "starting upstream server");
         let upstream_server = tokio::spawn(serve(
@@ -351,6 +370,7 @@ impl Server {
             self.membership.clone(),
             self.local.id.clone(),
             self.auth.clone(),
+            self.metrics.clone(),
         )));
         let proxy = Arc::new(proxy::Handler {
             config: self.config.proxy.clone(),
@@ -360,6 +380,11 @@ impl Server {
             remotes: remotes.clone(),
             forwarder: Forwarder::new(self.config.proxy_peer_tls.as_ref()),
             auth: self.auth.clone(),
+            endpoint_load: self
+                .config
+                .proxy
+                .max_requests_per_endpoint
+                .map(EndpointLoad::new),
         });
         tracing::info!(subsystem = "proxy", addr = %self.proxy.local_addr().expect("bound"), "starting proxy server");
         let proxy_server = tokio::spawn(serve(
@@ -527,5 +552,20 @@ async fn publish_endpoints(upstreams: Arc<Upstreams>, membership: Arc<Membership
         if changes.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gossip_is_open_only_beyond_loopback_without_a_secret() {
+        let addr = |text: &str| text.parse::<std::net::SocketAddr>().unwrap();
+        assert!(gossip_is_open(addr("0.0.0.0:8003"), None));
+        assert!(gossip_is_open(addr("10.1.2.3:8003"), Some("")));
+        assert!(!gossip_is_open(addr("0.0.0.0:8003"), Some("s3cret")));
+        assert!(!gossip_is_open(addr("127.0.0.1:8003"), None));
+        assert!(!gossip_is_open(addr("[::1]:8003"), None));
     }
 }

@@ -13,13 +13,12 @@
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use piko_protocol::relay::RELAY_BUFFER;
 use piko_protocol::{
     WsByteStream, websocket_config,
     wire::{HALF_CLOSE_HEADER, MAX_ENDPOINT_ID_LEN, TCP_PATH},
 };
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::Role};
 
 use crate::{
@@ -29,6 +28,7 @@ use crate::{
     proxy::{Handler, no_available_upstreams},
     serve::Body,
     upstream::endpoint_from_path,
+    warn_limit::warn_limited,
     websocket_upgrade,
 };
 
@@ -91,6 +91,9 @@ pub(crate) async fn tunnel(
     if let Err(refusal) = crate::proxy::permitted(&request, endpoint) {
         return refusal.response();
     }
+    if let Some(response) = handler.refused_over_endpoint_limit(endpoint, meter) {
+        return response;
+    }
     // Piko's order of answers: no upstream (502) before a bad handshake (400), so a client
     // learns the first; but the handshake is checked before a stream is opened, so a request
     // that is not a tunnel never reaches an upstream.
@@ -99,7 +102,7 @@ pub(crate) async fn tunnel(
         return handler.forward(request, peer, endpoint, node, meter).await;
     }
     if handler.upstreams.count(endpoint) == 0 {
-        tracing::warn!(subsystem = "proxy.tcp", endpoint_id = %endpoint, "no available upstreams");
+        warn_limited!(subsystem = "proxy.tcp", endpoint_id = %endpoint, "no available upstreams");
         return no_available_upstreams();
     }
     let accept_key = match websocket_upgrade::check(request.headers()) {
@@ -117,6 +120,7 @@ pub(crate) async fn tunnel(
     let half_close = request.headers().contains_key(HALF_CLOSE_HEADER);
     let upgrade = hyper::upgrade::on(request);
     let meter = meter.take();
+    let tunnel_write_timeout = handler.config.tunnel_write_timeout;
     let proxy = &handler.metrics.proxy;
     let bytes = (
         proxy.bytes(MeteredRoute::Tcp, Direction::In).clone(),
@@ -131,10 +135,13 @@ pub(crate) async fn tunnel(
         };
         if let Ok(upgraded) = upgraded {
             let config = Some(websocket_config(MAX_MESSAGE));
-            match websocket_upgrade::into_client_io(upgraded) {
+            match websocket_upgrade::into_client_io(upgraded, tunnel_write_timeout) {
                 Ok((tcp, read_buf)) => {
                     let ws = websocket_upgrade::server_websocket(tcp, read_buf, config).await;
-                    relay(ws, stream, half_close, bytes).await;
+                    relay(ws, stream, half_close, bytes, |tcp| {
+                        let _ = tcp.tcp().set_zero_linger();
+                    })
+                    .await;
                 }
                 Err(upgraded) => {
                     let ws = WebSocketStream::from_raw_socket(
@@ -143,7 +150,8 @@ pub(crate) async fn tunnel(
                         config,
                     )
                     .await;
-                    relay(ws, stream, half_close, bytes).await;
+                    // Not a socket of ours: dropped, it closes as its transport closes.
+                    relay(ws, stream, half_close, bytes, |_| {}).await;
                 }
             }
         }
@@ -161,51 +169,52 @@ pub(crate) async fn tunnel(
 }
 
 /// Copies bytes both ways until the tunnel is over, counting them (`in`, `out`). The client's
-/// socket is then closed without a close frame, as Piko's peers do (spec §4.2).
+/// socket is then closed without a close frame, as Piko's peers do (spec §4.2). A failure on
+/// either side aborts both: the upstream's stream is reset and the client's connection, through
+/// `abort_client`, too, after the bytes read before the failure (a service that writes its
+/// reply and resets) have been passed on.
 async fn relay<S>(
     ws: WebSocketStream<S>,
     stream: piko_mux::Stream,
     half_close: bool,
     (bytes_in, bytes_out): (Counter, Counter),
+    abort_client: fn(&S),
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if half_close {
-        let mut client = CountedReads {
-            inner: WsByteStream::with_half_close(ws),
-            read: bytes_in,
-        };
-        let mut upstream = CountedReads {
-            inner: stream,
-            read: bytes_out,
-        };
-        if let Err(err) = piko_protocol::relay(&mut client, &mut upstream).await {
-            tracing::debug!(subsystem = "proxy.tcp", error = %err, "tunnel ended with an error");
+    let mut client = CountedReads {
+        inner: if half_close {
+            WsByteStream::with_half_close(ws)
+        } else {
+            WsByteStream::new(ws)
+        },
+        read: bytes_in,
+    };
+    let mut upstream = CountedReads {
+        inner: stream,
+        read: bytes_out,
+    };
+    let result = if half_close {
+        piko_protocol::relay(&mut client, &mut upstream)
+            .await
+            .map(drop)
+    } else {
+        piko_protocol::relay::relay_until_first_end(&mut client, &mut upstream)
+            .await
+            .map(drop)
+    };
+    match result {
+        // The upstream gets a FIN rather than a reset, so it may still flush what it was
+        // writing.
+        Ok(()) => {
+            let _ = upstream.inner.shutdown().await;
         }
-        return;
+        Err(err) => {
+            tracing::debug!(subsystem = "proxy.tcp", error = %err, "tunnel ended with an error");
+            upstream.inner.reset();
+            abort_client(client.inner.get_ref().get_ref());
+        }
     }
-    let (client_read, mut client_write) = tokio::io::split(WsByteStream::new(ws));
-    let (upstream_read, mut upstream_write) = tokio::io::split(stream);
-    let mut client_read = BufReader::with_capacity(
-        RELAY_BUFFER,
-        CountedReads {
-            inner: client_read,
-            read: bytes_in,
-        },
-    );
-    let mut upstream_read = BufReader::with_capacity(
-        RELAY_BUFFER,
-        CountedReads {
-            inner: upstream_read,
-            read: bytes_out,
-        },
-    );
-    tokio::select! {
-        _ = tokio::io::copy_buf(&mut client_read, &mut upstream_write) => {}
-        _ = tokio::io::copy_buf(&mut upstream_read, &mut client_write) => {}
-    }
-    // The upstream gets a FIN rather than a reset, so it may still flush what it was writing.
-    let _ = upstream_write.shutdown().await;
 }
 
 #[cfg(test)]

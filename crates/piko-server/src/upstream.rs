@@ -26,10 +26,12 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     auth::{self, Grant, Refusal, TENANT_SEPARATOR, Tenants, Verifier},
     cluster::{self, RebalanceConfig, RemoteEndpoints},
+    endpoint_load::EndpointLoad,
     json_error::{gin_error, not_found},
     metrics::Metrics,
     serve::Body,
     upstreams::Upstreams,
+    warn_limit::warn_limited,
     websocket_upgrade,
 };
 
@@ -81,6 +83,10 @@ pub(crate) struct Handler {
     pub(crate) drain: CancellationToken,
     /// Cancelled when the grace period is over: sessions still draining are closed.
     pub(crate) hard_stop: CancellationToken,
+    /// `max_upstreams_per_endpoint`, when set: a connection takes its slot before its upgrade
+    /// is answered and keeps it until its session ends, so concurrent registrations cannot
+    /// overshoot the limit.
+    pub(crate) registrations: Option<Arc<EndpointLoad>>,
 }
 
 impl Handler {
@@ -100,7 +106,7 @@ impl Handler {
                     Some((grant, tenant.map(str::to_owned)))
                 }
                 Err(refusal) => {
-                    tracing::warn!(subsystem = "upstream", reason = ?refusal, "upstream refused");
+                    warn_limited!(subsystem = "upstream", reason = ?refusal, "upstream refused");
                     return refusal.response();
                 }
             }
@@ -123,7 +129,7 @@ impl Handler {
         if let Some((grant, _)) = &grant
             && !grant.permits(&endpoint)
         {
-            tracing::warn!(subsystem = "upstream", endpoint_id = %endpoint, token_endpoints = ?grant.endpoints, "endpoint not permitted");
+            warn_limited!(subsystem = "upstream", endpoint_id = %endpoint, token_endpoints = ?grant.endpoints, "endpoint not permitted");
             return Refusal::EndpointNotPermitted.response();
         }
         // The session ends when its token does (unless its keys say otherwise).
@@ -143,16 +149,20 @@ impl Handler {
             Ok(key) => key,
             Err(status) => return websocket_upgrade::rejection(status),
         };
-        if let Some(limit) = self.config.max_upstreams_per_endpoint
-            && self.upstreams.count(&endpoint) >= limit
-        {
-            // Retryable: the agent backs off, or its balancer finds a node with room.
-            tracing::warn!(subsystem = "upstream", endpoint_id = %endpoint, limit, "upstream refused: endpoint has its most upstreams");
-            return gin_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many upstreams for endpoint",
-            );
-        }
+        let slot = match &self.registrations {
+            Some(registrations) => match registrations.try_acquire(&endpoint) {
+                Some(slot) => Some(slot),
+                None => {
+                    // Retryable: the agent backs off, or its balancer finds a node with room.
+                    warn_limited!(subsystem = "upstream", endpoint_id = %endpoint, limit = self.config.max_upstreams_per_endpoint, "upstream refused: endpoint has its most upstreams");
+                    return gin_error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many upstreams for endpoint",
+                    );
+                }
+            },
+            None => None,
+        };
         let tenant = request
             .headers()
             .get(TENANT_HEADER)
@@ -163,6 +173,7 @@ impl Handler {
         let upgrade = hyper::upgrade::on(request);
         let handler = self.clone();
         self.sessions.spawn(async move {
+            let _slot = slot;
             let upgraded = match upgrade.await {
                 Ok(upgraded) => upgraded,
                 Err(err) => {
@@ -174,7 +185,7 @@ impl Handler {
             // Closes of an upstream connection are abortive (zero linger, no close frame): a
             // v0.9.0 Go agent treats a clean close as its own shutdown and exits, but reconnects
             // after a reset (spec §5.7.2).
-            match websocket_upgrade::into_client_io(upgraded) {
+            match websocket_upgrade::into_client_io(upgraded, None) {
                 Ok((tcp, read_buf)) => {
                     let _ = tcp.tcp().set_zero_linger();
                     let ws =

@@ -2,6 +2,8 @@
 //! §5.2.3), so Go clients see the statuses they expect; shared by the upstream port and the proxy
 //! port's TCP route.
 
+use std::time::Duration;
+
 use base64::Engine;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
@@ -98,12 +100,15 @@ pub(crate) fn switching_protocols(accept_key: &str) -> Response<Body> {
 }
 
 /// The client's connection and the bytes hyper read past the handshake, once the connection has
-/// left hyper; its write stall limit is lifted (a WebSocket's own keep-alive judges it from here
-/// on).
-pub(crate) fn into_client_io(upgraded: Upgraded) -> Result<(ClientIo, Bytes), Upgraded> {
+/// left hyper, with its write stall limit now `write_stall_limit` (`None` lifts it, where a
+/// WebSocket's own keep-alive judges the peer from here on).
+pub(crate) fn into_client_io(
+    upgraded: Upgraded,
+    write_stall_limit: Option<Duration>,
+) -> Result<(ClientIo, Bytes), Upgraded> {
     let parts = downcast::<TokioIo<WatchedIo<ClientIo>>>(upgraded)?;
     let io = parts.io.into_inner().into_inner();
-    set_write_stall_limit(io.tcp(), None);
+    set_write_stall_limit(io.tcp(), write_stall_limit);
     Ok((io, parts.read_buf))
 }
 

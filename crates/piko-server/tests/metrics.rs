@@ -71,15 +71,12 @@ fn sample(families: &Value, family: &str, name: &str, labels: &[(&str, &str)]) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_have_piko_s_names_and_follow_the_traffic() {
     let node = start_node().await;
-    let listener = piko::Upstream::new(format!("http://{}", node.upstream))
-        .listen("e")
-        .await
-        .unwrap();
-    tokio::spawn(common::serve_fixed_response(
-        listener,
+    common::fixed_upstream(
+        &node,
+        "e",
         b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
-    ));
-    wait_upstreams(&node, "e", 1).await;
+    )
+    .await;
     for _ in 0..2 {
         let (head, body) = get(node.proxy, "/x", "e.example.com").await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -360,17 +357,7 @@ async fn tunnels_are_counted_when_they_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_abandoned_by_its_client_leaves_the_in_flight_gauge() {
     let node = start_node().await;
-    let mut listener = piko::Upstream::new(format!("http://{}", node.upstream))
-        .listen("silent")
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok(stream) = listener.accept().await {
-            held.push(stream); // never answers
-        }
-    });
-    wait_upstreams(&node, "silent", 1).await;
+    let _accepts = common::silent_upstream(&node, "silent").await;
     let in_flight = async || {
         let (_, text) = get(node.admin, "/metrics", "admin").await;
         let families = parse(&text).await;

@@ -408,17 +408,7 @@ async fn a_silent_upstream_gets_504_after_the_proxy_timeout() {
         ..Default::default()
     })
     .await;
-    let mut listener = piko::Upstream::new(format!("http://{}", node.upstream))
-        .listen("slow")
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok(stream) = listener.accept().await {
-            held.push(stream); // never answers
-        }
-    });
-    wait_upstreams(&node, "slow", 1).await;
+    let _accepts = common::silent_upstream(&node, "slow").await;
     let (status, head, body) = raw_request(node.proxy, &get("slow.example.com", "/", "")).await;
     assert_eq!(status, 504, "{head}");
     assert_eq!(body, b"{\"error\":\"upstream timeout\"}\n");
@@ -686,8 +676,8 @@ async fn keep_alive_connections_last_until_the_idle_timeout() {
 }
 
 /// An upstream that answers `/forever` with an endless chunked body, `/tunnel` with an upgrade
-/// and then 16 MiB, and anything else with 8 MiB; reports when a write to the proxy failed (its
-/// stream was reset).
+/// and then 16 MiB, `/endless-tunnel` with an upgrade and then bytes without end, and anything
+/// else with 8 MiB; reports when a write to the proxy failed (its stream was reset).
 async fn serve_large_bodies(
     mut listener: piko::Listener,
     write_failed: tokio::sync::mpsc::UnboundedSender<()>,
@@ -702,7 +692,17 @@ async fn serve_large_bodies(
                 request.extend_from_slice(&chunk[..n]);
             }
             let block = vec![b'x'; 64 * 1024];
-            let written = if request.starts_with(b"GET /tunnel") {
+            let written = if request.starts_with(b"GET /endless-tunnel") {
+                async {
+                    stream
+                        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: bytes\r\n\r\n")
+                        .await?;
+                    loop {
+                        stream.write_all(&block).await?;
+                    }
+                }
+                .await
+            } else if request.starts_with(b"GET /tunnel") {
                 async {
                     stream
                         .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: bytes\r\n\r\n")
@@ -950,4 +950,98 @@ async fn an_upstream_cannot_set_the_retry_mark() {
         !head.to_ascii_lowercase().contains("x-piko-no-upstream"),
         "{head}"
     );
+}
+
+/// Writes bytes without end on every stream (a TCP route's service); reports when a write failed.
+async fn serve_endless_bytes(
+    mut listener: piko::Listener,
+    write_failed: tokio::sync::mpsc::UnboundedSender<()>,
+) {
+    while let Ok(mut stream) = listener.accept().await {
+        let write_failed = write_failed.clone();
+        tokio::spawn(async move {
+            let block = vec![b'x'; 64 * 1024];
+            while stream.write_all(&block).await.is_ok() {}
+            let _ = write_failed.send(());
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_client_that_stops_reading_is_cut_after_the_tunnel_write_timeout() {
+    let node = start_node_with(piko_server::proxy::Config {
+        tunnel_write_timeout: Some(Duration::from_millis(500)),
+        ..Default::default()
+    })
+    .await;
+    let upstream = piko::Upstream::new(format!("http://{}", node.upstream));
+    let (write_failed, mut write_failures) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(serve_large_bodies(
+        upstream.listen("big").await.unwrap(),
+        write_failed.clone(),
+    ));
+    tokio::spawn(serve_endless_bytes(
+        upstream.listen("raw").await.unwrap(),
+        write_failed,
+    ));
+    wait_upstreams(&node, "big", 1).await;
+    wait_upstreams(&node, "raw", 1).await;
+    let cut_within = Duration::from_secs(20);
+
+    // An upgraded connection whose client reads the 101 and a little more, then nothing.
+    let mut upgraded = TcpStream::connect(node.proxy).await.unwrap();
+    upgraded
+        .write_all(&get(
+            "big.example.com",
+            "/endless-tunnel",
+            "upgrade: bytes\r\nconnection: upgrade\r\n",
+        ))
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = upgraded.read(&mut first).await.unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 101"), "{:?}", &first[..n]);
+    tokio::time::timeout(cut_within, write_failures.recv())
+        .await
+        .expect("the upstream kept writing to an upgraded client that stopped reading")
+        .unwrap();
+    await_close(&mut upgraded, "stalled upgraded client").await;
+
+    // The TCP route: a WebSocket client that reads one message, then nothing.
+    let (mut ws, _) = tokio_tungstenite::client_async(
+        format!("ws://{}/_piko/v1/tcp/raw", node.proxy),
+        TcpStream::connect(node.proxy).await.unwrap(),
+    )
+    .await
+    .unwrap();
+    use futures_util::StreamExt as _;
+    assert!(ws.next().await.unwrap().unwrap().is_binary());
+    tokio::time::timeout(cut_within, write_failures.recv())
+        .await
+        .expect("the upstream kept writing to a tunnel client that stopped reading")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wait_for_an_upgrade_s_101_is_bounded_by_the_proxy_timeout() {
+    let timeout = Duration::from_millis(500);
+    let node = start_node_with(piko_server::proxy::Config {
+        timeout: Some(timeout),
+        ..Default::default()
+    })
+    .await;
+    let _accepts = common::silent_upstream(&node, "silent").await;
+    let started = tokio::time::Instant::now();
+    let (status, _, body) = raw_request(
+        node.proxy,
+        &get(
+            "silent.example.com",
+            "/ws",
+            "upgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, b"{\"error\":\"upstream timeout\"}\n");
+    assert!(started.elapsed() >= timeout);
 }

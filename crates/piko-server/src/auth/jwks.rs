@@ -2,7 +2,9 @@
 //! Piko uses: a URL is fetched at start (a failure is logged, not fatal) and again every
 //! `cache_ttl`; a token whose `kid` is unknown fetches it again at once, at most once every five
 //! minutes; a `file://` set is read once. A token without `kid` is tried against every key, and
-//! a key that names its `alg` only verifies that algorithm.
+//! a key that names its `alg` only verifies that algorithm. A response larger than
+//! [`MAX_JWKS_BYTES`] is refused (the old set is kept), and a plain `http://` URL to another host
+//! is warned about at start: keys fetched that way can be swapped on the path.
 
 use std::{
     sync::{Arc, Mutex, PoisonError, RwLock},
@@ -42,6 +44,10 @@ pub(crate) struct JwksKeys {
     loaded: tokio::sync::watch::Sender<bool>,
 }
 
+/// Largest JWK Set response read: far beyond any real set (a key is a few hundred bytes), small
+/// enough that a hostile or broken provider cannot grow the node's memory.
+pub(crate) const MAX_JWKS_BYTES: usize = 1 << 20;
+
 impl JwksKeys {
     /// Loads the set: a file now (an error is fatal), a URL now and then every `cache_ttl` in
     /// the background (an error is logged). Must run inside a tokio runtime.
@@ -65,6 +71,9 @@ impl JwksKeys {
             .endpoint
             .parse()
             .map_err(|err| format!("jwks: {}: {err}", config.endpoint))?;
+        if plain_http_off_loopback(&url) {
+            tracing::warn!(subsystem = "auth", url = %url, "jwks fetched over plain HTTP from another host: anyone on the path can swap the keys; use an https:// URL");
+        }
         let or_default = |value: Duration, default: u64| {
             if value.is_zero() {
                 Duration::from_secs(default)
@@ -179,13 +188,32 @@ async fn fetch(url: hyper::Uri) -> Result<Vec<Jwk>, String> {
     if response.status() != http::StatusCode::OK {
         return Err(format!("bad status: {}", response.status().as_u16()));
     }
-    let body = response
-        .into_body()
+    let body = http_body_util::Limited::new(response.into_body(), MAX_JWKS_BYTES)
         .collect()
         .await
-        .map_err(|err| err.to_string())?
+        .map_err(|err| {
+            if err.is::<http_body_util::LengthLimitError>() {
+                format!("response larger than {MAX_JWKS_BYTES} bytes")
+            } else {
+                err.to_string()
+            }
+        })?
         .to_bytes();
     parse_set(&body)
+}
+
+/// Whether `url` is plain HTTP to a host other than this machine's loopback.
+fn plain_http_off_loopback(url: &hyper::Uri) -> bool {
+    if url.scheme_str() != Some("http") {
+        return false;
+    }
+    let host = url.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    !loopback
 }
 
 /// One key of a set.
@@ -325,4 +353,48 @@ pub(crate) fn parse_set(document: &[u8]) -> Result<Vec<Jwk>, String> {
             })
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn plain_http_is_flagged_only_off_loopback() {
+        for (url, flagged) in [
+            ("http://keys.example.com/jwks.json", true),
+            ("http://10.0.0.1:8080/jwks", true),
+            ("https://keys.example.com/jwks.json", false),
+            ("http://localhost:8080/jwks", false),
+            ("http://127.0.0.1/jwks", false),
+            ("http://[::1]:80/jwks", false),
+        ] {
+            let url: hyper::Uri = url.parse().unwrap();
+            assert_eq!(plain_http_off_loopback(&url), flagged, "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_past_the_cap_is_refused_with_a_clear_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            // Endless keys: the fetch must stop reading at the cap, not at the end.
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = tcp.read(&mut request).await;
+            let _ = tcp
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await;
+            let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, " ".repeat(64 * 1024));
+            while tcp.write_all(chunk.as_bytes()).await.is_ok() {}
+        });
+        let url: hyper::Uri = format!("http://{addr}/jwks").parse().unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(10), fetch(url))
+            .await
+            .expect("the fetch read on past the cap")
+            .unwrap_err();
+        assert_eq!(err, format!("response larger than {MAX_JWKS_BYTES} bytes"));
+    }
 }

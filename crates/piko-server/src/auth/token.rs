@@ -244,9 +244,12 @@ impl Verifier {
         };
         Ok(Grant {
             endpoints: piko.endpoints.unwrap_or_default(),
+            // An `exp` past what a time can hold (1e20, say) is a token that never expires here,
+            // not a panic.
             expires: exp.and_then(|exp| {
-                (exp.is_finite() && exp >= 0.0)
-                    .then(|| UNIX_EPOCH + std::time::Duration::from_secs_f64(exp))
+                std::time::Duration::try_from_secs_f64(exp)
+                    .ok()
+                    .and_then(|after| UNIX_EPOCH.checked_add(after))
             }),
         })
     }

@@ -43,8 +43,10 @@ const FRAGMENT_WAIT: Duration = Duration::from_secs(5);
 const MAX_PENDING: usize = 64;
 
 /// How long a datagram's tag is remembered: a replay must arrive within [`MAX_SKEW`] of its seal
-/// time, which was itself within [`MAX_SKEW`] of the first arrival.
-const REPLAY_MEMORY: Duration = Duration::from_secs(2 * MAX_SKEW.as_secs());
+/// time, which was itself within [`MAX_SKEW`] of the first arrival. A second more, because a
+/// seal exactly [`MAX_SKEW`] away is still fresh: at exactly twice the skew a replay would be
+/// both forgotten and fresh.
+const REPLAY_MEMORY: Duration = Duration::from_secs(2 * MAX_SKEW.as_secs() + 1);
 /// Tags remembered at most (a few hundred datagrams a second for ten minutes); the oldest give
 /// way. Only sealed datagrams are remembered, so only members fill it.
 const MAX_REMEMBERED: usize = 1 << 18;

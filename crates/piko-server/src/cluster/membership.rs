@@ -125,6 +125,16 @@ pub struct Node {
     pub member_proof: Option<String>,
 }
 
+impl Node {
+    /// Upstreams it holds across its endpoints. The counts are what the node published:
+    /// summed without overflow whatever it says.
+    pub fn upstream_total(&self) -> usize {
+        self.endpoints
+            .values()
+            .fold(0usize, |sum, n| sum.saturating_add(*n))
+    }
+}
+
 /// This node's place in the cluster.
 pub struct Membership {
     handle: Arc<ChitchatHandle>,

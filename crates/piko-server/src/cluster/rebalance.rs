@@ -106,7 +106,7 @@ pub(crate) async fn rebalance_loop(
                 if node.id == own_id {
                     local
                 } else {
-                    node.endpoints.values().sum()
+                    node.upstream_total()
                 }
             })
             .collect();
@@ -157,5 +157,22 @@ mod tests {
         // Others with nothing: the average is what is here divided among the nodes.
         let shed = to_shed(&config(0.5, 1.0, 1), 6, &[6, 0, 0]).unwrap();
         assert_eq!((shed.count, shed.avg), (2, 2));
+    }
+
+    #[test]
+    fn forged_counts_neither_overflow_nor_shed() {
+        // Without cluster.secret anyone can gossip a node publishing any count.
+        let forged = crate::cluster::Node {
+            id: "forged".into(),
+            status: NodeStatus::Active,
+            proxy_addr: String::new(),
+            admin_addr: String::new(),
+            endpoints: [("a".to_owned(), usize::MAX), ("b".to_owned(), usize::MAX)].into(),
+            forward_key: None,
+            member_proof: None,
+        };
+        assert_eq!(forged.upstream_total(), usize::MAX);
+        let counts = [100, forged.upstream_total(), usize::MAX];
+        assert_eq!(to_shed(&config(0.5, 0.5, 1), 100, &counts), None);
     }
 }

@@ -2,11 +2,13 @@
 //! lock and a hash lookup per request; rebuilt from the gossip state whenever it changes).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, PoisonError, RwLock},
 };
 
 use tokio::sync::watch;
+
+use crate::metrics::Metrics;
 
 use super::{
     forward_auth::{ForwardAuth, PeerAuth, PeerKey},
@@ -126,16 +128,25 @@ impl RemoteEndpoints {
     }
 }
 
-/// Keeps `table` equal to the cluster's state until the membership ends.
+/// Keeps `table` equal to the cluster's state until the membership ends, and `metrics` free of
+/// nodes the cluster has forgotten.
 pub(crate) async fn follow(
     table: Arc<RemoteEndpoints>,
     membership: Arc<Membership>,
     own_id: String,
     auth: Arc<ForwardAuth>,
+    metrics: Arc<Metrics>,
 ) {
     let mut changes = membership.changes().await;
     loop {
         table.refresh(&membership, &own_id, &auth).await;
+        let known: HashSet<String> = membership
+            .nodes()
+            .await
+            .into_iter()
+            .map(|node| node.id)
+            .collect();
+        metrics.forget_remote_nodes(|id| known.contains(id));
         if changes.changed().await.is_err() {
             return;
         }

@@ -136,6 +136,39 @@ pub(crate) async fn serve_fixed_response(mut listener: piko::Listener, response:
     }
 }
 
+/// An SDK upstream of `endpoint` on `node` that answers every stream with `response`, once the
+/// node has registered it.
+pub(crate) async fn fixed_upstream(node: &Node, endpoint: &str, response: &'static [u8]) {
+    let listener = piko::Upstream::new(format!("http://{}", node.upstream))
+        .listen(endpoint)
+        .await
+        .unwrap();
+    tokio::spawn(serve_fixed_response(listener, response));
+    wait_upstreams(node, endpoint, 1).await;
+}
+
+/// An SDK upstream of `endpoint` on `node` that takes every stream and never answers, once the
+/// node has registered it; each stream it takes is reported on the returned channel.
+pub(crate) async fn silent_upstream(
+    node: &Node,
+    endpoint: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<()> {
+    let mut listener = piko::Upstream::new(format!("http://{}", node.upstream))
+        .listen(endpoint)
+        .await
+        .unwrap();
+    let (accepted, accepts) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok(stream) = listener.accept().await {
+            held.push(stream);
+            let _ = accepted.send(());
+        }
+    });
+    wait_upstreams(node, endpoint, 1).await;
+    accepts
+}
+
 /// An HS256 token with `claims`, signed with `secret`.
 pub(crate) fn hs256_token(secret: &str, claims: &serde_json::Value) -> String {
     use base64::Engine as _;

@@ -105,6 +105,17 @@ async fn hmac_tokens_and_their_claims() {
         Err(TokenError::Expired)
     );
     assert!(check(json!({ "exp": NOW + 1 })).await.is_ok());
+    // An exp past any representable time is far future, not a panic (overflow), as is a
+    // negative or huge nbf.
+    for exp in [json!(1e20), json!(1.7976931348623157e308), json!(u64::MAX)] {
+        let grant = check(json!({ "exp": exp })).await.unwrap();
+        assert_eq!(grant.expires, None, "{exp}");
+    }
+    assert!(check(json!({ "nbf": -1e300 })).await.is_ok());
+    assert_eq!(
+        check(json!({ "nbf": 1e300 })).await,
+        Err(TokenError::Invalid)
+    );
     // nbf: valid from it on.
     assert!(check(json!({ "nbf": NOW })).await.is_ok());
     assert_eq!(
