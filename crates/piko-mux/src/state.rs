@@ -336,11 +336,6 @@ impl State {
             }
             stream.holder = Holder::Live;
             stream.acked = true;
-            if stream.reset.is_some() {
-                // Reset while queued, with bytes still to read: the peer is done with it, so
-                // it is neither acknowledged nor granted more window.
-                return Poll::Ready(Ok(id));
-            }
             // The peer was granted the implied initial window until now; the rest comes with
             // the ACK.
             stream.recv_window += extra;
@@ -491,9 +486,12 @@ impl State {
             .streams
             .get_mut(&id)
             .expect("live stream is in the table");
-        if stream.reset.is_some() || stream.finished() {
+        if stream.reset.is_some() {
             // Whatever the peer sent before its own RST is no longer wanted.
             stream.recv_buf = VecDeque::new();
+            return;
+        }
+        if stream.finished() {
             return;
         }
         stream.reset = Some(StreamError::ResetLocally);
@@ -740,7 +738,9 @@ impl State {
                     self.streams.remove(&id);
                     self.detached.remove(&(deadline, id));
                 }
-                Holder::Queued if stream.reset.is_some() && stream.recv_buf.is_empty() => {
+                // Never accepted: the peer gave the stream up before anyone read it, and serving
+                // its bytes now would run a request its client has abandoned (and may retry).
+                Holder::Queued if stream.reset.is_some() => {
                     self.streams.remove(&id);
                     self.accept_queue.retain(|&queued| queued != id);
                 }

@@ -397,19 +397,19 @@ impl Metrics {
 impl Metrics {
     /// A request was forwarded to `node_id`.
     pub(crate) fn remote_request(&self, node_id: &str) {
-        let node_id = {
-            let mut labelled = self
-                .remote_request_nodes
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if labelled.contains(node_id) {
-                node_id
-            } else if labelled.len() < MAX_REMOTE_NODE_LABELS {
-                labelled.insert(node_id.to_owned());
-                node_id
-            } else {
-                OTHER_NODE
-            }
+        // The set stays locked while the series is found or made, so that a concurrent
+        // `forget_remote_nodes` cannot leave a series behind for a node no longer in the set.
+        let mut labelled = self
+            .remote_request_nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let node_id = if labelled.contains(node_id) {
+            node_id
+        } else if labelled.len() < MAX_REMOTE_NODE_LABELS {
+            labelled.insert(node_id.to_owned());
+            node_id
+        } else {
+            OTHER_NODE
         };
         self.remote_requests
             .get_or_create(&NodeLabel {

@@ -653,7 +653,8 @@ where
             };
             if piko_protocol::relay(&mut client, &mut other).await.is_err() {
                 // A reset on either side reaches the client as a reset, after the bytes that
-                // came before it; the other side is dropped unfinished, which resets it too.
+                // came before it. The other side is dropped unfinished: a local upstream's
+                // stream is reset by that; another node's connection is closed.
                 let _ = client.inner.tcp().set_zero_linger();
             }
         }

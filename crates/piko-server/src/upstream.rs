@@ -26,7 +26,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     auth::{self, Grant, Refusal, TENANT_SEPARATOR, Tenants, Verifier},
     cluster::{self, RebalanceConfig, RemoteEndpoints},
-    endpoint_load::EndpointLoad,
+    endpoint_load::{EndpointLoad, Slot},
     json_error::{gin_error, not_found},
     metrics::Metrics,
     serve::Body,
@@ -173,7 +173,6 @@ impl Handler {
         let upgrade = hyper::upgrade::on(request);
         let handler = self.clone();
         self.sessions.spawn(async move {
-            let _slot = slot;
             let upgraded = match upgrade.await {
                 Ok(upgraded) => upgraded,
                 Err(err) => {
@@ -190,7 +189,9 @@ impl Handler {
                     let _ = tcp.tcp().set_zero_linger();
                     let ws =
                         websocket_upgrade::server_websocket(tcp, read_buf, Some(ws_config)).await;
-                    handler.start(ws, &endpoint, &client_ip, &tenant, expires).await;
+                    handler
+                        .start(ws, &endpoint, &client_ip, &tenant, expires, slot)
+                        .await;
                 }
                 Err(upgraded) => {
                     let ws = WebSocketStream::from_raw_socket(
@@ -199,7 +200,9 @@ impl Handler {
                         Some(ws_config),
                     )
                     .await;
-                    handler.start(ws, &endpoint, &client_ip, &tenant, expires).await;
+                    handler
+                        .start(ws, &endpoint, &client_ip, &tenant, expires, slot)
+                        .await;
                 }
             }
         });
@@ -214,15 +217,17 @@ impl Handler {
         client_ip: &str,
         tenant: &str,
         expires: Option<SystemTime>,
+        slot: Option<Slot>,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let session = Session::server_transport(WsByteStream::new(ws), self.config.mux.clone());
-        self.run_upstream(session, endpoint, client_ip, tenant, expires)
+        self.run_upstream(session, endpoint, client_ip, tenant, expires, slot)
             .await;
     }
 
-    /// Serves one upstream until it goes away.
+    /// Serves one upstream until it goes away. Its `slot` of the endpoint's upstream limit is
+    /// given back when it leaves the routing table, as the count it stands for drops then.
     async fn run_upstream(
         &self,
         session: Session,
@@ -230,6 +235,7 @@ impl Handler {
         client_ip: &str,
         tenant: &str,
         expires: Option<SystemTime>,
+        mut slot: Option<Slot>,
     ) {
         let id = self.upstreams.add(endpoint, session.clone());
         self.metrics.upstream_connected();
@@ -267,6 +273,7 @@ impl Handler {
                 _ = session.remote_go_away() => {
                     // The agent is draining: route nothing new to it, let its streams finish.
                     self.upstreams.remove(endpoint, id);
+                    drop(slot.take());
                     tokio::select! {
                         _ = session.closed() => {}
                         _ = self.drain.cancelled() => {}
@@ -313,6 +320,7 @@ impl Handler {
                 () = self.drain.cancelled() => false,
             };
             self.upstreams.remove(endpoint, id);
+            drop(slot.take());
             // An agent that moved is left to finish its streams. One that did not (it ignores
             // GoAway, as Piko v0.9.0's does) gets the same time again, then is cut: it
             // reconnects after a cut, and would otherwise stay unroutable.
@@ -324,6 +332,7 @@ impl Handler {
             }
         }
         self.upstreams.remove(endpoint, id);
+        drop(slot.take());
         if token_expired {
             // Nothing new is routed to it; the requests it carries finish (an agent that renews
             // its token has connected again by now, and gets GoAway here in case it has not).

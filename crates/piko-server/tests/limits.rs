@@ -192,7 +192,9 @@ async fn concurrent_registrations_never_exceed_the_upstream_limit() {
 async fn requests_beyond_an_endpoint_s_limit_get_a_retryable_503() {
     let mut config = Config::default();
     config.proxy.max_requests_per_endpoint = Some(2);
-    config.proxy.timeout = Some(Duration::from_secs(2));
+    // Long enough that the held requests are still in flight when the third one comes, on a
+    // loaded machine too.
+    config.proxy.timeout = Some(Duration::from_secs(5));
     let node = start_node_from(config).await;
     // An upstream that takes requests and never answers: each stays in flight until the proxy
     // timeout.
