@@ -12,7 +12,7 @@ use crate::metrics::Metrics;
 
 use super::{
     forward_auth::{ForwardAuth, PeerAuth, PeerKey},
-    membership::{Membership, NodeStatus},
+    membership::{Membership, Node, NodeStatus},
 };
 
 /// A node holding upstreams of an endpoint.
@@ -95,8 +95,13 @@ impl RemoteEndpoints {
 
     /// Rebuilds the table from the cluster's current state.
     pub(crate) async fn refresh(&self, membership: &Membership, own_id: &str, auth: &ForwardAuth) {
+        self.rebuild(membership.nodes().await, own_id, auth);
+    }
+
+    /// Rebuilds the table from `nodes`, the cluster's current members.
+    fn rebuild(&self, nodes: Vec<Node>, own_id: &str, auth: &ForwardAuth) {
         let mut by_endpoint: HashMap<String, Vec<RemoteNode>> = HashMap::new();
-        for node in membership.nodes().await {
+        for node in nodes {
             if node.id == own_id || node.status != NodeStatus::Active {
                 continue;
             }
@@ -139,13 +144,9 @@ pub(crate) async fn follow(
 ) {
     let mut changes = membership.changes().await;
     loop {
-        table.refresh(&membership, &own_id, &auth).await;
-        let known: HashSet<String> = membership
-            .nodes()
-            .await
-            .into_iter()
-            .map(|node| node.id)
-            .collect();
+        let nodes = membership.nodes().await;
+        let known: HashSet<String> = nodes.iter().map(|node| node.id.clone()).collect();
+        table.rebuild(nodes, &own_id, &auth);
         metrics.forget_remote_nodes(|id| known.contains(id));
         if changes.changed().await.is_err() {
             return;
