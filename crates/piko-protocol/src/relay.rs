@@ -45,12 +45,11 @@ where
 }
 
 /// Copies both ways until either direction ends, as Piko relays a tunnel whose peers cannot
-/// half-close: the first end, flushed but not shut down, ends the relay. Returns which side ended
-/// it.
+/// half-close: the first end, flushed but not shut down, ends the relay.
 ///
 /// # Errors
 /// As [`relay`].
-pub async fn relay_until_first_end<A, B>(a: &mut A, b: &mut B) -> io::Result<FirstEnd>
+pub async fn relay_until_first_end<A, B>(a: &mut A, b: &mut B) -> io::Result<()>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -58,24 +57,14 @@ where
     let mut a_to_b = OneWay::new(false);
     let mut b_to_a = OneWay::new(false);
     poll_fn(|cx| {
-        if a_to_b.poll_copy(cx, &mut *a, &mut *b)?.is_ready() {
-            return Poll::Ready(Ok(FirstEnd::A));
-        }
-        if b_to_a.poll_copy(cx, &mut *b, &mut *a)?.is_ready() {
-            return Poll::Ready(Ok(FirstEnd::B));
+        if a_to_b.poll_copy(cx, &mut *a, &mut *b)?.is_ready()
+            || b_to_a.poll_copy(cx, &mut *b, &mut *a)?.is_ready()
+        {
+            return Poll::Ready(Ok(()));
         }
         Poll::Pending
     })
     .await
-}
-
-/// The side whose end ended [`relay_until_first_end`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FirstEnd {
-    /// The first connection ended.
-    A,
-    /// The second connection ended.
-    B,
 }
 
 /// One direction of a relay.
@@ -236,9 +225,7 @@ mod tests {
             };
             let (mut client, mut far) = buffered_pipe();
             let result = if until_first_end {
-                relay_until_first_end(&mut client, &mut upstream)
-                    .await
-                    .map(drop)
+                relay_until_first_end(&mut client, &mut upstream).await
             } else {
                 relay(&mut client, &mut upstream).await.map(drop)
             };

@@ -199,9 +199,7 @@ async fn relay<S>(
             .await
             .map(drop)
     } else {
-        piko_protocol::relay::relay_until_first_end(&mut client, &mut upstream)
-            .await
-            .map(drop)
+        piko_protocol::relay::relay_until_first_end(&mut client, &mut upstream).await
     };
     match result {
         // The upstream gets a FIN rather than a reset, so it may still flush what it was
