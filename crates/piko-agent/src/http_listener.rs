@@ -11,6 +11,7 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo},
 };
+use piko_http::dialed_upgrade::DialedUpgrade;
 use piko_http::error_after_flush::ErrorAfterFlush;
 use piko_http::{
     access_log::{self, RequestRecord},
@@ -250,9 +251,25 @@ impl Proxy {
                     else {
                         return;
                     };
-                    let _ =
-                        piko_protocol::relay(&mut TokioIo::new(server), &mut TokioIo::new(service))
-                            .await;
+                    let mut server = TokioIo::new(server);
+                    match DialedUpgrade::unwrap(service) {
+                        Ok(mut service) => {
+                            if piko_protocol::relay(&mut server, &mut service)
+                                .await
+                                .is_err()
+                            {
+                                // A failure on either side reaches the other as a reset: the
+                                // server's stream is reset when dropped unfinished.
+                                drop(server);
+                                piko_protocol::reset_after_delivery(service.tcp()).await;
+                            }
+                        }
+                        // Not a connection of ours: it can only be closed.
+                        Err(service) => {
+                            let _ =
+                                piko_protocol::relay(&mut server, &mut TokioIo::new(service)).await;
+                        }
+                    }
                 });
             }
         } else {

@@ -215,9 +215,9 @@ async fn accept_loop(
             };
             if let Err(err) = piko_protocol::relay(&mut local, &mut tunnel).await {
                 tracing::debug!(subsystem = "forwarder", endpoint_id = %endpoint, error = %err, "tunnel ended with an error");
-                // A reset on either side reaches the other as a reset, never as a clean end.
-                let _ = local.set_zero_linger();
-                tunnel.abort();
+                // A reset on either side reaches the other as a reset, never as a clean end,
+                // and after the bytes that came before it.
+                tokio::join!(piko_protocol::reset_after_delivery(&local), tunnel.abort());
             }
         });
     }

@@ -6,11 +6,13 @@
 //! - [`access_log`]: `request` records written when a response has been sent.
 //! - [`body`]: the response body type; [`counted_body`]: one that reports its size;
 //!   [`error_after_flush`]: a relayed body whose failure does not swallow the bytes before it.
+//! - [`dialed_upgrade`]: the socket under an upgraded connection a hyper client dialed.
 //! - [`prometheus_text`]: metrics as Piko's Go services serve them, and shared metric pieces.
 
 pub mod access_log;
 pub mod body;
 pub mod counted_body;
+pub mod dialed_upgrade;
 pub mod error_after_flush;
 pub mod error_response;
 pub mod hop_by_hop;

@@ -129,9 +129,11 @@ impl TcpTunnel {
     }
 
     /// Closes the tunnel with a reset, so that the endpoint's service sees its connection reset
-    /// rather than ended: what to do when the local side of a relay failed.
-    pub fn abort(self) {
-        let _ = self.stream.get_ref().get_ref().tcp().set_zero_linger();
+    /// rather than ended: what to do when the local side of a relay failed. What was written
+    /// before is delivered first (the wait is bounded by
+    /// [`DELIVERY_STALL_LIMIT`](piko_protocol::reset::DELIVERY_STALL_LIMIT)).
+    pub async fn abort(self) {
+        piko_protocol::reset_after_delivery(self.stream.get_ref().get_ref().tcp()).await;
     }
 }
 

@@ -64,12 +64,13 @@ where
     };
     let _ = local.set_nodelay(true);
     piko_protocol::enable_keepalive(&local);
-    piko_protocol::relay(&mut conn, &mut local)
-        .await
-        .map_err(|err| {
-            let _ = local.set_zero_linger();
-            ForwardError::Relay(err)
-        })
+    match piko_protocol::relay(&mut conn, &mut local).await {
+        Ok(copied) => Ok(copied),
+        Err(err) => {
+            piko_protocol::reset_after_delivery(&local).await;
+            Err(ForwardError::Relay(err))
+        }
+    }
 }
 
 /// Forwards every connection of a listener to a local address; made by

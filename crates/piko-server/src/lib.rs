@@ -19,7 +19,8 @@
 //! - [`upstreams`]: the routing table (endpoint → upstream sessions, round-robin).
 //! - `proxy`: request routing and relaying on the proxy port (its access log is
 //!   [`piko_http::access_log`]).
-//! - `tcp_route`: the proxy port's TCP-over-WebSocket route.
+//! - `tcp_route`: the proxy port's TCP-over-WebSocket route; `splice`: an upgraded client
+//!   connection relayed to the far side of its tunnel (an upstream here, or another node).
 //! - `websocket_upgrade`: the server side of WebSocket handshakes, gorilla's way.
 //! - [`metrics`]: the Prometheus metrics of spec §10.2.
 //! - `admin`: `/health`, `/ready`, `/metrics` and the [`status`] routes; `advertise`: the
@@ -49,6 +50,7 @@ pub mod proxy;
 mod request_body_idle;
 mod serve;
 mod server;
+mod splice;
 pub mod status;
 mod tcp_route;
 pub mod tls;

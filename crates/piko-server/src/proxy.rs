@@ -27,30 +27,26 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::upgrade::Upgraded;
-use hyper_util::{rt::TokioIo, server::conn::auto::upgrade::downcast as downcast_upgrade};
+use hyper_util::rt::TokioIo;
+use piko_http::dialed_upgrade::DialedUpgrade;
 use piko_http::error_after_flush::ErrorAfterFlush;
 use piko_http::{
     access_log::{self, RequestRecord},
     hop_by_hop::{remove as remove_hop_by_hop, upgrade_protocol},
 };
 use piko_protocol::wire::{ENDPOINT_HEADER, FORWARD_HEADER, MAX_ENDPOINT_ID_LEN};
-use prometheus_client::metrics::counter::Counter;
-use tokio::io::AsyncWriteExt;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::{
     auth::{self, Grant, Refusal, Tenants, Verifier},
-    client_io::ClientIo,
     cluster::{ForwardAuth, RemoteEndpoints, RemoteNode, SIGNATURE_HEADER},
-    connection_deadlines::WatchedIo,
-    counted_io::CountedReads,
     endpoint_load::EndpointLoad,
     forward::{self, Forwarder},
     json_error::{gin_error, proxy_error},
     metrics::{self, Direction, Metrics, Outcome, RequestMeter},
     request_body_idle::{BodyProgress, IdleLimitedBody, caused_by_idle_body},
-    serve::{Body, BoxError, set_write_stall_limit},
+    serve::{Body, BoxError},
+    splice::splice,
     tcp_route::{self, Route},
     upstreams::Upstreams,
     warn_limit::warn_limited,
@@ -488,7 +484,14 @@ impl Handler {
                 let outcome = match tokio::join!(client_upgrade, node_upgrade) {
                     (Ok(client), Ok(node)) => {
                         let bytes = (bytes_in, bytes_out);
-                        splice(client, TokioIo::new(node), bytes, tunnel_write_timeout).await
+                        match DialedUpgrade::unwrap(node) {
+                            Ok(node) => splice(client, node, bytes, tunnel_write_timeout).await,
+                            // Not a connection of ours: it can only be closed.
+                            Err(node) => {
+                                splice(client, TokioIo::new(node), bytes, tunnel_write_timeout)
+                                    .await
+                            }
+                        }
                     }
                     _ => Outcome::ClientError,
                 };
@@ -620,53 +623,6 @@ struct RelayedByNode;
 /// (a client's own is ignored).
 fn is_forwarded<B>(request: &Request<B>) -> bool {
     request.extensions().get::<RelayedByNode>().is_some()
-}
-
-/// Relays an upgraded client connection and the other side of its tunnel (an upstream's
-/// stream, or another node) until both ends are done, counting the bytes each way.
-async fn splice<T>(
-    client: Upgraded,
-    other: T,
-    (bytes_in, bytes_out): (Counter, Counter),
-    write_stall_limit: Option<Duration>,
-) -> Outcome
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let mut other = CountedReads {
-        inner: other,
-        read: bytes_out,
-    };
-    match downcast_upgrade::<TokioIo<WatchedIo<ClientIo>>>(client) {
-        Ok(parts) => {
-            // A tunnel may be quiet for as long as it likes, and its client may pause reading
-            // for longer than a response's (Go clears a hijacked connection's deadlines).
-            let client = parts.io.into_inner().into_inner();
-            set_write_stall_limit(client.tcp(), write_stall_limit);
-            bytes_in.inc_by(parts.read_buf.len() as u64);
-            if !parts.read_buf.is_empty() && other.write_all(&parts.read_buf).await.is_err() {
-                return Outcome::UpstreamError;
-            }
-            let mut client = CountedReads {
-                inner: client,
-                read: bytes_in,
-            };
-            if piko_protocol::relay(&mut client, &mut other).await.is_err() {
-                // A reset on either side reaches the client as a reset, after the bytes that
-                // came before it. The other side is dropped unfinished: a local upstream's
-                // stream is reset by that; another node's connection is closed.
-                let _ = client.inner.tcp().set_zero_linger();
-            }
-        }
-        Err(client) => {
-            let mut client = CountedReads {
-                inner: TokioIo::new(client),
-                read: bytes_in,
-            };
-            let _ = piko_protocol::relay(&mut client, &mut other).await;
-        }
-    }
-    Outcome::Success
 }
 
 /// Piko's 502 for an endpoint without an upstream here, marked so that the metrics tell it

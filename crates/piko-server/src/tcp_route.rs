@@ -18,7 +18,10 @@ use piko_protocol::{
     wire::{HALF_CLOSE_HEADER, MAX_ENDPOINT_ID_LEN, TCP_PATH},
 };
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
 use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::Role};
 
 use crate::{
@@ -138,10 +141,7 @@ pub(crate) async fn tunnel(
             match websocket_upgrade::into_client_io(upgraded, tunnel_write_timeout) {
                 Ok((tcp, read_buf)) => {
                     let ws = websocket_upgrade::server_websocket(tcp, read_buf, config).await;
-                    relay(ws, stream, half_close, bytes, |tcp| {
-                        let _ = tcp.tcp().set_zero_linger();
-                    })
-                    .await;
+                    relay(ws, stream, half_close, bytes, |io| Some(io.tcp())).await;
                 }
                 Err(upgraded) => {
                     let ws = WebSocketStream::from_raw_socket(
@@ -151,7 +151,7 @@ pub(crate) async fn tunnel(
                     )
                     .await;
                     // Not a socket of ours: dropped, it closes as its transport closes.
-                    relay(ws, stream, half_close, bytes, |_| {}).await;
+                    relay(ws, stream, half_close, bytes, |_| None).await;
                 }
             }
         }
@@ -170,15 +170,15 @@ pub(crate) async fn tunnel(
 
 /// Copies bytes both ways until the tunnel is over, counting them (`in`, `out`). The client's
 /// socket is then closed without a close frame, as Piko's peers do (spec §4.2). A failure on
-/// either side aborts both: the upstream's stream is reset and the client's connection, through
-/// `abort_client`, too, after the bytes read before the failure (a service that writes its
-/// reply and resets) have been passed on.
+/// either side aborts both: the upstream's stream is reset and the client's connection (its
+/// socket from `client_tcp`) too, once the bytes read before the failure (a service that writes
+/// its reply and resets) have been delivered.
 async fn relay<S>(
     ws: WebSocketStream<S>,
     stream: piko_mux::Stream,
     half_close: bool,
     (bytes_in, bytes_out): (Counter, Counter),
-    abort_client: fn(&S),
+    client_tcp: fn(&S) -> Option<&TcpStream>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -210,7 +210,9 @@ async fn relay<S>(
         Err(err) => {
             tracing::debug!(subsystem = "proxy.tcp", error = %err, "tunnel ended with an error");
             upstream.inner.reset();
-            abort_client(client.inner.get_ref().get_ref());
+            if let Some(tcp) = client_tcp(client.inner.get_ref().get_ref()) {
+                piko_protocol::reset_after_delivery(tcp).await;
+            }
         }
     }
 }

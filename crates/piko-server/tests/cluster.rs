@@ -358,6 +358,81 @@ async fn tunnels_reach_upstreams_on_another_node() {
     client.close(None).await.unwrap();
 }
 
+/// A client that resets an upgraded connection relayed to another node: the node holding the
+/// upstream resets the upstream's stream too, after the bytes that came before, rather than
+/// half-closing it (which a service would take for the end of a finished exchange).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_crosses_nodes_as_a_reset() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let a = start_node_from(config(Vec::new())).await;
+    let b = start_node_from(config(vec![a.gossip.clone()])).await;
+    // On B: a service that accepts any upgrade and reports what came through and how it ended.
+    let mut listener = piko::Upstream::new(format!("http://{}", b.upstream))
+        .listen("raw")
+        .await
+        .unwrap();
+    let (report, mut reports) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while let Ok(mut stream) = listener.accept().await {
+            let report = report.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                stream
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: raw\r\n\r\n")
+                    .await
+                    .unwrap();
+                stream.flush().await.unwrap();
+                let mut received = Vec::new();
+                let ended = stream.read_to_end(&mut received).await;
+                let _ = report.send((received, ended)).await;
+            });
+        }
+    });
+    wait_upstreams(&b, "raw", 1).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut client = loop {
+        let mut client = tokio::net::TcpStream::connect(a.proxy).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: raw.example.com\r\nconnection: upgrade\r\nupgrade: raw\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && client.read_exact(&mut byte).await.is_ok() {
+            head.push(byte[0]);
+        }
+        if head.starts_with(b"HTTP/1.1 101") {
+            break client;
+        }
+        // A's routing table learns of B's upstream a gossip round later.
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never routed: {}",
+            String::from_utf8_lossy(&head)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    client.write_all(b"partial").await.unwrap();
+    piko_protocol::reset_after_delivery(&client).await;
+    drop(client);
+    let (received, ended) = tokio::time::timeout(Duration::from_secs(20), reports.recv())
+        .await
+        .expect("the service never saw its stream end")
+        .unwrap();
+    assert_eq!(received, b"partial");
+    let err = ended.expect_err("the stream ended cleanly: a reset was passed on as an end");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+}
+
 /// Whether `node`'s `/ready` says 200.
 async fn is_ready(node: &Node) -> bool {
     let (head, _) = common::get(node.admin, "/ready", "admin").await;
