@@ -1,15 +1,16 @@
 //! Piko's log format: one JSON object per line on stderr, as zap's production encoder writes
 //! it: `level`, `ts` (UTC, milliseconds, trailing zeros trimmed), `subsystem`, `msg`, then the
 //! event's fields with dashed names (`endpoint-id`). Scripts and log pipelines written for Piko
-//! keep working.
+//! keep working. Lines reach stderr through [`log_sink`](crate::log_sink).
 
 use std::{
+    cell::RefCell,
     fmt,
     io::Write,
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tracing::{
     Event, Level, Subscriber,
     field::{Field, Visit},
@@ -41,6 +42,12 @@ pub(crate) fn parse_level(level: &str) -> Result<Level, String> {
 /// Piko matches them) are written at every level, whatever `level` says.
 pub(crate) fn init(level: &str, subsystems: Vec<String>, format: Format) -> Result<(), String> {
     let level = parse_level(level)?;
+    // A panic ends the process before the writer's next batch: the lines before it come first.
+    let report_panic = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        crate::log_sink::flush();
+        report_panic(info);
+    }));
     tracing_subscriber::registry()
         .with(Lines {
             level,
@@ -73,7 +80,13 @@ impl Lines {
 struct Fields {
     message: String,
     subsystem: Option<String>,
-    rest: Map<String, Value>,
+    rest: Vec<(String, FieldValue)>,
+}
+
+enum FieldValue {
+    Json(Value),
+    /// Text that is already a JSON object (the access log's record), written as it is.
+    RawJson(String),
 }
 
 impl Visit for Fields {
@@ -110,13 +123,15 @@ impl Fields {
         match (field.name(), value) {
             ("message", Value::String(text)) => self.message = text,
             ("subsystem", Value::String(text)) => self.subsystem = Some(text),
-            // The access log's record is a JSON object, nested as Piko nests it.
-            ("request", Value::String(text)) if text.starts_with('{') => {
-                let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-                self.rest.insert("request".into(), value);
+            // The access log's record, already a JSON object: nested as Piko nests it, under
+            // `request`, without being parsed and serialised again.
+            ("access_record", Value::String(text)) => {
+                self.rest
+                    .push(("request".into(), FieldValue::RawJson(text)));
             }
             (name, value) => {
-                self.rest.insert(name.replace('_', "-"), value);
+                self.rest
+                    .push((name.replace('_', "-"), FieldValue::Json(value)));
             }
         }
     }
@@ -136,39 +151,84 @@ impl<S: Subscriber> Layer<S> for Lines {
             Level::INFO => "info",
             Level::DEBUG | Level::TRACE => "debug",
         };
-        let subsystem = fields.subsystem.unwrap_or_else(|| "main".into());
+        let Fields {
+            message,
+            subsystem,
+            rest,
+        } = fields;
+        let subsystem = subsystem.unwrap_or_else(|| "main".into());
         if *event.metadata().level() > self.level && !self.subsystems.contains(&subsystem) {
             return;
         }
         let ts = timestamp(SystemTime::now());
-        let mut text = match self.format {
-            Format::Json => {
-                let mut line = Map::new();
-                line.insert("level".into(), level.into());
-                line.insert("ts".into(), ts.into());
-                line.insert("subsystem".into(), subsystem.into());
-                line.insert("msg".into(), fields.message.into());
-                line.extend(fields.rest);
-                Value::Object(line).to_string()
-            }
-            Format::Text => {
-                let mut line = format!(
-                    "{ts} {:<5} {subsystem}: {}",
-                    level.to_uppercase(),
-                    fields.message
-                );
-                for (key, value) in fields.rest {
-                    match value {
-                        Value::String(text) => line.push_str(&format!(" {key}={text}")),
-                        other => line.push_str(&format!(" {key}={other}")),
-                    }
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            match self.format {
+                Format::Json => {
+                    let head = [
+                        ("level", level),
+                        ("ts", ts.as_str()),
+                        ("subsystem", subsystem.as_str()),
+                        ("msg", message.as_str()),
+                    ];
+                    write_json(line, head, &rest);
                 }
-                line
+                Format::Text => write_text(line, [level, &ts, &subsystem, &message], rest),
             }
+            line.push(b'\n');
+            crate::log_sink::write_line(line);
+        });
+    }
+}
+
+thread_local! {
+    /// Each thread builds its lines in one buffer, reused.
+    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `{"level":..,"ts":..,"subsystem":..,"msg":.., fields...}`, in zap's order.
+fn write_json(line: &mut Vec<u8>, head: [(&str, &str); 4], rest: &[(String, FieldValue)]) {
+    for (i, (key, value)) in head.into_iter().enumerate() {
+        line.push(if i == 0 { b'{' } else { b',' });
+        push_key(line, key);
+        let _ = serde_json::to_writer(&mut *line, value);
+    }
+    for (key, value) in rest {
+        line.push(b',');
+        push_key(line, key);
+        match value {
+            FieldValue::Json(value) => {
+                let _ = serde_json::to_writer(&mut *line, value);
+            }
+            FieldValue::RawJson(text) => line.extend_from_slice(text.as_bytes()),
+        }
+    }
+    line.push(b'}');
+}
+
+fn push_key(line: &mut Vec<u8>, key: &str) {
+    let _ = serde_json::to_writer(&mut *line, key);
+    line.push(b':');
+}
+
+/// `<ts> <LEVEL> <subsystem>: <msg> key=value ...`.
+fn write_text(
+    line: &mut Vec<u8>,
+    [level, ts, subsystem, message]: [&str; 4],
+    rest: Vec<(String, FieldValue)>,
+) {
+    let _ = write!(
+        line,
+        "{ts} {:<5} {subsystem}: {message}",
+        level.to_uppercase()
+    );
+    for (key, value) in rest {
+        let _ = match value {
+            FieldValue::Json(Value::String(text)) | FieldValue::RawJson(text) => {
+                write!(line, " {key}={text}")
+            }
+            FieldValue::Json(other) => write!(line, " {key}={other}"),
         };
-        text.push('\n');
-        // One write per line, so lines from several threads never interleave.
-        let _ = std::io::stderr().lock().write_all(text.as_bytes());
     }
 }
 

@@ -12,6 +12,7 @@ mod docs_sync;
 mod duration;
 mod expand_env;
 mod forward;
+mod log_sink;
 mod logging;
 mod open_files;
 mod security_flags;
@@ -123,7 +124,7 @@ fn main() -> ExitCode {
             Command::Completion { .. } => unreachable!("answered before the runtime starts"),
         }
     });
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // Before logging is set up (bad flags or config) the message goes to stdout, as
@@ -135,7 +136,11 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
-    }
+    };
+    // Tasks the runtime still holds may log as it drops them; then every line is written out.
+    drop(runtime);
+    log_sink::flush();
+    code
 }
 
 #[cfg(test)]

@@ -184,3 +184,61 @@ async fn open_gossip_beyond_loopback_is_warned_about_at_start() {
         );
     }
 }
+
+/// Log lines are written in batches a moment after they are logged; none is lost when the
+/// process stops right after logging them (the access log's last records included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_logged_just_before_sigterm_are_all_written() {
+    use std::collections::HashSet;
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+
+    const REQUESTS: usize = 300;
+    let service = common::ok_service().await;
+    let (mut server, _admin, upstream, proxy) = start_server(&[]).await;
+    let _agent = common::agent_http(
+        "web",
+        &service.to_string(),
+        &upstream,
+        &["--access-log.disable"],
+    );
+    server.wait_log("upstream connected").await;
+
+    let mut client = BufReader::new(tokio::net::TcpStream::connect(&proxy).await.unwrap());
+    for i in 0..REQUESTS {
+        let request = format!("GET /{i} HTTP/1.1\r\nhost: web.example.com\r\n\r\n");
+        client
+            .get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .unwrap();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            client.read_line(&mut line).await.unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; length];
+        client.read_exact(&mut body).await.unwrap();
+        assert_eq!(body, format!("ok /{i}").as_bytes());
+    }
+    // The last answer is in: stop at once.
+    assert_eq!(server.terminate().await, 0);
+    let mut logged = HashSet::new();
+    while let Some(line) = server.logs.recv().await {
+        if line["msg"] == "request" {
+            logged.insert(line["request"]["path"].as_str().unwrap().to_owned());
+        }
+    }
+    let missing: Vec<usize> = (0..REQUESTS)
+        .filter(|i| !logged.contains(&format!("/{i}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "requests without a log line: {missing:?}"
+    );
+}

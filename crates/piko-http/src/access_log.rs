@@ -1,5 +1,7 @@
 //! The access log (spec §3.11): one `request` record per proxied request, written when its
 //! response has been sent, in subsystem `proxy.access` (server) or `proxy.http.access` (agent).
+//! The record is a JSON object, serialised once, in the event's `access_record` field; piko's
+//! logger writes it as it is, nested under `request` as Piko's lines have it.
 //!
 //! Unlike Piko, credentials are not logged by default: `Authorization`, `X-Piko-Authorization`,
 //! `Proxy-Authorization`, `Cookie` and `Set-Cookie` are replaced by `[redacted]` unless the allow
@@ -14,7 +16,7 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName};
 use hyper::body::{Frame, SizeHint};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::body::{Body, BoxError};
 
@@ -293,23 +295,63 @@ impl Pending {
             .or_else(|| uri.authority().map(|a| a.as_str()))
             .unwrap_or_default();
         let path = percent_encoding::percent_decode_str(uri.path()).decode_utf8_lossy();
-        let request = json!({
-            "proto": format!("{version:?}"),
-            "method": method.as_str(),
-            "host": host,
-            "path": path,
-            "request_headers": self.request_headers,
-            "response_headers": self.headers,
-            "status": self.status,
-            "duration": go_duration(started.elapsed()),
-        })
-        .to_string();
+        let entry = Entry {
+            proto: proto(version),
+            method: method.as_str(),
+            host,
+            path: &path,
+            request_headers: &self.request_headers,
+            response_headers: &self.headers,
+            status: self.status,
+            duration: go_duration(started.elapsed()),
+        };
+        let request = serde_json::to_string(&entry).unwrap_or_default();
         match self.level {
-            Level::Debug => tracing::debug!(subsystem = self.subsystem, request, "request"),
-            Level::Info => tracing::info!(subsystem = self.subsystem, request, "request"),
-            Level::Warn => tracing::warn!(subsystem = self.subsystem, request, "request"),
-            Level::Error => tracing::error!(subsystem = self.subsystem, request, "request"),
+            Level::Debug => tracing::debug!(
+                subsystem = self.subsystem,
+                access_record = request,
+                "request"
+            ),
+            Level::Info => tracing::info!(
+                subsystem = self.subsystem,
+                access_record = request,
+                "request"
+            ),
+            Level::Warn => tracing::warn!(
+                subsystem = self.subsystem,
+                access_record = request,
+                "request"
+            ),
+            Level::Error => tracing::error!(
+                subsystem = self.subsystem,
+                access_record = request,
+                "request"
+            ),
         }
+    }
+}
+
+/// The record of one request, in Piko's field order.
+#[derive(serde::Serialize)]
+struct Entry<'a> {
+    proto: &'a str,
+    method: &'a str,
+    host: &'a str,
+    path: &'a str,
+    request_headers: &'a Value,
+    response_headers: &'a Value,
+    status: u16,
+    duration: String,
+}
+
+/// The protocol as Go's `Request.Proto` names it.
+fn proto(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
     }
 }
 
@@ -374,6 +416,7 @@ impl Drop for LoggedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn headers_are_filtered_canonicalised_and_secrets_redacted() {
