@@ -391,6 +391,7 @@ async fn shutdown_requested(mut signals: signal::Signals) {
     tokio::spawn(async move {
         let signal = signals.recv().await;
         tracing::warn!(signal, "received second shutdown signal; exiting now");
+        crate::log_sink::flush();
         std::process::exit(1);
     });
 }

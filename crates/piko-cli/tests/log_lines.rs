@@ -242,3 +242,40 @@ async fn lines_logged_just_before_sigterm_are_all_written() {
         "requests without a log line: {missing:?}"
     );
 }
+
+/// A second SIGTERM during the drain exits at once, and says so: the line is written before the
+/// process ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_with_its_line_written() {
+    use tokio::io::AsyncWriteExt as _;
+
+    // A service that takes requests and never answers, so the drain has a request to wait for.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let service = listener.local_addr().unwrap();
+    let (accepted, mut accepts) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+            let _ = accepted.send(()).await;
+        }
+    });
+    let (mut server, _admin, upstream, proxy) = start_server(&[]).await;
+    let _agent = common::agent_http("slow", &service.to_string(), &upstream, &[]);
+    server.wait_log("upstream connected").await;
+    let mut client = tokio::net::TcpStream::connect(&proxy).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: slow.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(common::PATIENCE, accepts.recv())
+        .await
+        .expect("the request never reached the service");
+
+    server.signal("TERM").await;
+    server.wait_log("received shutdown signal").await;
+    assert_eq!(server.terminate().await, 1);
+    server
+        .wait_log("received second shutdown signal; exiting now")
+        .await;
+}

@@ -35,8 +35,9 @@ pub enum ForwardError {
 /// # Errors
 /// The dial failed (then `conn` is shut down, so its peer sees the connection end without
 /// data), or a copy failed: a side was reset. Bytes read before the failure have been passed on,
-/// the local connection is reset, and `conn` is left to the caller to drop (a stream dropped
-/// before its shutdown is reset), so that neither peer mistakes the failure for a clean end.
+/// `conn` is dropped unfinished (a stream dropped before its shutdown is reset) and the local
+/// connection is reset once it has what was written to it, so that neither peer mistakes the
+/// failure for a clean end.
 pub async fn forward_connection<S>(
     mut conn: S,
     addr: &str,
@@ -67,6 +68,9 @@ where
     match piko_protocol::relay(&mut conn, &mut local).await {
         Ok(copied) => Ok(copied),
         Err(err) => {
+            // The tunnel's side is reset at once (dropped unfinished), the local side once it
+            // has been delivered what was written to it.
+            drop(conn);
             piko_protocol::reset_after_delivery(&local).await;
             Err(ForwardError::Relay(err))
         }
