@@ -105,8 +105,9 @@ impl Both {
         if let Some(done) = self.settle(back, Side::Back) {
             return Poll::Ready(done);
         }
-        // `forth` was polled before `back` failed to write: once draining, a read that would
-        // wait ends it, so it must be polled again rather than wait for a wake-up.
+        // `forth` was polled before `back` failed to write: draining, it waits for its reader
+        // only a quiet moment, whose timer must start now rather than on a wake-up that may
+        // never come.
         if self.forth.draining && !self.forth.done {
             let forth = self.forth.poll_copy(cx, &mut *a, &mut *b);
             if let Some(done) = self.settle(forth, Side::Forth) {
