@@ -225,6 +225,15 @@ def ws_stream():
     write("ws_stream", "over-the-size-limit",
           bytes([0x31]) + ws_frame(BINARY, b"y" * 300)
           + bytes([0x82, 0xff]) + struct.pack(">Q", 1 << 40) + b"\0\0\0\0")
+    # Bit 6: we are the client, so the server's frames come unmasked.
+    write("ws_stream", "client-role-fragments-and-ping",
+          bytes([0x40]) + ws_frame(BINARY, b"hel", fin=False, masked=False)
+          + ws_frame(PING_OP, b"p", masked=False) + ws_frame(CONT, b"lo", masked=False)
+          + ws_frame(CLOSE_OP, struct.pack(">H", 1000), masked=False))
+    write("ws_stream", "client-role-masked-frame-is-an-error",
+          bytes([0x48]) + ws_frame(BINARY, b"masked"))
+    write("ws_stream", "control-frame-over-125-bytes",
+          bytes([0x00]) + ws_frame(BINARY, b"ok") + ws_frame(PING_OP, b"p" * 126))
 
 
 # ---- JWT ----------------------------------------------------------------------------------------

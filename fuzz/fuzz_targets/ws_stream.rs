@@ -1,10 +1,11 @@
-//! Arbitrary bytes as what a WebSocket client sends to a server, read through
-//! `piko_protocol::WsByteStream` over an in-memory pipe on a current-thread runtime.
+//! Arbitrary bytes as what a WebSocket peer sends, read through `piko_protocol::WsByteStream`'s
+//! frame parser over an in-memory pipe on a current-thread runtime.
 //!
 //! Input: one options byte (bit 0: half-close mode; bit 1: read through the multiplexer's
-//! `Transport` side instead of `AsyncRead`; bit 2: the client vanishes instead of closing its
-//! write side; bit 3: the server writes a reply and shuts down afterwards; bits 4-5: read buffer
-//! size), then the client's bytes (at most 64 KiB).
+//! `Transport` side instead of `AsyncRead`; bit 2: the peer vanishes instead of closing its
+//! write side; bit 3: we write a reply and shut down afterwards; bits 4-5: read buffer size;
+//! bit 6: we are the client, so the peer's frames must be unmasked), then the peer's bytes (at
+//! most 64 KiB).
 //!
 //! Checks: reading ends (EOF or an error) within 5 s; it never yields more bytes than the
 //! client sent; once it has reported the end, a further read reports it again rather than
@@ -15,10 +16,9 @@
 use std::{future::poll_fn, pin::Pin, sync::OnceLock, time::Duration};
 
 use libfuzzer_sys::fuzz_target;
-use piko_mux::{INITIAL_STREAM_WINDOW, Transport};
-use piko_protocol::{WsByteStream, websocket_config};
+use piko_mux::Transport;
+use piko_protocol::WsByteStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::Role};
 
 const MAX_INPUT: usize = 64 * 1024;
 
@@ -44,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
     let client_vanishes = options & 0x4 != 0;
     let reply = options & 0x8 != 0;
     let read_size = [1, 7, 4096, 64 * 1024][usize::from((options >> 4) & 0x3)];
+    let client_role = options & 0x40 != 0;
 
     runtime().block_on(async {
         // Room for everything both ways, so no write ever waits on a reader that is not reading.
@@ -59,16 +60,15 @@ fuzz_target!(|data: &[u8]| {
                 .expect("closing the pipe's write side");
             Some(client)
         };
-        let ws = WebSocketStream::from_raw_socket(
-            server,
-            Role::Server,
-            Some(websocket_config(INITIAL_STREAM_WINDOW)),
-        )
-        .await;
-        let mut stream = if half_close {
-            WsByteStream::with_half_close(ws)
+        let stream = if client_role {
+            WsByteStream::client(server, &[])
         } else {
-            WsByteStream::new(ws)
+            WsByteStream::server(server, &[])
+        };
+        let mut stream = if half_close {
+            stream.half_closing()
+        } else {
+            stream
         };
         let read = async {
             let total = if as_transport {

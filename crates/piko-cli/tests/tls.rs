@@ -372,72 +372,25 @@ async fn nodes_relay_requests_and_admin_forwards_over_tls() {
     );
 }
 
-/// A WebSocket echo service (Python's `websockets`, Debian's python3-websockets): prints its
-/// port, then echoes every message with its type.
-const WEBSOCKET_ECHO: &str = r#"
-import asyncio, websockets
-async def echo(ws, path=None):
-    async for message in ws:
-        await ws.send(message)
-async def main():
-    async with websockets.serve(echo, "127.0.0.1", 0) as server:
-        print(server.sockets[0].getsockname()[1], flush=True)
-        await asyncio.Future()
-asyncio.run(main())
-"#;
-
-/// A WebSocket client (Python's `websockets`) connecting to `argv[1]` with the CA in `argv[2]`
-/// and `x-piko-endpoint: argv[3]`: sends a text and a binary message and prints what comes back.
-const WEBSOCKET_CLIENT: &str = r#"
-import asyncio, ssl, sys, websockets
-async def main():
-    context = ssl.create_default_context(cafile=sys.argv[2])
-    headers = {"x-piko-endpoint": sys.argv[3]}
-    async with websockets.connect(sys.argv[1], ssl=context, extra_headers=headers) as ws:
-        for message in ["hello over tls", b"\x00\x01\x02"]:
-            await ws.send(message)
-            reply = await ws.recv()
-            print(type(reply).__name__, reply)
-asyncio.run(main())
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_client_reaches_a_websocket_service_over_tls() {
-    use tokio::io::AsyncBufReadExt as _;
     let pki = Pki::new("websocket");
     let args = tls_flags(&pki, &["proxy"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (mut server, _admin, upstream, proxy) = start_server(&args).await;
-    let mut echo = Command::new("/usr/bin/python3")
-        .args(["-c", WEBSOCKET_ECHO])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("/usr/bin/python3 (apt-get install python3-websockets)");
-    let mut lines = tokio::io::BufReader::new(echo.stdout.take().unwrap()).lines();
-    let port = tokio::time::timeout(PATIENCE, lines.next_line())
-        .await
-        .expect("the WebSocket service never started")
-        .unwrap()
-        .expect("the WebSocket service printed its port");
-    let service = format!("127.0.0.1:{port}");
+    let (_echo, service) = common::websocket_echo_service().await;
     let _agent = common::agent_http("ws", &service, &upstream, &[]);
     server.wait_log("upstream connected").await;
 
-    let output = tokio::time::timeout(
-        PATIENCE,
-        Command::new("/usr/bin/python3")
-            .args(["-c", WEBSOCKET_CLIENT])
-            .arg(format!("wss://{proxy}/echo"))
-            .args([pki.path("ca.pem").as_str(), "ws"])
-            .output(),
+    let output = common::websocket_client(
+        &format!("wss://{proxy}/echo"),
+        Some(&pki.path("ca.pem")),
+        "ws",
     )
-    .await
-    .expect("the WebSocket client hung")
-    .unwrap();
+    .await;
     assert!(output.status.success(), "{output:?}");
     assert_eq!(
         String::from_utf8_lossy(&output.stdout),
-        "str hello over tls\nbytes b'\\x00\\x01\\x02'\n"
+        common::WEBSOCKET_CLIENT_ECHOED
     );
 }

@@ -10,7 +10,7 @@
 use std::{process::Stdio, time::Duration};
 
 use piko_mux::{Config, Session};
-use piko_protocol::{WsByteStream, websocket_config};
+use piko_protocol::{WsByteStream, client_handshake};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
@@ -47,11 +47,10 @@ async fn clients(addr: String, sessions: usize) {
     for _ in 0..sessions {
         let tcp = TcpStream::connect(&addr).await.unwrap();
         let url = format!("ws://{addr}/piko/v1/upstream/idle");
-        let ws_config = websocket_config(config().receive_window);
-        let (ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config))
+        let (ws, _) = client_handshake(tcp, &url.parse().unwrap(), &Default::default())
             .await
             .unwrap();
-        let session = Session::client_transport(WsByteStream::new(ws), config());
+        let session = Session::client_transport(ws, config());
         let acceptor = session.clone();
         tokio::spawn(async move {
             let mut streams = Vec::new();
@@ -88,11 +87,15 @@ async fn measure(sessions: usize, streams: usize) {
             before = rss();
         }
         let (tcp, _) = listener.accept().await.unwrap();
-        let ws_config = websocket_config(config().receive_window);
-        let ws = tokio_tungstenite::accept_async_with_config(tcp, Some(ws_config))
+        // The client sends nothing before the 101, so tungstenite keeps nothing unread.
+        let tcp = tokio_tungstenite::accept_async(tcp)
             .await
-            .unwrap();
-        accepted.push(Session::server_transport(WsByteStream::new(ws), config()));
+            .unwrap()
+            .into_inner();
+        accepted.push(Session::server_transport(
+            WsByteStream::server(tcp, &[]),
+            config(),
+        ));
     }
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert_eq!(

@@ -1,22 +1,30 @@
-//! A WebSocket connection as an unframed byte stream, the way Piko's peers use it.
+//! A WebSocket connection as an unframed byte stream, the way Piko's peers use it, with our own
+//! framing (RFC 6455) once the handshake is done.
 //!
-//! - Each write becomes one binary message (our multiplexer writes whole batches of frames, so a
-//!   frame header and its payload travel in one message).
+//! - Frames are streamed: a frame's payload is handed on as it arrives, so a message of any size
+//!   (a Go `Dialer` writes each `Write` as one message, 64 MiB included) takes no more memory
+//!   than the read buffer.
+//! - Each write becomes one binary message: a server's of at most [`MAX_WRITE_MESSAGE`] bytes, its
+//!   header built on the stack and sent with the payload in one vectored write; a client's of at
+//!   most 64 KiB, masked in a buffer of its own with a fresh random key per frame.
 //! - Reads concatenate binary messages with no regard to their boundaries: Go's yamux writes a
 //!   frame header and its payload as two messages, and gorilla's client fragments messages over
-//!   4 KiB.
+//!   4 KiB. Control frames between fragments are handled.
 //! - A text message is an error. A close frame, or the connection ending without one (Go peers
 //!   just close the socket), is a normal end of stream. A connection reset is an error for a
 //!   reader of bytes (a tunnel's client must see its peer's reset, not a clean end), but only an
 //!   end for the multiplexer, whose session is over either way.
-//! - Pings are answered by tungstenite on the next read or write.
+//! - A frame that breaks RFC 6455 (see [`FrameError`]) is answered with close status 1002, logged,
+//!   and is a read error.
+//! - Pings are answered with a pong at the next frame boundary. The reader sends it itself only
+//!   while the writer is not waiting on the socket, so neither takes the other's wake-up.
 //! - With half-close (a TCP tunnel whose both ends are ours, negotiated with
 //!   [`HALF_CLOSE_HEADER`](crate::wire::HALF_CLOSE_HEADER)), an empty binary message is the end of
 //!   one direction: shutting the writer down sends one, and reading one is end of stream while the
 //!   other direction goes on. Piko's peers skip empty messages, so they never see the difference.
 //!
-//! As a [`piko_mux::Transport`] it also avoids two copies: the multiplexer parses each message's
-//! payload in place, and its output buffers become messages without being copied into ours.
+//! As a [`piko_mux::Transport`] it also avoids copies: the multiplexer parses payload in place in
+//! the read buffer, and a server writes the multiplexer's output buffers as they are.
 
 use std::{
     io::{self, IoSlice},
@@ -24,125 +32,588 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use bytes::{Bytes, BytesMut};
-use futures_util::{Sink, Stream};
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_tungstenite::{
-    WebSocketStream,
-    tungstenite::{
-        Message,
-        error::{Error as WsError, ProtocolError},
-        protocol::WebSocketConfig,
-    },
+
+use crate::ws_frame::{
+    FrameError, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, Role, apply_mask, opcode, parse_header,
+    write_header,
 };
 
-/// Largest message a write produces. Bounds the peer's per-message memory; the multiplexer's
-/// writer simply writes the rest of a large batch as further messages.
+/// Largest message a write produces. Bounds a peer that buffers whole messages (tungstenite,
+/// gorilla's `ReadMessage`); the multiplexer's writer simply writes the rest of a large batch as
+/// further messages.
 pub const MAX_WRITE_MESSAGE: usize = 256 * 1024;
 
-/// Messages that tungstenite buffers before writing them to the socket; a flush writes the rest.
-/// Lets a batch's control message and data message leave in one syscall.
-const WRITE_BUFFER_SIZE: usize = 64 * 1024;
+/// Largest message a client writes: the masked copy is kept for the connection's life, so it stays
+/// small for the many connections of a `piko forward`.
+const MAX_MASKED_MESSAGE: usize = 64 * 1024;
 
-/// Bytes tungstenite reads from the socket per syscall. It is also what an idle connection keeps
-/// allocated for reading, so it trades bulk throughput against the idle-upstream memory budget.
-pub const READ_BUFFER_SIZE: usize = 16 * 1024;
+/// Smallest read buffer; an idle connection keeps this much.
+const MIN_READ: usize = 4 * 1024;
+/// Largest read buffer: bulk transfers move this much per syscall.
+const MAX_READ: usize = 256 * 1024;
 
-/// Length of a yamux frame header; a Go peer may send a whole window of payload in one message,
-/// after the header's own message.
-const MUX_HEADER_LEN: usize = 12;
+/// Close status codes (RFC 6455 §7.4.1).
+const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+const CLOSE_UNSUPPORTED_DATA: u16 = 1003;
 
-/// The tungstenite settings for a byte-stream connection whose multiplexer grants at most
-/// `largest_receive_window` bytes per stream.
-///
-/// Messages up to that window plus a frame header are accepted (a Go peer writes a whole window
-/// in one message), and at least [`MAX_WRITE_MESSAGE`] (what our own peers send).
-pub fn websocket_config(largest_receive_window: u32) -> WebSocketConfig {
-    let max_message = (largest_receive_window as usize + MUX_HEADER_LEN).max(MAX_WRITE_MESSAGE);
-    WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_SIZE)
-        .write_buffer_size(WRITE_BUFFER_SIZE)
-        .max_message_size(Some(max_message))
-        .max_frame_size(Some(max_message))
+/// How reading ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// A close frame, the end-of-direction message, or the connection closing.
+    Closed,
+    /// The connection was reset.
+    Reset,
+    /// The peer broke the protocol.
+    Failed(&'static str),
 }
 
 /// A WebSocket connection as `AsyncRead + AsyncWrite`.
 #[derive(Debug)]
 pub struct WsByteStream<S> {
-    ws: WebSocketStream<S>,
-    /// Unread remainder of the current message.
-    chunk: Bytes,
-    eof: bool,
-    /// The connection was reset rather than closed (with `eof`).
-    reset: bool,
+    io: S,
+    role: Role,
     half_close: bool,
-    /// The half-close marker has been sent.
-    write_closed: bool,
-    /// Reused for outgoing messages: tungstenite copies a message into its own buffer and drops
-    /// it, so the allocation comes back to us instead of being freed and faulted in again.
-    scratch: BytesMut,
+    read: ReadState,
+    write: WriteState,
+}
+
+#[derive(Debug)]
+struct ReadState {
+    /// Bytes from the socket; `start..end` not yet consumed. Always initialised to its length, so
+    /// reads need no `unsafe`.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Unmasked payload at `buf[start..start + ready]`, not yet handed on.
+    ready: usize,
+    /// Payload of the current data frame not yet taken from the socket into `ready`.
+    frame_left: u64,
+    mask: Option<[u8; 4]>,
+    mask_offset: u64,
+    /// A data message has started and its last frame is still to come.
+    in_message: bool,
+    ended: Option<End>,
+}
+
+#[derive(Debug)]
+struct WriteState {
+    /// Header of the data frame being written; `header_at..header_len` not yet sent.
+    header: [u8; MAX_HEADER_LEN],
+    header_at: usize,
+    header_len: usize,
+    /// Payload bytes the data frame being written still needs.
+    frame_left: usize,
+    /// A client's frames, masked, not yet sent (a client cannot mask the caller's buffer).
+    masked: BytesMut,
+    /// The latest ping's payload, to answer at the next frame boundary.
+    pong: Option<([u8; MAX_CONTROL_PAYLOAD], usize)>,
+    /// A close frame to send, with its status.
+    close: Option<u16>,
+    /// The end-of-direction message is to be sent (half-close).
+    end_marker: bool,
+    /// Control frames being sent; `control_at..` not yet sent.
+    control: BytesMut,
+    /// The writer's last socket write was refused for now: it is waiting to be woken.
+    writer_waiting: bool,
+    /// A close frame has been queued: no data may follow it.
+    close_queued: bool,
+    /// The end-of-direction message has been queued.
+    end_queued: bool,
 }
 
 impl<S> WsByteStream<S> {
-    /// Wraps an established WebSocket connection.
-    pub fn new(ws: WebSocketStream<S>) -> Self {
+    fn with_role(io: S, role: Role, read_ahead: &[u8], half_close: bool) -> Self {
+        let mut buf = read_ahead.to_vec();
+        let end = buf.len();
+        if buf.len() < MIN_READ {
+            buf.resize(MIN_READ, 0);
+        }
         Self {
-            ws,
-            chunk: Bytes::new(),
-            eof: false,
-            reset: false,
-            half_close: false,
-            write_closed: false,
-            scratch: BytesMut::new(),
+            io,
+            role,
+            half_close,
+            read: ReadState {
+                buf,
+                start: 0,
+                end,
+                ready: 0,
+                frame_left: 0,
+                mask: None,
+                mask_offset: 0,
+                in_message: false,
+                ended: None,
+            },
+            write: WriteState {
+                header: [0; MAX_HEADER_LEN],
+                header_at: 0,
+                header_len: 0,
+                frame_left: 0,
+                masked: BytesMut::new(),
+                pong: None,
+                close: None,
+                end_marker: false,
+                control: BytesMut::new(),
+                writer_waiting: false,
+                close_queued: false,
+                end_queued: false,
+            },
         }
     }
 
-    /// Wraps a connection whose peer signals the end of each direction with an empty message.
-    /// Shutting this stream down then sends that message and leaves the connection open for the
-    /// other direction.
-    pub fn with_half_close(ws: WebSocketStream<S>) -> Self {
-        Self {
-            half_close: true,
-            ..Self::new(ws)
-        }
+    /// The server side of an established connection (its handshake done), starting with the bytes
+    /// read past the handshake.
+    pub fn server(io: S, read_ahead: &[u8]) -> Self {
+        Self::with_role(io, Role::Server, read_ahead, false)
     }
 
-    /// The WebSocket connection.
-    pub fn get_ref(&self) -> &WebSocketStream<S> {
-        &self.ws
+    /// The client side of an established connection (its handshake done), starting with the bytes
+    /// read past the handshake.
+    pub fn client(io: S, read_ahead: &[u8]) -> Self {
+        Self::with_role(io, Role::Client, read_ahead, false)
     }
-}
 
-/// Whether a read error is just the connection ending, with or without a close handshake.
-fn is_end_of_stream(err: &WsError) -> bool {
-    match err {
-        WsError::ConnectionClosed
-        | WsError::AlreadyClosed
-        | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => true,
-        WsError::Io(err) => matches!(
-            err.kind(),
-            io::ErrorKind::UnexpectedEof
-                | io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::BrokenPipe
-        ),
-        _ => false,
+    /// With half-close: the peer signals the end of each direction with an empty message, and
+    /// shutting this stream down sends one and leaves the connection open for the other
+    /// direction.
+    #[must_use]
+    pub fn half_closing(mut self) -> Self {
+        self.half_close = true;
+        self
+    }
+
+    /// The underlying connection.
+    pub fn get_ref(&self) -> &S {
+        &self.io
     }
 }
 
-/// Whether a read error is the peer aborting the connection rather than closing it.
-fn is_reset(err: &WsError) -> bool {
-    matches!(err, WsError::Io(err) if matches!(
+/// Whether a socket error is just the connection ending.
+fn is_end_of_stream(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
+fn is_reset(err: &io::Error) -> bool {
+    matches!(
         err.kind(),
         io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
-    ))
+    )
 }
 
-fn to_io(err: WsError) -> io::Error {
-    match err {
-        WsError::Io(err) => err,
-        WsError::ConnectionClosed | WsError::AlreadyClosed => io::ErrorKind::BrokenPipe.into(),
-        other => io::Error::new(io::ErrorKind::InvalidData, other),
+impl<S: AsyncRead + AsyncWrite + Unpin> WsByteStream<S> {
+    /// Waits until unmasked payload is ready at `read.buf[read.start..][..n]` and returns `n`, or
+    /// returns 0 once reading has ended.
+    fn poll_payload(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            let read = &mut self.read;
+            if read.ready > 0 {
+                return Poll::Ready(Ok(read.ready));
+            }
+            if let Some(end) = read.ended {
+                // A close frame answering the peer's, or reporting its error.
+                self.try_send_control(cx);
+                return Poll::Ready(match end {
+                    End::Closed => Ok(0),
+                    End::Reset => Err(io::ErrorKind::ConnectionReset.into()),
+                    End::Failed(why) => Err(io::Error::new(io::ErrorKind::InvalidData, why)),
+                });
+            }
+            let buffered = read.end - read.start;
+            if read.frame_left > 0 {
+                if buffered == 0 {
+                    ready!(self.poll_fill(cx))?;
+                    continue;
+                }
+                let n = buffered.min(usize::try_from(read.frame_left).unwrap_or(usize::MAX));
+                if let Some(key) = read.mask {
+                    apply_mask(
+                        &mut read.buf[read.start..read.start + n],
+                        key,
+                        read.mask_offset,
+                    );
+                }
+                read.mask_offset += n as u64;
+                read.frame_left -= n as u64;
+                read.ready = n;
+                continue;
+            }
+            let (header, header_len) =
+                match parse_header(&read.buf[read.start..read.end], self.role) {
+                    Ok(Some(parsed)) => parsed,
+                    Ok(None) => {
+                        ready!(self.poll_fill(cx))?;
+                        continue;
+                    }
+                    Err(err) => {
+                        self.fail(err);
+                        continue;
+                    }
+                };
+            if header.is_control() {
+                // At most 139 bytes: the buffer always has room for a whole control frame.
+                let total = header_len + header.payload_len as usize;
+                if buffered < total {
+                    ready!(self.poll_fill(cx))?;
+                    continue;
+                }
+                let mut payload = [0; MAX_CONTROL_PAYLOAD];
+                let len = header.payload_len as usize;
+                let at = read.start + header_len;
+                payload[..len].copy_from_slice(&read.buf[at..at + len]);
+                if let Some(key) = header.mask {
+                    apply_mask(&mut payload[..len], key, 0);
+                }
+                read.start += total;
+                self.on_control(header.opcode, &payload[..len]);
+                self.try_send_control(cx);
+                continue;
+            }
+            match header.opcode {
+                opcode::TEXT => {
+                    self.end_with(
+                        CLOSE_UNSUPPORTED_DATA,
+                        "text message on a binary byte stream",
+                    );
+                    continue;
+                }
+                opcode::CONTINUATION if !read.in_message => {
+                    self.fail(FrameError::ContinuationWithoutStart);
+                    continue;
+                }
+                opcode::BINARY if read.in_message => {
+                    self.fail(FrameError::MessageNotEnded);
+                    continue;
+                }
+                _ => {}
+            }
+            read.start += header_len;
+            let whole_empty_message =
+                header.opcode == opcode::BINARY && header.fin && header.payload_len == 0;
+            read.in_message = !header.fin;
+            read.frame_left = header.payload_len;
+            read.mask = header.mask;
+            read.mask_offset = 0;
+            if whole_empty_message && self.half_close {
+                read.ended = Some(End::Closed);
+            }
+        }
+    }
+
+    /// Marks `n` ready payload bytes as handed on.
+    fn consume(&mut self, n: usize) {
+        let read = &mut self.read;
+        read.ready -= n;
+        read.start += n;
+        if read.start == read.end {
+            read.start = 0;
+            read.end = 0;
+        }
+    }
+
+    /// Reads more from the socket into the buffer; the end of the connection ends reading.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let read = &mut self.read;
+        if read.start > 0 && (read.end == read.buf.len() || read.start == read.end) {
+            read.buf.copy_within(read.start..read.end, 0);
+            read.end -= read.start;
+            read.start = 0;
+        }
+        if read.end == read.buf.len() {
+            let grown = (read.buf.len() * 2).min(MAX_READ).max(read.end + MIN_READ);
+            read.buf.resize(grown, 0);
+        }
+        let room = read.buf.len() - read.end;
+        let mut buf = ReadBuf::new(&mut read.buf[read.end..]);
+        match ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
+            Ok(()) => {
+                let n = buf.filled().len();
+                read.end += n;
+                if n == 0 {
+                    read.ended = Some(End::Closed);
+                } else if n == room && read.buf.len() < MAX_READ {
+                    let grown = (read.buf.len() * 2).min(MAX_READ);
+                    read.buf.resize(grown, 0);
+                } else if n < room / 4 && read.buf.len() > MIN_READ && read.end <= MIN_READ / 2 {
+                    // Reads no longer fill the buffer: give memory back to an idle connection.
+                    read.buf.copy_within(read.start..read.end, 0);
+                    read.end -= read.start;
+                    read.start = 0;
+                    read.buf.truncate((read.buf.len() / 2).max(MIN_READ));
+                    read.buf.shrink_to_fit();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Err(err) if is_end_of_stream(&err) => {
+                read.ended = Some(if is_reset(&err) {
+                    End::Reset
+                } else {
+                    End::Closed
+                });
+                Poll::Ready(Ok(()))
+            }
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+
+    fn on_control(&mut self, code: u8, payload: &[u8]) {
+        match code {
+            // Nothing may follow our close frame.
+            opcode::PING if !self.write.close_queued => {
+                let mut copy = [0; MAX_CONTROL_PAYLOAD];
+                copy[..payload.len()].copy_from_slice(payload);
+                self.write.pong = Some((copy, payload.len()));
+            }
+            opcode::CLOSE => {
+                if payload.len() == 1 {
+                    self.fail_with("close frame with a one-byte payload");
+                    return;
+                }
+                // Echo the peer's status, as RFC 6455 §5.5.1 suggests.
+                let status = match payload {
+                    [a, b, ..] => u16::from_be_bytes([*a, *b]),
+                    _ => CLOSE_NORMAL,
+                };
+                self.queue_close(status);
+                self.read.ended = Some(End::Closed);
+            }
+            _ => {}
+        }
+    }
+
+    fn fail(&mut self, err: FrameError) {
+        self.fail_with(match err {
+            FrameError::ReservedBits => "websocket protocol error: reserved bits set",
+            FrameError::UnknownOpcode(_) => "websocket protocol error: unknown opcode",
+            FrameError::UnmaskedFromClient => {
+                "websocket protocol error: unmasked frame from a client"
+            }
+            FrameError::MaskedFromServer => "websocket protocol error: masked frame from a server",
+            FrameError::ControlTooLong => "websocket protocol error: control frame over 125 bytes",
+            FrameError::ControlFragmented => "websocket protocol error: fragmented control frame",
+            FrameError::LengthOverflow => "websocket protocol error: frame length over 2^63",
+            FrameError::ContinuationWithoutStart => {
+                "websocket protocol error: continuation frame without a start"
+            }
+            FrameError::MessageNotEnded => {
+                "websocket protocol error: new message before the previous one ended"
+            }
+        });
+    }
+
+    fn fail_with(&mut self, why: &'static str) {
+        self.end_with(CLOSE_PROTOCOL_ERROR, why);
+    }
+
+    /// Ends reading with an error, answered with a close frame with `status`.
+    fn end_with(&mut self, status: u16, why: &'static str) {
+        tracing::warn!(
+            subsystem = "websocket",
+            close_status = status,
+            error = why,
+            "closing a websocket connection"
+        );
+        self.read.ended = Some(End::Failed(why));
+        self.read.ready = 0;
+        self.queue_close(status);
+    }
+
+    fn queue_close(&mut self, status: u16) {
+        if !self.write.close_queued {
+            self.write.close_queued = true;
+            self.write.close = Some(status);
+        }
+    }
+
+    /// The reader sends pending control frames itself when the writer is not waiting on the
+    /// socket (its wake-up would be taken) and no data frame is half sent; otherwise the writer
+    /// sends them at its next frame boundary.
+    fn try_send_control(&mut self, cx: &mut Context<'_>) {
+        if !self.write.writer_waiting && self.at_frame_boundary() {
+            let _ = self.poll_send_control(cx);
+        }
+    }
+
+    fn at_frame_boundary(&self) -> bool {
+        self.write.frame_left == 0
+            && self.write.header_at == self.write.header_len
+            && self.write.masked.is_empty()
+    }
+
+    fn has_control(&self) -> bool {
+        let w = &self.write;
+        !w.control.is_empty() || w.pong.is_some() || w.close.is_some() || w.end_marker
+    }
+
+    /// A fresh masking key for a client's frame; `None` for a server.
+    fn mask_key(&self) -> Option<[u8; 4]> {
+        (self.role == Role::Client).then(rand::random)
+    }
+
+    /// Sends the queued control frames (at a frame boundary only).
+    fn poll_send_control(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if self.write.control.is_empty() && !self.encode_next_control() {
+                return Poll::Ready(Ok(()));
+            }
+            let control = std::mem::take(&mut self.write.control);
+            let result = self.poll_io_write(cx, &[&control]);
+            self.write.control = control;
+            let n = ready!(result)?;
+            self.write.control.advance(n);
+        }
+    }
+
+    /// Encodes the next queued control frame, if any.
+    fn encode_next_control(&mut self) -> bool {
+        if let Some((payload, len)) = self.write.pong.take() {
+            self.encode_control(opcode::PONG, &payload[..len]);
+        } else if let Some(status) = self.write.close.take() {
+            self.encode_control(opcode::CLOSE, &status.to_be_bytes());
+        } else if std::mem::take(&mut self.write.end_marker) {
+            self.encode_control(opcode::BINARY, &[]);
+        } else {
+            return false;
+        }
+        true
+    }
+
+    fn encode_control(&mut self, code: u8, payload: &[u8]) {
+        let mask = self.mask_key();
+        let mut header = [0; MAX_HEADER_LEN];
+        let len = write_header(&mut header, true, code, payload.len() as u64, mask);
+        let control = &mut self.write.control;
+        control.extend_from_slice(&header[..len]);
+        let at = control.len();
+        control.extend_from_slice(payload);
+        if let Some(key) = mask {
+            apply_mask(&mut control[at..], key, 0);
+        }
+    }
+
+    /// One vectored write to the socket, noting whether the writer now waits on it.
+    fn poll_io_write(&mut self, cx: &mut Context<'_>, bufs: &[&[u8]]) -> Poll<io::Result<usize>> {
+        let mut slices = [IoSlice::new(&[]); 4];
+        let mut used = 0;
+        for buf in bufs.iter().filter(|b| !b.is_empty()).take(slices.len()) {
+            slices[used] = IoSlice::new(buf);
+            used += 1;
+        }
+        match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..used]) {
+            Poll::Pending => {
+                self.write.writer_waiting = true;
+                Poll::Pending
+            }
+            Poll::Ready(Ok(0)) if used > 0 => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(result) => {
+                self.write.writer_waiting = false;
+                Poll::Ready(result)
+            }
+        }
+    }
+
+    /// Sends the client's masked frames still buffered.
+    fn poll_send_masked(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.write.masked.is_empty() {
+            let masked = std::mem::take(&mut self.write.masked);
+            let result = self.poll_io_write(cx, &[&masked]);
+            self.write.masked = masked;
+            let n = ready!(result)?;
+            self.write.masked.advance(n);
+        }
+        Ok(()).into()
+    }
+
+    /// Writes up to [`MAX_WRITE_MESSAGE`] bytes of `bufs` as (the rest of) one binary message;
+    /// returns how many of them were taken.
+    fn poll_send(&mut self, cx: &mut Context<'_>, bufs: &[&[u8]]) -> Poll<io::Result<usize>> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        if self.write.close_queued || self.write.end_queued {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if self.role == Role::Client {
+            ready!(self.poll_send_masked(cx))?;
+        }
+        if self.at_frame_boundary() && self.has_control() {
+            ready!(self.poll_send_control(cx))?;
+        }
+        match self.role {
+            Role::Server => self.poll_send_unmasked(cx, bufs, total),
+            Role::Client => {
+                let len = total.min(MAX_MASKED_MESSAGE);
+                let key = self.mask_key();
+                let mut header = [0; MAX_HEADER_LEN];
+                let header_len = write_header(&mut header, true, opcode::BINARY, len as u64, key);
+                let masked = &mut self.write.masked;
+                masked.reserve(header_len + len);
+                masked.extend_from_slice(&header[..header_len]);
+                let mut left = len;
+                for buf in bufs {
+                    let take = buf.len().min(left);
+                    masked.extend_from_slice(&buf[..take]);
+                    left -= take;
+                }
+                if let Some(key) = key {
+                    apply_mask(&mut masked[header_len..], key, 0);
+                }
+                // Taken: the bytes are ours now. Start sending them; a flush finishes.
+                let _ = self.poll_send_masked(cx);
+                Poll::Ready(Ok(len))
+            }
+        }
+    }
+
+    /// A server's write: the header from the stack and the caller's bytes in one vectored write.
+    fn poll_send_unmasked(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[&[u8]],
+        total: usize,
+    ) -> Poll<io::Result<usize>> {
+        if self.write.frame_left == 0 {
+            let len = total.min(MAX_WRITE_MESSAGE);
+            let w = &mut self.write;
+            w.header_len = write_header(&mut w.header, true, opcode::BINARY, len as u64, None);
+            w.header_at = 0;
+            w.frame_left = len;
+        }
+        loop {
+            let header = self.write.header;
+            let header_rest = &header[self.write.header_at..self.write.header_len];
+            let mut slices: [&[u8]; 4] = [header_rest, &[], &[], &[]];
+            let mut left = self.write.frame_left;
+            for (slot, buf) in slices[1..].iter_mut().zip(bufs) {
+                let take = buf.len().min(left);
+                *slot = &buf[..take];
+                left -= take;
+            }
+            let n = ready!(self.poll_io_write(cx, &slices))?;
+            let from_header = n.min(header_rest.len());
+            self.write.header_at += from_header;
+            let payload = n - from_header;
+            if payload > 0 {
+                self.write.frame_left -= payload;
+                return Poll::Ready(Ok(payload));
+            }
+        }
+    }
+
+    fn poll_flush_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_send_masked(cx))?;
+        if self.at_frame_boundary() && self.has_control() {
+            ready!(self.poll_send_control(cx))?;
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 }
 
@@ -152,80 +623,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsByteStream<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        loop {
-            if !self.chunk.is_empty() {
-                let n = self.chunk.len().min(buf.remaining());
-                buf.put_slice(&self.chunk.split_to(n));
-                if self.chunk.is_empty() {
-                    // Release our reference to tungstenite's read buffer now, so it can reuse
-                    // the allocation for the next message instead of allocating a fresh one.
-                    self.chunk = Bytes::new();
-                }
-                return Poll::Ready(Ok(()));
-            }
-            if self.eof {
-                if self.reset {
-                    return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
-                }
-                return Poll::Ready(Ok(()));
-            }
-            ready!(self.as_mut().poll_message(cx))?;
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> WsByteStream<S> {
-    /// Waits for the next binary message (into `chunk`) or the end of the stream (`eof`).
-    fn poll_message(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
-                Some(Ok(Message::Binary(data))) => {
-                    if data.is_empty() && self.half_close {
-                        self.eof = true;
-                    }
-                    self.chunk = data;
-                    return Poll::Ready(Ok(()));
-                }
-                Some(Ok(Message::Text(_))) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "text message on a binary byte stream",
-                    )));
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Ok(Message::Close(_))) | None => {
-                    self.eof = true;
-                    return Poll::Ready(Ok(()));
-                }
-                Some(Err(err)) if is_end_of_stream(&err) => {
-                    self.eof = true;
-                    self.reset = is_reset(&err);
-                    return Poll::Ready(Ok(()));
-                }
-                Some(Err(err)) => return Poll::Ready(Err(to_io(err))),
-            }
-        }
-    }
-
-    /// Sends `bufs` (up to [`MAX_WRITE_MESSAGE`] bytes of them) as one binary message.
-    fn send(&mut self, cx: &mut Context<'_>, bufs: &[&[u8]]) -> Poll<io::Result<usize>> {
-        ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(to_io)?;
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
-        self.scratch.reserve(total.min(MAX_WRITE_MESSAGE));
-        for buf in bufs {
-            let room = MAX_WRITE_MESSAGE - self.scratch.len();
-            self.scratch.extend_from_slice(&buf[..buf.len().min(room)]);
-        }
-        let message = self.scratch.split().freeze();
-        let len = message.len();
-        Pin::new(&mut self.ws)
-            .start_send(Message::Binary(message))
-            .map_err(to_io)?;
-        if self.scratch.capacity() > MAX_WRITE_MESSAGE {
-            // Only reclaimable once tungstenite has dropped the last message.
-            self.scratch = BytesMut::new();
-        }
-        Poll::Ready(Ok(len))
+        let this = &mut *self;
+        let ready = ready!(this.poll_payload(cx))?;
+        let n = ready.min(buf.remaining());
+        let start = this.read.start;
+        buf.put_slice(&this.read.buf[start..start + n]);
+        this.consume(n);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -235,10 +639,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsByteStream<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        self.send(cx, &[buf])
+        self.poll_send(cx, &[buf])
     }
 
     fn poll_write_vectored(
@@ -246,16 +647,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsByteStream<S> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let mut slices: [&[u8]; 4] = [&[]; 4];
-        let mut used = 0;
-        for buf in bufs.iter().filter(|b| !b.is_empty()).take(slices.len()) {
-            slices[used] = buf;
-            used += 1;
+        let mut slices: [&[u8]; 3] = [&[]; 3];
+        for (slot, buf) in slices.iter_mut().zip(bufs.iter().filter(|b| !b.is_empty())) {
+            *slot = buf;
         }
-        if used == 0 {
-            return Poll::Ready(Ok(0));
-        }
-        self.send(cx, &slices[..used])
+        self.poll_send(cx, &slices)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -263,26 +659,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsByteStream<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.ws).poll_flush(cx).map_err(to_io)
+        self.poll_flush_all(cx)
     }
 
-    /// With half-close, sends the end-of-direction message and flushes; otherwise closes the
-    /// WebSocket connection with a close frame.
+    /// With half-close, sends the end-of-direction message and flushes; otherwise sends a close
+    /// frame and flushes.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.half_close {
-            if !self.write_closed {
-                ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(to_io)?;
-                Pin::new(&mut self.ws)
-                    .start_send(Message::Binary(Bytes::new()))
-                    .map_err(to_io)?;
-                self.write_closed = true;
+        let this = &mut *self;
+        if this.half_close {
+            if !this.write.end_queued && !this.write.close_queued {
+                this.write.end_queued = true;
+                this.write.end_marker = true;
             }
-            return Pin::new(&mut self.ws).poll_flush(cx).map_err(to_io);
+        } else {
+            this.queue_close(CLOSE_NORMAL);
         }
-        match ready!(Pin::new(&mut self.ws).poll_close(cx)) {
-            Ok(()) => Poll::Ready(Ok(())),
+        match ready!(this.poll_flush_all(cx)) {
             Err(err) if is_end_of_stream(&err) => Poll::Ready(Ok(())),
-            Err(err) => Poll::Ready(Err(to_io(err))),
+            other => Poll::Ready(other),
         }
     }
 }
@@ -293,17 +687,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> piko_mux::Transport for
         cx: &mut Context<'_>,
         consume: &mut dyn FnMut(&[u8]),
     ) -> Poll<io::Result<usize>> {
-        loop {
-            if !self.chunk.is_empty() {
-                let chunk = std::mem::take(&mut self.chunk);
-                consume(&chunk);
-                return Poll::Ready(Ok(chunk.len()));
-            }
-            if self.eof {
-                return Poll::Ready(Ok(0));
-            }
-            ready!(self.as_mut().poll_message(cx))?;
-        }
+        let this = &mut *self;
+        let ready = match ready!(this.poll_payload(cx)) {
+            Ok(n) => n,
+            // The session is over either way.
+            Err(err) if err.kind() == io::ErrorKind::ConnectionReset => 0,
+            Err(err) => return Poll::Ready(Err(err)),
+        };
+        let start = this.read.start;
+        consume(&this.read.buf[start..start + ready]);
+        this.consume(ready);
+        Poll::Ready(Ok(ready))
     }
 
     fn poll_write_bufs(
@@ -312,34 +706,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> piko_mux::Transport for
         first: &mut BytesMut,
         second: &mut BytesMut,
     ) -> Poll<io::Result<()>> {
-        let mut progressed = false;
-        for buf in [first, second] {
-            while !buf.is_empty() {
-                match Pin::new(&mut self.ws).poll_ready(cx) {
-                    Poll::Pending if progressed => return Poll::Ready(Ok(())),
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(result) => result.map_err(to_io)?,
-                }
-                // The caller's bytes become the message: tungstenite copies them into its output
-                // buffer and drops the message, so the caller's buffer is unique again at once.
-                let message = buf.split_to(buf.len().min(MAX_WRITE_MESSAGE)).freeze();
-                Pin::new(&mut self.ws)
-                    .start_send(Message::Binary(message))
-                    .map_err(to_io)?;
-                progressed = true;
-            }
-        }
+        let mut n = ready!(self.poll_send(cx, &[&first[..], &second[..]]))?;
+        let from_first = n.min(first.len());
+        first.advance(from_first);
+        n -= from_first;
+        second.advance(n);
         Poll::Ready(Ok(()))
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        AsyncWrite::poll_flush(self, cx)
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush_all(cx)
     }
 
     /// Flushes, but sends no close frame: like Piko's own peers, a session ends by closing the
     /// connection. (A v0.9.0 Go agent treats a close frame as its own shutdown and would not
     /// reconnect.)
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        AsyncWrite::poll_flush(self, cx)
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush_all(cx)
     }
 }

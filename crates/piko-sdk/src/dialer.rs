@@ -10,7 +10,7 @@ use std::{
 
 use http::HeaderName;
 use piko_protocol::{
-    WsByteStream, websocket_config,
+    WsByteStream,
     wire::{HALF_CLOSE_HEADER, TCP_PATH},
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -21,9 +21,6 @@ use crate::{
     server_stream::ServerStream,
     websocket_connect::{Handshake, connect, ws_url},
 };
-
-/// Largest message a tunnel accepts from the server.
-const MAX_MESSAGE: u32 = 256 * 1024;
 
 /// Connects to endpoints through a Piko server's proxy port (`/_piko/v1/tcp/{endpoint}`), the
 /// way `piko forward` does: each connection reaches a new connection on an upstream of the
@@ -101,13 +98,13 @@ impl Dialer {
             // Like Piko's Dialer: no outbound proxy.
             proxy: None,
         };
-        let (ws, response, server) = connect(url, &headers, websocket_config(MAX_MESSAGE)).await?;
+        let (ws, response_headers, server) = connect(url, &headers).await?;
         // A Piko server does not know half-close: then, as with Piko, the first direction to end
         // ends both.
-        let stream = if response.headers().contains_key(HALF_CLOSE_HEADER) {
-            WsByteStream::with_half_close(ws)
+        let stream = if response_headers.contains_key(HALF_CLOSE_HEADER) {
+            ws.half_closing()
         } else {
-            WsByteStream::new(ws)
+            ws
         };
         Ok(TcpTunnel { stream, server })
     }
@@ -133,7 +130,7 @@ impl TcpTunnel {
     /// before is delivered first (the wait is bounded by
     /// [`DELIVERY_STALL_LIMIT`](piko_protocol::reset::DELIVERY_STALL_LIMIT)).
     pub async fn abort(self) {
-        piko_protocol::reset_after_delivery(self.stream.get_ref().get_ref().tcp()).await;
+        piko_protocol::reset_after_delivery(self.stream.get_ref().tcp()).await;
     }
 }
 

@@ -4,10 +4,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use http::HeaderName;
 use piko_mux::Session;
-use piko_protocol::{
-    WsByteStream, websocket_config,
-    wire::{TENANT_HEADER, UPSTREAM_PATH},
-};
+use piko_protocol::wire::{TENANT_HEADER, UPSTREAM_PATH};
 
 use crate::{
     backoff::Backoff,
@@ -225,9 +222,8 @@ impl Upstream {
                 .map(|url| OutboundProxy::parse(url.expose()))
                 .transpose()?,
         };
-        let config = websocket_config(self.mux.receive_window);
-        let (ws, _, server) = connect(url, &headers, config).await?;
-        let session = Session::client_transport(WsByteStream::new(ws), self.mux.clone());
+        let (ws, _, server) = connect(url, &headers).await?;
+        let session = Session::client_transport(ws, self.mux.clone());
         Ok((session, server))
     }
 }

@@ -4,12 +4,9 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use http::{HeaderName, HeaderValue, header};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use piko_protocol::{HandshakeError, WsByteStream, client_handshake};
 use tokio::net::TcpStream;
-use tokio_tungstenite::{
-    WebSocketStream,
-    tungstenite::{self, client::IntoClientRequest, handshake::client::Response},
-};
 
 use crate::{
     client_tls::{TlsError, system_config},
@@ -59,13 +56,13 @@ pub(crate) struct Handshake {
 }
 
 /// One attempt: TCP, TLS for `wss` URLs, then the WebSocket handshake, all bounded by
-/// [`HANDSHAKE_TIMEOUT`]. Returns the connection, the server's `101` and its address.
+/// [`HANDSHAKE_TIMEOUT`]. Returns the connection, the headers of the server's `101` and its
+/// address.
 pub(crate) async fn connect(
     url: http::Uri,
     handshake: &Handshake,
-    config: tungstenite::protocol::WebSocketConfig,
-) -> Result<(WebSocketStream<ServerStream>, Response, SocketAddr), ConnectError> {
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, connect_within(url, handshake, config))
+) -> Result<(WsByteStream<ServerStream>, HeaderMap, SocketAddr), ConnectError> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, connect_within(url, handshake))
         .await
         .unwrap_or_else(|_| {
             Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out").into())
@@ -75,8 +72,7 @@ pub(crate) async fn connect(
 async fn connect_within(
     url: http::Uri,
     handshake: &Handshake,
-    config: tungstenite::protocol::WebSocketConfig,
-) -> Result<(WebSocketStream<ServerStream>, Response, SocketAddr), ConnectError> {
+) -> Result<(WsByteStream<ServerStream>, HeaderMap, SocketAddr), ConnectError> {
     let authority = url.authority().expect("ws_url has an authority");
     let secure = url.scheme_str() == Some("wss");
     let port = authority
@@ -111,10 +107,7 @@ async fn connect_within(
     } else {
         ServerStream::Plain(tcp)
     };
-    let mut request = url
-        .into_client_request()
-        .map_err(|err| ConnectError::Url(err.to_string()))?;
-    let request_headers = request.headers_mut();
+    let mut request_headers = HeaderMap::new();
     if let Some(token) = &handshake.token {
         let value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
             .map_err(|_| ConnectError::Url("token is not a valid header value".into()))?;
@@ -125,27 +118,28 @@ async fn connect_within(
             .map_err(|_| ConnectError::Url(format!("{name} is not a valid header value")))?;
         request_headers.insert(name.clone(), value);
     }
-    match tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await {
-        Ok((ws, response)) => Ok((ws, response, server)),
+    match client_handshake(stream, &url, &request_headers).await {
+        Ok((ws, headers)) => Ok((ws, headers, server)),
         Err(err) => Err(handshake_error(err)),
     }
 }
 
 /// A handshake failure as Piko's Go client reports it: the JSON `error` of a non-101 answer
 /// when there is one, else the status text.
-fn handshake_error(err: tungstenite::Error) -> ConnectError {
+fn handshake_error(err: HandshakeError) -> ConnectError {
     match err {
-        tungstenite::Error::Http(response) => {
-            let status = response.status();
-            let json = response
-                .headers()
+        HandshakeError::Refused {
+            status,
+            headers,
+            body,
+        } => {
+            let json = headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("application/json"));
             let message = json
-                .then(|| response.body().as_deref())
+                .then(|| serde_json::from_slice::<serde_json::Value>(&body).ok())
                 .flatten()
-                .and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok())
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
                 .unwrap_or_else(|| "websocket: bad handshake".to_owned());
             ConnectError::Status {
@@ -153,11 +147,11 @@ fn handshake_error(err: tungstenite::Error) -> ConnectError {
                 message,
             }
         }
-        tungstenite::Error::Io(err) => ConnectError::Transport(err),
-        tungstenite::Error::Protocol(tungstenite::error::ProtocolError::WrongHttpVersion) => {
-            ConnectError::NotHttp11
+        HandshakeError::Io(err) => ConnectError::Transport(err),
+        HandshakeError::NotHttp11 => ConnectError::NotHttp11,
+        invalid @ HandshakeError::Invalid(_) => {
+            ConnectError::Transport(std::io::Error::other(invalid))
         }
-        other => ConnectError::Transport(std::io::Error::other(other)),
     }
 }
 
@@ -169,9 +163,7 @@ mod tests {
 
     #[test]
     fn an_http_1_0_answer_says_what_is_likely_wrong() {
-        let err = handshake_error(tungstenite::Error::Protocol(
-            tungstenite::error::ProtocolError::WrongHttpVersion,
-        ));
+        let err = handshake_error(HandshakeError::NotHttp11);
         assert!(matches!(err, ConnectError::NotHttp11), "{err:?}");
         assert!(err.to_string().contains("use an https:// URL"), "{err}");
     }

@@ -14,7 +14,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use piko_protocol::{
-    WsByteStream, websocket_config,
+    WsByteStream,
     wire::{HALF_CLOSE_HEADER, MAX_ENDPOINT_ID_LEN, TCP_PATH},
 };
 use prometheus_client::metrics::counter::Counter;
@@ -22,7 +22,6 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
-use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::Role};
 
 use crate::{
     counted_io::CountedReads,
@@ -34,10 +33,6 @@ use crate::{
     warn_limit::warn_limited,
     websocket_upgrade,
 };
-
-/// Largest message accepted from a tunnel's client: our clients write up to 256 KiB per
-/// message, Go's up to 32 KiB.
-const MAX_MESSAGE: u32 = 256 * 1024;
 
 /// What the proxy port does with a request, as far as the TCP route is concerned.
 pub(crate) enum Route {
@@ -137,19 +132,13 @@ pub(crate) async fn tunnel(
             Err(_) => Outcome::ClientError,
         };
         if let Ok(upgraded) = upgraded {
-            let config = Some(websocket_config(MAX_MESSAGE));
             match websocket_upgrade::into_client_io(upgraded, tunnel_write_timeout) {
                 Ok((tcp, read_buf)) => {
-                    let ws = websocket_upgrade::server_websocket(tcp, read_buf, config).await;
+                    let ws = WsByteStream::server(tcp, &read_buf);
                     relay(ws, stream, half_close, bytes, |io| Some(io.tcp())).await;
                 }
                 Err(upgraded) => {
-                    let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        config,
-                    )
-                    .await;
+                    let ws = WsByteStream::server(TokioIo::new(upgraded), &[]);
                     // Not a socket of ours: dropped, it closes as its transport closes.
                     relay(ws, stream, half_close, bytes, |_| None).await;
                 }
@@ -174,7 +163,7 @@ pub(crate) async fn tunnel(
 /// socket from `client_tcp`) too, once the bytes read before the failure (a service that writes
 /// its reply and resets) have been delivered.
 async fn relay<S>(
-    ws: WebSocketStream<S>,
+    ws: WsByteStream<S>,
     stream: piko_mux::Stream,
     half_close: bool,
     (bytes_in, bytes_out): (Counter, Counter),
@@ -183,11 +172,7 @@ async fn relay<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut client = CountedReads {
-        inner: if half_close {
-            WsByteStream::with_half_close(ws)
-        } else {
-            WsByteStream::new(ws)
-        },
+        inner: if half_close { ws.half_closing() } else { ws },
         read: bytes_in,
     };
     let mut upstream = CountedReads {
@@ -210,7 +195,7 @@ async fn relay<S>(
         Err(err) => {
             tracing::debug!(subsystem = "proxy.tcp", error = %err, "tunnel ended with an error");
             upstream.inner.reset();
-            if let Some(tcp) = client_tcp(client.inner.get_ref().get_ref()) {
+            if let Some(tcp) = client_tcp(client.inner.get_ref()) {
                 piko_protocol::reset_after_delivery(tcp).await;
             }
         }

@@ -17,10 +17,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use piko_mux::{Session, SessionEnd};
 use piko_protocol::{
-    WsByteStream, websocket_config,
+    WsByteStream,
     wire::{MAX_ENDPOINT_ID_LEN, TENANT_HEADER, UPSTREAM_PATH},
 };
-use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::Role};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -180,26 +179,19 @@ impl Handler {
                     return;
                 }
             };
-            let ws_config = websocket_config(handler.config.mux.receive_window);
             // Closes of an upstream connection are abortive (zero linger, no close frame): a
             // v0.9.0 Go agent treats a clean close as its own shutdown and exits, but reconnects
             // after a reset (spec §5.7.2).
             match websocket_upgrade::into_client_io(upgraded, None) {
                 Ok((tcp, read_buf)) => {
                     let _ = tcp.tcp().set_zero_linger();
-                    let ws =
-                        websocket_upgrade::server_websocket(tcp, read_buf, Some(ws_config)).await;
+                    let ws = WsByteStream::server(tcp, &read_buf);
                     handler
                         .start(ws, &endpoint, &client_ip, &tenant, expires, slot)
                         .await;
                 }
                 Err(upgraded) => {
-                    let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(ws_config),
-                    )
-                    .await;
+                    let ws = WsByteStream::server(TokioIo::new(upgraded), &[]);
                     handler
                         .start(ws, &endpoint, &client_ip, &tenant, expires, slot)
                         .await;
@@ -212,7 +204,7 @@ impl Handler {
 
     async fn start<S>(
         &self,
-        ws: WebSocketStream<S>,
+        ws: WsByteStream<S>,
         endpoint: &str,
         client_ip: &str,
         tenant: &str,
@@ -221,7 +213,7 @@ impl Handler {
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let session = Session::server_transport(WsByteStream::new(ws), self.config.mux.clone());
+        let session = Session::server_transport(ws, self.config.mux.clone());
         self.run_upstream(session, endpoint, client_ip, tenant, expires, slot)
             .await;
     }

@@ -9,13 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use hyper::upgrade::Upgraded;
 use hyper_util::{rt::TokioIo, server::conn::auto::upgrade::downcast};
-use tokio_tungstenite::{
-    WebSocketStream,
-    tungstenite::{
-        handshake::derive_accept_key,
-        protocol::{Role, WebSocketConfig},
-    },
-};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::{
     client_io::ClientIo,
@@ -110,22 +104,6 @@ pub(crate) fn into_client_io(
     let io = parts.io.into_inner().into_inner();
     set_write_stall_limit(io.tcp(), write_stall_limit);
     Ok((io, parts.read_buf))
-}
-
-/// The server side of a WebSocket on `tcp`, starting with the bytes hyper read past the
-/// handshake (usually none).
-pub(crate) async fn server_websocket(
-    tcp: ClientIo,
-    read_buf: Bytes,
-    config: Option<WebSocketConfig>,
-) -> WebSocketStream<ClientIo> {
-    if read_buf.is_empty() {
-        // tungstenite sizes a partially read buffer for its default reads, not the configured
-        // ones: about 6 KiB more per idle upstream.
-        WebSocketStream::from_raw_socket(tcp, Role::Server, config).await
-    } else {
-        WebSocketStream::from_partially_read(tcp, read_buf.to_vec(), Role::Server, config).await
-    }
 }
 
 #[cfg(test)]

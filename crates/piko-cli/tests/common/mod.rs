@@ -29,14 +29,23 @@ impl Process {
     }
 
     pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_piko"))
+        Self::start_program(env!("CARGO_BIN_EXE_piko").as_ref(), args, env)
+    }
+
+    /// Another program logging JSON lines on stderr (Piko's Go binary).
+    pub(crate) fn start_program(
+        program: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut child = Command::new(program)
             .args(args)
             .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("start piko");
+            .unwrap_or_else(|err| panic!("start {}: {err}", program.display()));
         let (tx, logs) = mpsc::unbounded_channel();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         tokio::spawn(async move {
@@ -93,6 +102,11 @@ impl Process {
 /// `piko server` with its ports and gossip on ephemeral loopback ports, and `extra` flags; its
 /// addresses are in its first log lines.
 pub(crate) fn server_process(extra: &[&str]) -> Process {
+    Process::start(&server_args(extra))
+}
+
+/// The arguments of `server_process`.
+fn server_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "server",
         "--proxy.bind-addr",
@@ -105,22 +119,47 @@ pub(crate) fn server_process(extra: &[&str]) -> Process {
         "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
-    Process::start(&args)
+    args
 }
 
 /// A `piko server` on ephemeral loopback ports, with the addresses it logged: (admin, upstream,
 /// proxy).
 pub(crate) async fn start_server(extra: &[&str]) -> (Process, String, String, String) {
-    let mut server = server_process(extra);
-    let mut addr = async |msg: &str| {
-        server.wait_log(msg).await["addr"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
-    let admin = addr("starting admin server").await;
-    let upstream = addr("starting upstream server").await;
-    let proxy = addr("starting proxy server").await;
+    server_addrs(server_process(extra)).await
+}
+
+/// Piko v0.9.0's Go server (the `piko` binary at `program`), started as `start_server` starts
+/// ours: it takes the same flags and logs its addresses the same way.
+pub(crate) async fn start_go_server(
+    program: &std::path::Path,
+) -> (Process, String, String, String) {
+    server_addrs(Process::start_program(program, &server_args(&[]), &[])).await
+}
+
+/// A server with the addresses it logged as it started, in whatever order (Piko's Go server logs
+/// them in another): (admin, upstream, proxy).
+async fn server_addrs(mut server: Process) -> (Process, String, String, String) {
+    const PORTS: [&str; 3] = [
+        "starting admin server",
+        "starting upstream server",
+        "starting proxy server",
+    ];
+    let mut addrs: [Option<String>; 3] = Default::default();
+    tokio::time::timeout(PATIENCE, async {
+        while addrs.iter().any(Option::is_none) {
+            let line = server
+                .logs
+                .recv()
+                .await
+                .expect("the server exited before logging its addresses");
+            if let Some(i) = PORTS.iter().position(|msg| line["msg"] == *msg) {
+                addrs[i] = line["addr"].as_str().map(str::to_owned);
+            }
+        }
+    })
+    .await
+    .expect("the server never logged its addresses");
+    let [admin, upstream, proxy] = addrs.map(Option::unwrap);
     (server, admin, upstream, proxy)
 }
 
@@ -267,3 +306,73 @@ pub(crate) async fn start_forward_to(
     let addr = line["addr"].as_str().unwrap().parse().unwrap();
     (forward, addr)
 }
+
+/// A WebSocket echo service (Python's `websockets`, Debian's python3-websockets): prints its
+/// port, then echoes every message with its type.
+const WEBSOCKET_ECHO: &str = r#"
+import asyncio, websockets
+async def echo(ws, path=None):
+    async for message in ws:
+        await ws.send(message)
+async def main():
+    async with websockets.serve(echo, "127.0.0.1", 0) as server:
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Future()
+asyncio.run(main())
+"#;
+
+/// A WebSocket client (Python's `websockets`) connecting to `argv[1]` with
+/// `x-piko-endpoint: argv[2]` (and the CA in `argv[3]` for `wss://`): sends a text and a binary
+/// message and prints what comes back.
+const WEBSOCKET_CLIENT: &str = r#"
+import asyncio, ssl, sys, websockets
+async def main():
+    context = ssl.create_default_context(cafile=sys.argv[3]) if len(sys.argv) > 3 else None
+    headers = {"x-piko-endpoint": sys.argv[2]}
+    async with websockets.connect(sys.argv[1], ssl=context, extra_headers=headers) as ws:
+        for message in ["hello through piko", b"\x00\x01\x02"]:
+            await ws.send(message)
+            reply = await ws.recv()
+            print(type(reply).__name__, reply)
+asyncio.run(main())
+"#;
+
+/// The WebSocket echo service, running, and its address.
+pub(crate) async fn websocket_echo_service() -> (Child, String) {
+    let mut echo = Command::new("/usr/bin/python3")
+        .args(["-c", WEBSOCKET_ECHO])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("/usr/bin/python3 (apt-get install python3-websockets)");
+    let mut lines = BufReader::new(echo.stdout.take().unwrap()).lines();
+    let port = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("the WebSocket service never started")
+        .unwrap()
+        .expect("the WebSocket service printed its port");
+    (echo, format!("127.0.0.1:{port}"))
+}
+
+/// Runs the WebSocket client against `url` for `endpoint` (trusting `ca` for `wss://`); its
+/// output. The expected stdout is `WEBSOCKET_CLIENT_ECHOED`.
+pub(crate) async fn websocket_client(
+    url: &str,
+    ca: Option<&str>,
+    endpoint: &str,
+) -> std::process::Output {
+    tokio::time::timeout(
+        PATIENCE,
+        Command::new("/usr/bin/python3")
+            .args(["-c", WEBSOCKET_CLIENT, url, endpoint])
+            .args(ca)
+            .output(),
+    )
+    .await
+    .expect("the WebSocket client hung")
+    .unwrap()
+}
+
+/// What `websocket_client` prints when every message came back.
+pub(crate) const WEBSOCKET_CLIENT_ECHOED: &str =
+    "str hello through piko\nbytes b'\\x00\\x01\\x02'\n";
