@@ -2,7 +2,12 @@
 # are killed on exit, free ports, and nginx as the service behind the tunnels.
 
 # Builds the release binary; sets $piko.
+# The piko binary to measure: $PIKO_BIN when set (to compare builds), else a fresh release build.
 build_piko() {
+  if [ -n "${PIKO_BIN:-}" ]; then
+    piko=$PIKO_BIN
+    return
+  fi
   echo "building (release) ..." >&2
   cargo build -q --release -p piko-cli
   piko=target/release/piko
