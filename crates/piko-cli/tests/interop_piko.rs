@@ -112,7 +112,8 @@ async fn a_go_sdk_listener_serves_behind_our_server() {
 }
 
 /// Piko's `Dialer` writes one WebSocket message per `Write`: 64 KiB writes, then one write of
-/// 1 MiB and one of 64 MiB, all of which Piko's own server takes.
+/// 1 MiB and one of 64 MiB, all of which Piko's own server takes. The server streams the
+/// message: its memory never approaches the message's size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_go_sdk_dialer_reaches_our_tcp_agent_with_writes_of_any_size() {
     let Some(go) = built() else {
@@ -138,6 +139,8 @@ async fn a_go_sdk_dialer_reaches_our_tcp_agent_with_writes_of_any_size() {
         )
         .await;
     }
+    let peak = common::peak_rss_kib(server.child.id().unwrap());
+    assert!(peak < 48 * 1024, "server peak RSS {peak} KiB");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

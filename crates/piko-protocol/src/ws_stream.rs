@@ -212,6 +212,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsByteStream<S> {
     /// Waits until unmasked payload is ready at `read.buf[read.start..][..n]` and returns `n`, or
     /// returns 0 once reading has ended.
     fn poll_payload(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        // A pong the socket could not take last time.
+        self.try_send_control(cx);
         loop {
             let read = &mut self.read;
             if read.ready > 0 {
@@ -436,8 +438,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsByteStream<S> {
     /// socket (its wake-up would be taken) and no data frame is half sent; otherwise the writer
     /// sends them at its next frame boundary.
     fn try_send_control(&mut self, cx: &mut Context<'_>) {
-        if !self.write.writer_waiting && self.at_frame_boundary() {
+        if !self.write.writer_waiting && self.at_frame_boundary() && self.has_control() {
+            // Errors and a full socket are the writer's to meet; what is left stays queued.
             let _ = self.poll_send_control(cx);
+            // Only the writer's own writes say whether it waits.
+            self.write.writer_waiting = false;
         }
     }
 
