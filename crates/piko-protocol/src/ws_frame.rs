@@ -44,7 +44,8 @@ impl FrameHeader {
     }
 }
 
-/// A frame that breaks RFC 6455; the connection is closed with status 1002 (protocol error).
+/// A frame the byte stream refuses: one that breaks RFC 6455 (the connection is closed with
+/// status 1002, protocol error), or a text message (1003, unsupported data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameError {
     /// RSV1-3 set, with no extension negotiated.
@@ -65,6 +66,20 @@ pub enum FrameError {
     ContinuationWithoutStart,
     /// A new data message before the previous one ended.
     MessageNotEnded,
+    /// A close frame whose payload is one byte (a status is two).
+    OneByteClose,
+    /// A text message on a binary byte stream.
+    TextMessage,
+}
+
+impl FrameError {
+    /// The close status that answers this frame.
+    pub(crate) fn close_status(self) -> u16 {
+        match self {
+            Self::TextMessage => 1003,
+            _ => 1002,
+        }
+    }
 }
 
 impl fmt::Display for FrameError {
@@ -79,6 +94,8 @@ impl fmt::Display for FrameError {
             Self::LengthOverflow => f.write_str("frame length over 2^63"),
             Self::ContinuationWithoutStart => f.write_str("continuation frame without a start"),
             Self::MessageNotEnded => f.write_str("new message before the previous one ended"),
+            Self::OneByteClose => f.write_str("close frame with a one-byte payload"),
+            Self::TextMessage => f.write_str("text message on a binary byte stream"),
         }
     }
 }

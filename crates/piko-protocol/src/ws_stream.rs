@@ -54,10 +54,8 @@ const MIN_READ: usize = 4 * 1024;
 /// Largest read buffer: bulk transfers move this much per syscall.
 const MAX_READ: usize = 256 * 1024;
 
-/// Close status codes (RFC 6455 §7.4.1).
+/// Close status of a normal end (RFC 6455 §7.4.1).
 const CLOSE_NORMAL: u16 = 1000;
-const CLOSE_PROTOCOL_ERROR: u16 = 1002;
-const CLOSE_UNSUPPORTED_DATA: u16 = 1003;
 
 /// How reading ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,8 +64,8 @@ enum End {
     Closed,
     /// The connection was reset.
     Reset,
-    /// The peer broke the protocol.
-    Failed(&'static str),
+    /// The peer sent a frame we refuse.
+    Failed(FrameError),
 }
 
 /// A WebSocket connection as `AsyncRead + AsyncWrite`.
@@ -114,7 +112,7 @@ struct WriteState {
     close: Option<u16>,
     /// The end-of-direction message is to be sent (half-close).
     end_marker: bool,
-    /// Control frames being sent; `control_at..` not yet sent.
+    /// Encoded control frames not yet sent.
     control: BytesMut,
     /// The writer's last socket write was refused for now: it is waiting to be woken.
     writer_waiting: bool,
@@ -225,7 +223,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsByteStream<S> {
                 return Poll::Ready(match end {
                     End::Closed => Ok(0),
                     End::Reset => Err(io::ErrorKind::ConnectionReset.into()),
-                    End::Failed(why) => Err(io::Error::new(io::ErrorKind::InvalidData, why)),
+                    End::Failed(err) => Err(io::Error::new(io::ErrorKind::InvalidData, err)),
                 });
             }
             let buffered = read.end - read.start;
@@ -280,10 +278,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsByteStream<S> {
             }
             match header.opcode {
                 opcode::TEXT => {
-                    self.end_with(
-                        CLOSE_UNSUPPORTED_DATA,
-                        "text message on a binary byte stream",
-                    );
+                    self.fail(FrameError::TextMessage);
                     continue;
                 }
                 opcode::CONTINUATION if !read.in_message => {
@@ -375,7 +370,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsByteStream<S> {
             }
             opcode::CLOSE => {
                 if payload.len() == 1 {
-                    self.fail_with("close frame with a one-byte payload");
+                    self.fail(FrameError::OneByteClose);
                     return;
                 }
                 // Echo the peer's status, as RFC 6455 §5.5.1 suggests.
@@ -390,39 +385,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsByteStream<S> {
         }
     }
 
+    /// Ends reading with an error, answered with the close status it calls for.
     fn fail(&mut self, err: FrameError) {
-        self.fail_with(match err {
-            FrameError::ReservedBits => "websocket protocol error: reserved bits set",
-            FrameError::UnknownOpcode(_) => "websocket protocol error: unknown opcode",
-            FrameError::UnmaskedFromClient => {
-                "websocket protocol error: unmasked frame from a client"
-            }
-            FrameError::MaskedFromServer => "websocket protocol error: masked frame from a server",
-            FrameError::ControlTooLong => "websocket protocol error: control frame over 125 bytes",
-            FrameError::ControlFragmented => "websocket protocol error: fragmented control frame",
-            FrameError::LengthOverflow => "websocket protocol error: frame length over 2^63",
-            FrameError::ContinuationWithoutStart => {
-                "websocket protocol error: continuation frame without a start"
-            }
-            FrameError::MessageNotEnded => {
-                "websocket protocol error: new message before the previous one ended"
-            }
-        });
-    }
-
-    fn fail_with(&mut self, why: &'static str) {
-        self.end_with(CLOSE_PROTOCOL_ERROR, why);
-    }
-
-    /// Ends reading with an error, answered with a close frame with `status`.
-    fn end_with(&mut self, status: u16, why: &'static str) {
+        let status = err.close_status();
         tracing::warn!(
             subsystem = "websocket",
             close_status = status,
-            error = why,
+            error = %err,
             "closing a websocket connection"
         );
-        self.read.ended = Some(End::Failed(why));
+        self.read.ended = Some(End::Failed(err));
         self.read.ready = 0;
         self.queue_close(status);
     }

@@ -13,7 +13,7 @@ use tokio_tungstenite::{
     tungstenite::{Message, protocol::Role as TungsteniteRole},
 };
 
-/// A frame as a peer in `masked` role writes it, with mask key `key` when masked.
+/// A frame, its payload masked with `key` when there is one (as a client sends it).
 fn frame(fin: bool, opcode: u8, payload: &[u8], key: Option<[u8; 4]>) -> Vec<u8> {
     let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
     let mask_bit = if key.is_some() { 0x80 } else { 0 };
