@@ -65,6 +65,30 @@ async fn go_dial(go: &GoPiko, args: &[&str]) {
     );
 }
 
+/// Waits until Piko's Go server at admin address `admin` routes to `endpoint`: it logs
+/// "upstream connected" before it adds the upstream to its routing table.
+async fn go_server_routes(admin: &str, endpoint: &str) {
+    let url = format!("http://{admin}/status/upstream/endpoints");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let output = Command::new("curl")
+            .args(["-sS", "--max-time", "5", &url])
+            .output()
+            .await
+            .expect("curl is installed");
+        let endpoints: serde_json::Value =
+            serde_json::from_slice(&output.stdout).unwrap_or_default();
+        if endpoints[endpoint].as_u64().is_some_and(|n| n > 0) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{endpoint} never routed: {endpoints}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// `curl` through the proxy port at `proxy` to `endpoint`; asserts success and returns the body.
 async fn curl(proxy: &str, endpoint: &str, extra: &[&str]) -> String {
     let output = Command::new("curl")
@@ -308,15 +332,16 @@ async fn our_agent_and_forward_work_through_a_go_server() {
     let Some(go) = built() else {
         return;
     };
-    let (mut server, _admin, upstream, proxy) = start_go_server(&go.piko).await;
+    let (mut server, admin, upstream, proxy) = start_go_server(&go.piko).await;
     let http_service = ok_service().await.to_string();
     let (_websocket_service, websocket_service) = common::websocket_echo_service().await;
     let tcp_service = echo_service().await.to_string();
     let _http_agent = common::agent_http("http", &http_service, &upstream, &[]);
-    server.wait_log("upstream connected").await;
     let _websocket_agent = common::agent_http("ws", &websocket_service, &upstream, &[]);
-    server.wait_log("upstream connected").await;
     let _tcp_agent = start_agent_tcp(&mut server, &upstream, "tcp", &tcp_service).await;
+    for endpoint in ["http", "ws", "tcp"] {
+        go_server_routes(&admin, endpoint).await;
+    }
 
     assert_eq!(curl(&proxy, "http", &[]).await, "ok /hello?x=1");
     let output = common::websocket_client(&format!("ws://{proxy}/echo"), None, "ws").await;
@@ -336,11 +361,11 @@ async fn our_sdk_works_through_a_go_server() {
     let Some(go) = built() else {
         return;
     };
-    let (mut server, _admin, upstream, proxy) = start_go_server(&go.piko).await;
+    let (_server, admin, upstream, proxy) = start_go_server(&go.piko).await;
     let upstream = piko::Upstream::new(format!("http://{upstream}"));
 
     let mut listener = upstream.listen("sdk-listener").await.unwrap();
-    server.wait_log("upstream connected").await;
+    go_server_routes(&admin, "sdk-listener").await;
     tokio::spawn(async move {
         while let Ok(stream) = listener.accept().await {
             tokio::spawn(async move {
@@ -358,7 +383,7 @@ async fn our_sdk_works_through_a_go_server() {
         .listen_and_forward("sdk-forward", service)
         .await
         .unwrap();
-    server.wait_log("upstream connected").await;
+    go_server_routes(&admin, "sdk-forward").await;
     let url = format!("http://{proxy}");
     go_dial(
         go,
