@@ -1,8 +1,11 @@
 //! An HTTP listener: every connection the server opens carries HTTP/1.1, which is proxied to the
-//! local service through a keep-alive pool (spec §11.2).
+//! local service through a keep-alive pool (spec §11.2). For a plain `http` service requests take
+//! the path in [`plain_exchange`](crate::plain_exchange); hyper serves the rest (upgrades,
+//! `Expect`, HTTP/1.0, `https` targets).
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
+use bytes::BytesMut;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -13,15 +16,19 @@ use hyper_util::{
 };
 use piko_http::dialed_upgrade::DialedUpgrade;
 use piko_http::error_after_flush::ErrorAfterFlush;
+use piko_http::rewound::Rewound;
 use piko_http::{
     access_log::{self, RequestRecord},
     body::{Body, full},
     error_response::error_response,
-    hop_by_hop::{remove as remove_hop_by_hop, upgrade_protocol},
+    hop_by_hop::{append_forwarded_for, remove as remove_hop_by_hop, upgrade_protocol},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{AgentMetrics, metrics::RequestMeter, target::Target};
+use crate::{
+    AgentMetrics, metrics::RequestMeter, plain_exchange::PlainService, service_pool::ServicePool,
+    target::Target,
+};
 
 /// Settings of one HTTP listener.
 #[derive(Clone, Debug)]
@@ -68,6 +75,8 @@ impl HttpConfig {
 struct Proxy {
     config: HttpConfig,
     endpoint: String,
+    /// Keep-alive connections of the request path without hyper, for a plain `http` target.
+    plain: Option<ServicePool>,
     client: Client<HttpsConnector<HttpConnector>, Incoming>,
     upgrade_client: Client<HttpsConnector<HttpConnector>, Incoming>,
     tunnels: TaskTracker,
@@ -114,9 +123,25 @@ pub async fn serve_http(
             .enable_http1()
             .wrap_connector(connector),
     );
+    let plain = config.target.is_plain().then(|| {
+        let (host, port) = config.target.host_and_port();
+        ServicePool::new(
+            host,
+            port,
+            config.max_idle_conns,
+            config.idle_conn_timeout,
+            config.keep_alive_timeout,
+        )
+    });
+    // Idle connections are closed within half their idle timeout after it passes.
+    let mut expire_idle = tokio::time::interval(
+        (config.idle_conn_timeout / 2).max(std::time::Duration::from_millis(100)),
+    );
+    expire_idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let proxy = Arc::new(Proxy {
         config,
         endpoint: listener.endpoint_id().to_owned(),
+        plain,
         client,
         upgrade_client,
         tunnels: TaskTracker::new(),
@@ -126,6 +151,12 @@ pub async fn serve_http(
     let result = loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => break Ok(()),
+            _ = expire_idle.tick() => {
+                if let Some(pool) = &proxy.plain {
+                    pool.close_expired();
+                }
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(stream) => stream,
                 Err(piko::Error::Closed) => break Ok(()),
@@ -135,6 +166,21 @@ pub async fn serve_http(
         let proxy = proxy.clone();
         let server_addr = listener.server_addr();
         connections.spawn(async move {
+            let stream = match &proxy.plain {
+                Some(pool) => {
+                    let plain = PlainService {
+                        config: &proxy.config,
+                        endpoint: &proxy.endpoint,
+                        pool,
+                        server_addr,
+                    };
+                    match plain.serve(stream).await {
+                        Some(rest) => rest,
+                        None => return,
+                    }
+                }
+                None => Rewound::new(BytesMut::new(), stream),
+            };
             let service = hyper::service::service_fn(move |request| {
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(proxy.handle(request, server_addr).await) }
@@ -204,14 +250,7 @@ impl Proxy {
         // The service sees `client, server`: the Piko server (or its load balancer) is the hop
         // the agent received the request from.
         if let Some(server) = server_addr {
-            let server = server.ip().to_string();
-            let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(prior) if !prior.is_empty() => format!("{prior}, {server}"),
-                _ => server,
-            };
-            if let Ok(value) = HeaderValue::from_str(&forwarded) {
-                headers.insert("x-forwarded-for", value);
-            }
+            append_forwarded_for(headers, server.ip());
         }
         if let Some(protocol) = upgrade
             .as_deref()

@@ -13,6 +13,8 @@
 mod http_listener;
 mod metrics;
 mod metrics_server;
+mod plain_exchange;
+mod service_pool;
 mod target;
 mod tcp_listener;
 

@@ -165,25 +165,43 @@ impl RequestMeter {
 
     /// Records the request when `response`'s body has been written (or abandoned).
     pub(crate) fn finish(self, response: http::Response<Body>) -> http::Response<Body> {
+        let meter = self.respond(response.status());
+        response.map(|body| CountedBody::new(body, move |written| meter.done(written)).boxed())
+    }
+
+    /// The request's response has begun with `status`; its body is relayed by the caller.
+    pub(crate) fn respond(self, status: http::StatusCode) -> ResponseMeter {
         let labels = RequestLabels {
-            status: response.status().as_u16(),
+            status: status.as_u16(),
             method: self.method,
             endpoint: self.endpoint.endpoint.clone(),
         };
-        response.map(|body| {
-            CountedBody::new(body, move |written| {
-                let metrics = &self.metrics;
-                metrics.requests.get_or_create(&labels).inc();
-                // Piko measures with millisecond resolution.
-                let seconds = self.started.elapsed().as_millis() as f64 / 1000.0;
-                metrics.latency.get_or_create(&labels).observe(seconds);
-                metrics
-                    .response_size
-                    .get_or_create(&self.endpoint)
-                    .observe(written.map_or(-1.0, |bytes| bytes as f64));
-            })
-            .boxed()
-        })
+        ResponseMeter {
+            request: self,
+            labels,
+        }
+    }
+}
+
+/// A request whose response is being sent.
+pub(crate) struct ResponseMeter {
+    request: RequestMeter,
+    labels: RequestLabels,
+}
+
+impl ResponseMeter {
+    /// Records the request: its response's body ended after `written` data bytes (`None` for
+    /// none).
+    pub(crate) fn done(self, written: Option<u64>) {
+        let metrics = &self.request.metrics;
+        metrics.requests.get_or_create(&self.labels).inc();
+        // Piko measures with millisecond resolution.
+        let seconds = self.request.started.elapsed().as_millis() as f64 / 1000.0;
+        metrics.latency.get_or_create(&self.labels).observe(seconds);
+        metrics
+            .response_size
+            .get_or_create(&self.request.endpoint)
+            .observe(written.map_or(-1.0, |bytes| bytes as f64));
     }
 }
 

@@ -1,6 +1,8 @@
 //! Where an HTTP listener sends its requests: the `addr` forms Piko accepts (spec §1.5.2).
 
-use http::Uri;
+use std::borrow::Cow;
+
+use http::{HeaderValue, Uri};
 
 /// A local service's base URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +79,42 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Whether the service is reached over plain TCP (`http`), not TLS.
+    pub(crate) fn is_plain(&self) -> bool {
+        self.uri.scheme_str() != Some("https")
+    }
+
+    /// The target (origin form) of a request for `path_and_query`: [`url_for`](Self::url_for)'s
+    /// path and query, without building a URL when the target adds neither.
+    pub(crate) fn origin_form<'a>(&self, path_and_query: &'a str) -> Cow<'a, str> {
+        let adds_nothing = matches!(self.uri.path(), "" | "/") && self.uri.query().is_none();
+        if adds_nothing && path_and_query.starts_with('/') && !path_and_query.starts_with("//") {
+            return Cow::Borrowed(path_and_query);
+        }
+        let url = self.url_for(path_and_query);
+        Cow::Owned(url.path_and_query().map_or("/", |p| p.as_str()).to_owned())
+    }
+
+    /// The `host[:port]` of the service, for a request that names none.
+    pub(crate) fn authority(&self) -> Option<HeaderValue> {
+        let authority = self.uri.authority()?;
+        HeaderValue::from_str(authority.as_str()).ok()
+    }
+
+    /// The host and port to dial (port 80 or 443 when the address names none).
+    pub(crate) fn host_and_port(&self) -> (String, u16) {
+        let host = self.uri.host().unwrap_or_default();
+        // An IPv6 literal is dialed without its brackets.
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let default = if self.is_plain() { 80 } else { 443 };
+        (host, self.uri.port_u16().unwrap_or(default))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +137,26 @@ mod tests {
         let with_query = Target::parse("http://svc/base/?k=v").unwrap();
         assert_eq!(with_query.url_for("/x?y=z"), "http://svc/base/x?k=v&y=z");
         assert_eq!(with_query.url_for("/x"), "http://svc/base/x?k=v");
+        for (addr, path, origin) in [
+            ("3000", "/a?b", "/a?b"),
+            ("3000", "//a", "/a"),
+            ("http://svc/base?k=v", "/x?y", "/base/x?k=v&y"),
+        ] {
+            let target = Target::parse(addr).unwrap();
+            assert_eq!(target.origin_form(path), origin, "{addr} {path}");
+            assert_eq!(
+                target.url_for(path).path_and_query().unwrap().as_str(),
+                origin
+            );
+        }
+        assert_eq!(
+            Target::parse("http://[::1]:81").unwrap().host_and_port(),
+            ("::1".to_owned(), 81)
+        );
+        assert_eq!(
+            Target::parse("http://svc").unwrap().host_and_port(),
+            ("svc".to_owned(), 80)
+        );
         for bad in [
             "",
             "not an addr",

@@ -3,15 +3,15 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use piko_agent::{ClientTls, HttpConfig, Target, serve_http};
-use piko_server::{Config, Server};
+mod common;
+
+use piko_agent::{ClientTls, HttpConfig, Target};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls_pki_types::{PrivateKeyDer, pem::PemObject};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
-use tokio_util::sync::CancellationToken;
 
 /// A CA, and an HTTPS service for `localhost` with a certificate it issued. Returns the service
 /// address and the CA's PEM.
@@ -96,36 +96,15 @@ async fn tunnel(
     tls: Option<Arc<rustls::ClientConfig>>,
     service: SocketAddr,
 ) -> SocketAddr {
-    let config = Config {
-        proxy_bind_addr: "127.0.0.1:0".into(),
-        upstream_bind_addr: "127.0.0.1:0".into(),
-        admin_bind_addr: "127.0.0.1:0".into(),
-        gossip_bind_addr: "127.0.0.1:0".into(),
-        ..Config::default()
-    };
-    let server = Server::bind(config).await.unwrap();
-    let (proxy, upstream) = (server.proxy_addr(), server.upstream_addr());
-    let upstreams = server.upstreams();
-    tokio::spawn(server.run(std::future::pending()));
-    let listener = piko::Upstream::new(format!("http://{upstream}"))
-        .listen(endpoint)
-        .await
-        .unwrap();
     let target = Target::parse(&format!("https://localhost:{}", service.port())).unwrap();
-    tokio::spawn(serve_http(
-        listener,
+    common::tunnel(
+        endpoint,
         HttpConfig {
             tls,
             ..HttpConfig::new(target)
         },
-        CancellationToken::new(),
-    ));
-    let mut changes = upstreams.subscribe();
-    changes
-        .wait_for(|_| upstreams.count(endpoint) == 1)
-        .await
-        .unwrap();
-    proxy
+    )
+    .await
 }
 
 async fn status_through_agent(

@@ -16,7 +16,9 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName};
 use hyper::body::{Frame, SizeHint};
-use serde_json::{Map, Value};
+use std::fmt::Write as _;
+
+use crate::json_string::push_json_string;
 
 use crate::body::{Body, BoxError};
 
@@ -103,42 +105,65 @@ impl HeaderFilter {
             .any(|n| n.eq_ignore_ascii_case(name.as_str()))
     }
 
-    /// Headers as Piko logs them: canonical names, arrays of values.
-    fn render(&self, headers: &HeaderMap) -> Value {
-        let mut out = Map::new();
-        for name in headers.keys() {
-            if !self.allowed(name) {
-                continue;
+    /// Headers as Piko logs them, as JSON text: canonical names in sorted order (Go's
+    /// encoding of a map), arrays of values. Written straight into one string: this runs twice
+    /// per request.
+    fn render(&self, headers: &HeaderMap) -> String {
+        let mut names: Vec<&HeaderName> = headers.keys().filter(|n| self.allowed(n)).collect();
+        names.sort_unstable_by(|a, b| canonical_order(a.as_str(), b.as_str()));
+        let mut out = String::with_capacity(2 + names.len() * 48);
+        out.push('{');
+        for (i, name) in names.into_iter().enumerate() {
+            if i > 0 {
+                out.push(',');
             }
+            out.push('"');
+            // Header names are tokens: nothing in them needs escaping.
+            push_canonical(&mut out, name.as_str());
+            out.push_str("\":[");
             let secret = SECRET_HEADERS.contains(&name.as_str()) && !self.explicitly_allowed(name);
-            let values: Vec<Value> = headers
-                .get_all(name)
-                .iter()
-                .map(|v| {
-                    if secret {
-                        "[redacted]".into()
-                    } else {
-                        String::from_utf8_lossy(v.as_bytes()).into()
-                    }
-                })
-                .collect();
-            out.insert(canonical(name.as_str()), Value::Array(values));
+            for (j, value) in headers.get_all(name).iter().enumerate() {
+                if j > 0 {
+                    out.push(',');
+                }
+                if secret {
+                    out.push_str("\"[redacted]\"");
+                } else {
+                    push_json_string(&mut out, &String::from_utf8_lossy(value.as_bytes()));
+                }
+            }
+            out.push(']');
         }
-        Value::Object(out)
+        out.push('}');
+        out
     }
 }
 
+/// The byte at `index` of `name` once canonicalised: the first letter of each dash-separated part
+/// upper case.
+fn canonical_byte(name: &[u8], index: usize) -> u8 {
+    if index == 0 || name[index - 1] == b'-' {
+        name[index].to_ascii_uppercase()
+    } else {
+        name[index]
+    }
+}
+
+/// Orders header names as their canonical forms order.
+fn canonical_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    (0..a.len().min(b.len()))
+        .map(|i| canonical_byte(a, i).cmp(&canonical_byte(b, i)))
+        .find(|order| order.is_ne())
+        .unwrap_or_else(|| a.len().cmp(&b.len()))
+}
+
 /// `x-forwarded-for` → `X-Forwarded-For`, as Go's `http.Header` keys read.
-fn canonical(name: &str) -> String {
-    name.split('-')
-        .map(|part| {
-            let mut chars = part.chars();
-            chars.next().map_or_else(String::new, |first| {
-                first.to_ascii_uppercase().to_string() + chars.as_str()
-            })
-        })
-        .collect::<Vec<_>>()
-        .join("-")
+fn push_canonical(out: &mut String, name: &str) {
+    let bytes = name.as_bytes();
+    for index in 0..bytes.len() {
+        out.push(char::from(canonical_byte(bytes, index)));
+    }
 }
 
 /// Access-log settings (`proxy.access_log` on the server, a listener's `access_log` on the
@@ -201,7 +226,7 @@ pub struct RequestRecord {
 /// case the response turns out to be a 5xx (whose record is raised to warn).
 #[derive(Debug)]
 enum RequestHeaders {
-    Rendered(Value),
+    Rendered(String),
     Raw(HeaderMap),
 }
 
@@ -231,50 +256,77 @@ impl RequestRecord {
 
     /// Wraps the response so the record is written once its body has been sent (or dropped).
     /// Responses whose record the logger would drop are returned as they are.
-    pub fn finish(
+    pub fn finish(self, config: &Config, response: http::Response<Body>) -> http::Response<Body> {
+        match self.respond(config, response.status(), response.headers()) {
+            Some(record) => response.map(|body| {
+                use http_body_util::BodyExt;
+                LoggedBody {
+                    body,
+                    record: Some(record),
+                }
+                .boxed()
+            }),
+            None => response,
+        }
+    }
+
+    /// The record of a response with `status` and `headers` whose body is relayed by the
+    /// caller: written when the returned value is dropped (the body sent, or abandoned). `None`
+    /// when the logger would drop it.
+    pub fn respond(
         mut self,
         config: &Config,
-        response: http::Response<Body>,
-    ) -> http::Response<Body> {
-        let status = response.status().as_u16();
+        status: http::StatusCode,
+        headers: &HeaderMap,
+    ) -> Option<ResponseRecord> {
+        let status = status.as_u16();
         let level = if status >= 500 && config.level < Level::Warn {
             Level::Warn
         } else {
             config.level
         };
         if !level.enabled() {
-            return response;
+            return None;
         }
-        let headers = config.response_headers.render(response.headers());
+        let headers = config.response_headers.render(headers);
         let request_headers =
-            match std::mem::replace(&mut self.headers, RequestHeaders::Rendered(Value::Null)) {
+            match std::mem::replace(&mut self.headers, RequestHeaders::Rendered(String::new())) {
                 RequestHeaders::Rendered(value) => value,
                 RequestHeaders::Raw(raw) => config.request_headers.render(&raw),
             };
-        let pending = Pending {
+        Some(ResponseRecord(Some(Pending {
             record: self,
             request_headers,
             status,
             headers,
             level,
             subsystem: config.subsystem,
-        };
-        response.map(|body| {
-            use http_body_util::BodyExt;
-            LoggedBody {
-                body,
-                pending: Some(pending),
-            }
-            .boxed()
-        })
+        })))
+    }
+}
+
+/// A request's record once its response has begun: written when dropped.
+pub struct ResponseRecord(Option<Pending>);
+
+impl std::fmt::Debug for ResponseRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseRecord").finish_non_exhaustive()
+    }
+}
+
+impl Drop for ResponseRecord {
+    fn drop(&mut self) {
+        if let Some(pending) = self.0.take() {
+            pending.write();
+        }
     }
 }
 
 struct Pending {
     record: RequestRecord,
-    request_headers: Value,
+    request_headers: String,
     status: u16,
-    headers: Value,
+    headers: String,
     level: Level,
     subsystem: &'static str,
 }
@@ -295,17 +347,25 @@ impl Pending {
             .or_else(|| uri.authority().map(|a| a.as_str()))
             .unwrap_or_default();
         let path = percent_encoding::percent_decode_str(uri.path()).decode_utf8_lossy();
-        let entry = Entry {
-            proto: proto(version),
-            method: method.as_str(),
-            host,
-            path: &path,
-            request_headers: &self.request_headers,
-            response_headers: &self.headers,
-            status: self.status,
-            duration: go_duration(started.elapsed()),
-        };
-        let request = serde_json::to_string(&entry).unwrap_or_default();
+        // The record in Piko's field order, as one JSON object.
+        let mut request = String::with_capacity(
+            160 + host.len() + path.len() + self.request_headers.len() + self.headers.len(),
+        );
+        request.push_str("{\"proto\":\"");
+        request.push_str(proto(version));
+        request.push_str("\",\"method\":");
+        push_json_string(&mut request, method.as_str());
+        request.push_str(",\"host\":");
+        push_json_string(&mut request, host);
+        request.push_str(",\"path\":");
+        push_json_string(&mut request, &path);
+        request.push_str(",\"request_headers\":");
+        request.push_str(&self.request_headers);
+        request.push_str(",\"response_headers\":");
+        request.push_str(&self.headers);
+        let _ = write!(request, ",\"status\":{},\"duration\":\"", self.status);
+        push_go_duration(&mut request, started.elapsed());
+        request.push_str("\"}");
         match self.level {
             Level::Debug => tracing::debug!(
                 subsystem = self.subsystem,
@@ -331,19 +391,6 @@ impl Pending {
     }
 }
 
-/// The record of one request, in Piko's field order.
-#[derive(serde::Serialize)]
-struct Entry<'a> {
-    proto: &'a str,
-    method: &'a str,
-    host: &'a str,
-    path: &'a str,
-    request_headers: &'a Value,
-    response_headers: &'a Value,
-    status: u16,
-    duration: String,
-}
-
 /// The protocol as Go's `Request.Proto` names it.
 fn proto(version: http::Version) -> &'static str {
     match version {
@@ -356,25 +403,35 @@ fn proto(version: http::Version) -> &'static str {
 }
 
 /// A duration as Go prints it (`1.532ms`, `2.5s`).
-fn go_duration(duration: Duration) -> String {
+fn push_go_duration(out: &mut String, duration: Duration) {
     let nanos = duration.as_nanos();
-    let trim = |value: f64, unit: &str| {
-        let text = format!("{value:.3}");
-        format!("{}{unit}", text.trim_end_matches('0').trim_end_matches('.'))
+    let mut trimmed = |value: f64, unit: &str| {
+        let start = out.len();
+        let _ = write!(out, "{value:.3}");
+        let kept = out[start..]
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .len();
+        out.truncate(start + kept);
+        out.push_str(unit);
     };
     match nanos {
-        0 => "0s".into(),
-        n if n < 1_000 => format!("{n}ns"),
-        n if n < 1_000_000 => trim(n as f64 / 1e3, "µs"),
-        n if n < 1_000_000_000 => trim(n as f64 / 1e6, "ms"),
-        n => trim(n as f64 / 1e9, "s"),
+        0 => out.push_str("0s"),
+        n if n < 1_000 => {
+            let _ = write!(out, "{n}ns");
+        }
+        n if n < 1_000_000 => trimmed(n as f64 / 1e3, "µs"),
+        n if n < 1_000_000_000 => trimmed(n as f64 / 1e6, "ms"),
+        n => trimmed(n as f64 / 1e9, "s"),
     }
 }
 
-/// A body that writes its request's record when it ends or is dropped.
+/// A body that writes its request's record when it ends or is dropped. Bodies hyper knows to be
+/// empty are never polled, and a client may go away mid-body: either way dropping the record
+/// writes it.
 struct LoggedBody {
     body: Body,
-    pending: Option<Pending>,
+    record: Option<ResponseRecord>,
 }
 
 impl hyper::body::Body for LoggedBody {
@@ -386,10 +443,8 @@ impl hyper::body::Body for LoggedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
-        if frame.is_none()
-            && let Some(pending) = self.pending.take()
-        {
-            pending.write();
+        if frame.is_none() {
+            self.record.take();
         }
         Poll::Ready(frame)
     }
@@ -403,19 +458,10 @@ impl hyper::body::Body for LoggedBody {
     }
 }
 
-impl Drop for LoggedBody {
-    fn drop(&mut self) {
-        // Bodies hyper knows to be empty are never polled, and a client may go away mid-body:
-        // either way the request is over.
-        if let Some(pending) = self.pending.take() {
-            pending.write();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
     use serde_json::json;
 
     #[test]
@@ -425,27 +471,59 @@ mod tests {
         headers.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
         headers.append("accept", "a".parse().unwrap());
         headers.append("accept", "b".parse().unwrap());
-        let all = HeaderFilter::default().render(&headers);
+        let render = |filter: &HeaderFilter| -> serde_json::Value {
+            serde_json::from_str(&filter.render(&headers)).unwrap()
+        };
+        let all = render(&HeaderFilter::default());
+        assert_eq!(
+            HeaderFilter::default().render(&headers),
+            r#"{"Accept":["a","b"],"Authorization":["[redacted]"],"X-Forwarded-For":["1.2.3.4"]}"#,
+            "sorted by canonical name, as Go encodes a map"
+        );
         assert_eq!(all["Authorization"], json!(["[redacted]"]));
         assert_eq!(all["X-Forwarded-For"], json!(["1.2.3.4"]));
         assert_eq!(all["Accept"], json!(["a", "b"]));
-        let blocked = HeaderFilter {
+        let blocked = render(&HeaderFilter {
             block_list: vec!["Accept".into()],
             ..Default::default()
-        }
-        .render(&headers);
+        });
         assert!(blocked.get("Accept").is_none());
-        let allowed = HeaderFilter {
+        let allowed = render(&HeaderFilter {
             allow_list: vec!["authorization".into()],
             ..Default::default()
-        }
-        .render(&headers);
+        });
         assert_eq!(allowed, json!({"Authorization": ["Bearer t"]}));
         let both = HeaderFilter {
             allow_list: vec!["a".into()],
             block_list: vec!["b".into()],
         };
         assert!(both.validate().is_err());
+    }
+
+    #[test]
+    fn header_values_are_escaped_as_json_and_names_sorted_canonically() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-b", HeaderValue::from_bytes(b"q\"\\\t\xff").unwrap());
+        headers.insert("x-_a", HeaderValue::from_static("1"));
+        headers.insert("x-a-b", HeaderValue::from_static("2"));
+        let text = HeaderFilter::default().render(&headers);
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed["X-B"], json!(["q\"\\\t\u{fffd}"]));
+        let names: Vec<&str> = text
+            .match_indices("\":[")
+            .map(|(i, _)| {
+                let start = text[..i].rfind('"').unwrap() + 1;
+                &text[start..i]
+            })
+            .collect();
+        // Canonical forms compared byte by byte: "X-A-B" < "X-B" < "X-_a".
+        assert_eq!(names, ["X-A-B", "X-B", "X-_a"]);
+    }
+
+    fn go_duration(duration: Duration) -> String {
+        let mut out = String::new();
+        push_go_duration(&mut out, duration);
+        out
     }
 
     #[test]

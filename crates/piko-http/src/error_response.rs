@@ -3,10 +3,15 @@
 
 use http::{HeaderValue, header};
 
+use crate::json_string::push_json_string;
+
 /// Piko's proxy error response (server and agent alike): `{"error":"<message>"}` and a newline,
 /// `application/json`, `nosniff`.
 pub fn error_response(status: http::StatusCode, message: &str) -> http::Response<bytes::Bytes> {
-    let body = format!("{{\"error\":{}}}\n", serde_json_string(message));
+    let mut body = String::with_capacity(message.len() + 14);
+    body.push_str("{\"error\":");
+    push_json_string(&mut body, message);
+    body.push_str("}\n");
     let mut response = http::Response::new(bytes::Bytes::from(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -21,22 +26,6 @@ pub fn error_response(status: http::StatusCode, message: &str) -> http::Response
     response
 }
 
-/// A JSON string literal (the messages are fixed ASCII, but quote properly anyway).
-fn serde_json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,6 +37,7 @@ mod tests {
             response.body().as_ref(),
             b"{\"error\":\"upstream unreachable\"}\n"
         );
-        assert_eq!(serde_json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+        let quoted = error_response(http::StatusCode::BAD_GATEWAY, "a\"b");
+        assert_eq!(quoted.body().as_ref(), b"{\"error\":\"a\\\"b\"}\n");
     }
 }

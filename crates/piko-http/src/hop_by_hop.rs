@@ -1,7 +1,22 @@
-//! Hop-by-hop headers (RFC 9110 §7.6.1), which a proxy must not forward, and upgrade detection.
-//! Shared by the server's proxy port and the agent.
+//! Hop-by-hop headers (RFC 9110 §7.6.1), which a proxy must not forward, upgrade detection, and
+//! the `X-Forwarded-For` hop a proxy adds. Shared by the server's proxy port and the agent.
+
+use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
+
+/// Adds `hop` (the address a request came from) to its `X-Forwarded-For`, as Go's reverse proxy
+/// does: `prior, hop`.
+pub fn append_forwarded_for(headers: &mut HeaderMap, hop: IpAddr) {
+    let hop = hop.to_string();
+    let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.is_empty() => format!("{prior}, {hop}"),
+        _ => hop,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        headers.insert("x-forwarded-for", value);
+    }
+}
 
 /// The protocol a request asks to upgrade to (`Connection: upgrade` plus `Upgrade: <protocol>`).
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<String> {

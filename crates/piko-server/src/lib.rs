@@ -18,7 +18,8 @@
 //! - `upstream`: the upstream port's WebSocket handshake and session lifecycle.
 //! - [`upstreams`]: the routing table (endpoint → upstream sessions, round-robin).
 //! - `proxy`: request routing and relaying on the proxy port (its access log is
-//!   [`piko_http::access_log`]).
+//!   [`piko_http::access_log`]); `upstream_exchange`: a body-less request sent on a stream and
+//!   its response read back without an HTTP client connection.
 //! - `tcp_route`: the proxy port's TCP-over-WebSocket route; `splice`: an upgraded client
 //!   connection relayed to the far side of its tunnel (an upstream here, or another node).
 //! - `websocket_upgrade`: the server side of WebSocket handshakes, gorilla's way.
@@ -55,6 +56,7 @@ pub mod status;
 mod tcp_route;
 pub mod tls;
 pub mod upstream;
+mod upstream_exchange;
 pub mod upstreams;
 mod warn_limit;
 mod websocket_upgrade;

@@ -32,7 +32,7 @@ use piko_http::dialed_upgrade::DialedUpgrade;
 use piko_http::error_after_flush::ErrorAfterFlush;
 use piko_http::{
     access_log::{self, RequestRecord},
-    hop_by_hop::{remove as remove_hop_by_hop, upgrade_protocol},
+    hop_by_hop::{append_forwarded_for, remove as remove_hop_by_hop, upgrade_protocol},
 };
 use piko_protocol::wire::{ENDPOINT_HEADER, FORWARD_HEADER, MAX_ENDPOINT_ID_LEN};
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
@@ -48,6 +48,7 @@ use crate::{
     serve::{Body, BoxError},
     splice::splice,
     tcp_route::{self, Route},
+    upstream_exchange,
     upstreams::Upstreams,
     warn_limit::warn_limited,
 };
@@ -286,6 +287,11 @@ impl Handler {
         // behind the tunnel has no use for it and must not be able to replay it. Piko passes
         // it on.
         request.headers_mut().remove(auth::PIKO_AUTHORIZATION);
+        if client_upgrade.is_none() && hyper::body::Body::is_end_stream(request.body()) {
+            return self
+                .exchange_without_body(request, stream, deadline, &endpoint)
+                .await;
+        }
         let (parts, body) = request.into_parts();
         let route = match upgrade_protocol {
             Some(_) => metrics::Route::Upgrade,
@@ -388,6 +394,35 @@ impl Handler {
             })
             .boxed()
         })
+    }
+
+    /// A request without a body (most requests): its head written to the stream and the
+    /// response read from it directly, with no HTTP client connection.
+    async fn exchange_without_body(
+        &self,
+        request: Request<Incoming>,
+        stream: piko_mux::Stream,
+        deadline: Option<tokio::time::Instant>,
+        endpoint: &str,
+    ) -> Response<Body> {
+        let (parts, _) = request.into_parts();
+        let exchanged = upstream_exchange::exchange(stream, &parts);
+        let Some(result) = response_within(self.config.timeout, deadline, None, exchanged).await
+        else {
+            return upstream_timeout(endpoint);
+        };
+        match result {
+            Ok(mut response) => {
+                remove_hop_by_hop(response.headers_mut());
+                // An upstream that fails mid-body (its stream reset): what it sent before
+                // reaches the client first.
+                response.map(|body| ErrorAfterFlush::new(body).boxed())
+            }
+            Err(err) => {
+                warn_limited!(subsystem = "proxy.http", endpoint_id = %endpoint, error = %err, "proxy request");
+                proxy_error(StatusCode::BAD_GATEWAY, "upstream unreachable")
+            }
+        }
     }
 
     /// Relays a request to `node`; if that node cannot be reached, or answers that it has no
@@ -809,14 +844,7 @@ fn prepare_request<B>(request: &mut Request<B>, peer: SocketAddr, upgrade: Optio
     {
         headers.insert(header::HOST, host);
     }
-    let client = peer.ip().to_string();
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.is_empty() => format!("{prior}, {client}"),
-        _ => client,
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
-    }
+    append_forwarded_for(headers, peer.ip());
     headers.insert(FORWARD_HEADER, HeaderValue::from_static("true"));
     // Node-to-node only: a relaying node signs its own request.
     headers.remove(SIGNATURE_HEADER);
