@@ -23,7 +23,10 @@ use piko_http::{
     error_response::error_response,
     hop_by_hop::{append_forwarded_for, remove as remove_hop_by_hop, upgrade_protocol},
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::{
+    sync::CancellationToken,
+    task::{AbortOnDropHandle, TaskTracker},
+};
 
 use crate::{
     AgentMetrics, metrics::RequestMeter, plain_exchange::PlainService, service_pool::ServicePool,
@@ -133,11 +136,7 @@ pub async fn serve_http(
             config.keep_alive_timeout,
         )
     });
-    // Idle connections are closed within half their idle timeout after it passes.
-    let mut expire_idle = tokio::time::interval(
-        (config.idle_conn_timeout / 2).max(std::time::Duration::from_millis(100)),
-    );
-    expire_idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let idle_conn_timeout = config.idle_conn_timeout;
     let proxy = Arc::new(Proxy {
         config,
         endpoint: listener.endpoint_id().to_owned(),
@@ -146,17 +145,30 @@ pub async fn serve_http(
         upgrade_client,
         tunnels: TaskTracker::new(),
     });
+    // Idle connections are closed within half their idle timeout after it passes; by a task of
+    // its own, so that the accept loop is never interrupted.
+    let _expire_idle = proxy.plain.is_some().then(|| {
+        let proxy = Arc::downgrade(&proxy);
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut ticks =
+                tokio::time::interval((idle_conn_timeout / 2).max(Duration::from_millis(100)));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(proxy) = proxy.upgrade() else {
+                    return;
+                };
+                if let Some(pool) = &proxy.plain {
+                    pool.close_expired();
+                }
+            }
+        }))
+    });
     let connections = TaskTracker::new();
     tracing::info!(subsystem = "proxy.http", endpoint_id = %listener.endpoint_id(), "starting reverse proxy");
     let result = loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => break Ok(()),
-            _ = expire_idle.tick() => {
-                if let Some(pool) = &proxy.plain {
-                    pool.close_expired();
-                }
-                continue;
-            }
             accepted = listener.accept() => match accepted {
                 Ok(stream) => stream,
                 Err(piko::Error::Closed) => break Ok(()),

@@ -21,19 +21,25 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-/// The test service: counts its connections; answers by path.
-async fn service() -> (SocketAddr, Arc<AtomicUsize>) {
+/// The test service: counts the connections it accepted and those that ended (the agent closed
+/// them, or the service did); answers by path.
+async fn service() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
+    let ended = Arc::new(AtomicUsize::new(0));
+    let (accepts, ends) = (accepted.clone(), ended.clone());
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(serve(tcp));
+            accepts.fetch_add(1, Ordering::SeqCst);
+            let ends = ends.clone();
+            tokio::spawn(async move {
+                serve(tcp).await;
+                ends.fetch_add(1, Ordering::SeqCst);
+            });
         }
     });
-    (addr, accepted)
+    (addr, accepted, ended)
 }
 
 /// Reads until `buf` holds a whole head; returns it (lowercased) and removes it from `buf`.
@@ -189,10 +195,18 @@ async fn serve(mut tcp: TcpStream) {
 
 /// A server and an agent for `service`; the proxy's address and the agent's metrics.
 async fn tunnel(service: SocketAddr) -> (SocketAddr, Arc<AgentMetrics>) {
+    tunnel_with(service, Duration::from_secs(90)).await
+}
+
+async fn tunnel_with(
+    service: SocketAddr,
+    idle_conn_timeout: Duration,
+) -> (SocketAddr, Arc<AgentMetrics>) {
     let metrics = Arc::new(AgentMetrics::new());
     let target = Target::parse(&service.to_string()).unwrap();
     let config = HttpConfig {
         timeout: Duration::from_millis(500),
+        idle_conn_timeout,
         metrics: Some(metrics.clone()),
         ..HttpConfig::new(target)
     };
@@ -256,7 +270,7 @@ fn get(path: &str, extra: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_framing_is_relayed_over_kept_alive_connections() {
-    let (service, accepted) = service().await;
+    let (service, accepted, _) = service().await;
     let (proxy, metrics) = tunnel(service).await;
     let mut tcp = TcpStream::connect(proxy).await.unwrap();
     let mut buf = Vec::new();
@@ -358,7 +372,7 @@ async fn every_framing_is_relayed_over_kept_alive_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_answered_or_cut_as_the_service_failed() {
-    let (service, accepted) = service().await;
+    let (service, accepted, _) = service().await;
     let (proxy, _) = tunnel(service).await;
 
     // A silent service: 504 after the agent's timeout, with Piko's error.
@@ -407,4 +421,30 @@ async fn failures_are_answered_or_cut_as_the_service_failed() {
     let (status, _, body) = response(&mut tcp, &mut buf, false).await;
     assert_eq!(status, 502);
     assert_eq!(body.unwrap(), b"{\"error\":\"upstream unreachable\"}\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_service_connections_are_closed_after_the_idle_timeout() {
+    let (service, accepted, ended) = service().await;
+    let (proxy, _) = tunnel_with(service, Duration::from_millis(200)).await;
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    let mut buf = Vec::new();
+    tcp.write_all(&get("/length", "")).await.unwrap();
+    let (status, _, _) = response(&mut tcp, &mut buf, false).await;
+    assert_eq!(status, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // Kept for reuse, then closed by the agent once idle for longer than its timeout.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ended.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle connection is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The next request dials a new one.
+    tcp.write_all(&get("/length", "")).await.unwrap();
+    let (status, _, body) = response(&mut tcp, &mut buf, false).await;
+    assert_eq!((status, body.unwrap()), (200, b"hello".to_vec()));
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
