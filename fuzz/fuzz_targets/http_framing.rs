@@ -6,13 +6,14 @@
 //!
 //! Input: one options byte (bits 0-1: the framing the body is read with: chunked, a length taken
 //! from the second byte, until close, none; bits 2-7: where the bytes are cut between "already
-//! read" and "still to come"), then the bytes.
+//! read" and "still to come", at one of 64 places spread over them), then the bytes.
 //!
 //! Checks: no panic; a parsed head's length is within the input, and writing it back parses to
 //! the same method or status and the same header fields; the relay writes exactly the bytes it
 //! consumed (the body, framing included) and leaves the rest; a chunked body the decoder reads to
-//! its end, the relay does too, and they agree on where it ends and on its payload, whatever the
-//! cut (the decoder alone parses trailer fields, so it may refuse trailers the relay passed on).
+//! its end, the relay does too (both take trailer lines under the same limits), and they agree on
+//! where it ends and on its payload, whatever the cut (the decoder alone parses trailer fields,
+//! so it may refuse trailers the relay passed on).
 
 #![no_main]
 

@@ -1,7 +1,7 @@
 //! An HTTP listener: every connection the server opens carries HTTP/1.1, which is proxied to the
-//! local service through a keep-alive pool (spec §11.2). For a plain `http` service requests take
-//! the path in [`plain_exchange`](crate::plain_exchange); hyper serves the rest (upgrades,
-//! `Expect`, HTTP/1.0, `https` targets).
+//! local service through a keep-alive pool (spec §11.2). For a plain `http` service requests
+//! without a body take the path in [`plain_exchange`](crate::plain_exchange); hyper serves the
+//! rest (requests with a body, upgrades, `Expect`, HTTP/1.0, `https` targets).
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 

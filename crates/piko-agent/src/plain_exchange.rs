@@ -21,7 +21,10 @@ use piko_http::{
     },
     rewound::Rewound,
 };
-use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 
 use crate::{HttpConfig, metrics::RequestMeter, service_pool::ServicePool};
 
@@ -80,7 +83,13 @@ impl PlainService<'_> {
             }
             request_buf.advance(head_len);
             let next = self
-                .exchange(request, &mut stream, &mut response_buf, &mut out)
+                .exchange_watching(
+                    request,
+                    &stream,
+                    &mut request_buf,
+                    &mut response_buf,
+                    &mut out,
+                )
                 .await;
             match next {
                 Next::Continue => {}
@@ -94,13 +103,49 @@ impl PlainService<'_> {
         }
     }
 
-    async fn exchange(
+    /// Serves one request while reading its stream: a reset (the client went away, the server
+    /// gave up) abandons the exchange, and its connection to the service, at once, as hyper's
+    /// server does; bytes of a next request are kept for it.
+    async fn exchange_watching(
         &self,
         request: http::Request<()>,
-        stream: &mut piko::Stream,
+        stream: &piko::Stream,
+        request_buf: &mut BytesMut,
         response_buf: &mut BytesMut,
         out: &mut Vec<u8>,
     ) -> Next {
+        let mut reader = stream;
+        let watch = async {
+            loop {
+                if request_buf.len() >= MAX_HEAD_BYTES {
+                    // Enough of the next request is waiting: read no more until its turn.
+                    std::future::pending::<()>().await;
+                }
+                match reader.read_buf(request_buf).await {
+                    Ok(0) => {
+                        // No more requests; this one is still answered.
+                        std::future::pending::<()>().await;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            next = self.exchange(request, stream, response_buf, out) => next,
+            () = watch => Next::Reset,
+        }
+    }
+
+    async fn exchange(
+        &self,
+        request: http::Request<()>,
+        stream: &piko::Stream,
+        response_buf: &mut BytesMut,
+        out: &mut Vec<u8>,
+    ) -> Next {
+        let mut stream = stream;
         let config = self.config;
         let record = RequestRecord::start(&config.access_log, &request);
         let meter = config
@@ -122,11 +167,19 @@ impl PlainService<'_> {
         {
             headers.insert(header::HOST, authority);
         }
+        // Sent again on a new connection only if repeating it is harmless, as Go's transport
+        // decides: a safe method, or an idempotency key.
+        let replayable = matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+        ) || headers.contains_key("idempotency-key")
+            || headers.contains_key("x-idempotency-key");
         let mut head = Vec::with_capacity(256);
         write_request_head(&mut head, &parts.method, &target, headers);
         let method = parts.method;
 
-        let sent = tokio::time::timeout(config.timeout, self.send(&head, response_buf)).await;
+        let sent =
+            tokio::time::timeout(config.timeout, self.send(&head, replayable, response_buf)).await;
         let answered = match sent {
             Ok(Ok((tcp, response))) => {
                 let (parts, ()) = response.into_parts();
@@ -150,7 +203,8 @@ impl PlainService<'_> {
             Ok(answer) => answer,
             Err((error, status, message)) => {
                 tracing::warn!(subsystem = "proxy.http", error = %error, "proxy request");
-                return respond_error(config, stream, out, (record, meter), status, message).await;
+                return respond_error(config, &mut stream, out, (record, meter), status, message)
+                    .await;
             }
         };
         let reusable = framing != Framing::UntilClose
@@ -161,15 +215,29 @@ impl PlainService<'_> {
         let record =
             record.and_then(|r| r.respond(&config.access_log, parts.status, &parts.headers));
         let meter = meter.map(|m| m.respond(parts.status));
-        if framing == Framing::Chunked {
-            parts.headers.insert(
-                header::TRANSFER_ENCODING,
-                HeaderValue::from_static("chunked"),
-            );
+        // The framing headers say what is relayed, whatever the hop-by-hop removal took (a
+        // `Connection` header may name `Content-Length`) or left (a length beside a transfer
+        // coding).
+        let headers = &mut parts.headers;
+        match framing {
+            Framing::Length(length) => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+            }
+            Framing::Chunked => {
+                headers.remove(header::CONTENT_LENGTH);
+                headers.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+            }
+            Framing::UntilClose => {
+                headers.remove(header::CONTENT_LENGTH);
+            }
+            Framing::Empty => {}
         }
         out.clear();
-        write_response_head(out, parts.status, &parts.headers);
-        let relayed = relay_body(framing, response_buf, out, &mut tcp, stream).await;
+        write_response_head(out, parts.status, headers);
+        let relayed = relay_body(framing, response_buf, out, &mut tcp, &mut stream).await;
         drop(record);
         match relayed {
             Ok(written) => {
@@ -201,10 +269,12 @@ impl PlainService<'_> {
 
     /// Sends a request head on a pooled or new connection and reads the service's response
     /// head, skipping informational ones. A pooled connection the service had closed is replaced
-    /// once: the request had no body, so nothing was lost with it.
+    /// once: when writing to it failed (nothing was delivered), or, for a `replayable` request,
+    /// when it closed without an answer.
     async fn send(
         &self,
         head: &[u8],
+        replayable: bool,
         response_buf: &mut BytesMut,
     ) -> Result<(TcpStream, http::Response<()>), String> {
         let mut may_retry = true;
@@ -236,7 +306,9 @@ impl PlainService<'_> {
                         }
                         return Ok((tcp, response));
                     }
-                    Err(HeadError::Closed(false) | HeadError::Io(_)) if retry => break,
+                    Err(HeadError::Closed(false) | HeadError::Io(_)) if retry && replayable => {
+                        break;
+                    }
                     Err(err) => return Err(err.to_string()),
                 }
             }
@@ -271,7 +343,7 @@ async fn refuse(stream: &mut piko::Stream, status: StatusCode) {
 /// may not have been read).
 async fn respond_error(
     config: &HttpConfig,
-    stream: &mut piko::Stream,
+    stream: &mut &piko::Stream,
     out: &mut Vec<u8>,
     (record, meter): (Option<RequestRecord>, Option<RequestMeter>),
     status: StatusCode,

@@ -68,10 +68,11 @@ impl ServicePool {
         }
     }
 
-    /// Closes the connections idle for longer than the idle timeout.
+    /// Closes the connections idle for longer than the idle timeout, and those the service
+    /// closed meanwhile.
     pub(crate) fn close_expired(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|conn| conn.since.elapsed() < self.idle_timeout);
+        idle.retain(|conn| conn.since.elapsed() < self.idle_timeout && still_open(&conn.tcp));
     }
 
     /// A new connection to the service.

@@ -157,6 +157,16 @@ async fn serve(mut tcp: TcpStream) {
                 let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
                 return;
             }
+            "/stall" => {
+                // A stream of events that goes quiet: the connection is held until the agent
+                // lets go of it.
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nevent\n\r\n")
+                    .await;
+                let mut rest = [0u8; 1];
+                let _ = tokio::time::timeout(Duration::from_secs(60), tcp.read(&mut rest)).await;
+                return;
+            }
             "/close-after" => {
                 let _ = tcp
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
@@ -167,12 +177,13 @@ async fn serve(mut tcp: TcpStream) {
             _ => {
                 // Echo: what the service saw.
                 let seen = format!(
-                    "method={} path={} host={} xff={} connection={} te={} body={}",
+                    "method={} path={} host={} xff={} connection={} secret={} te={} body={}",
                     head.split_whitespace().next().unwrap_or("?"),
                     path,
                     field(&head, "host").unwrap_or("-"),
                     field(&head, "x-forwarded-for").unwrap_or("-"),
                     field(&head, "connection").unwrap_or("-"),
+                    field(&head, "x-secret").unwrap_or("-"),
                     field(&head, "transfer-encoding").unwrap_or("-"),
                     String::from_utf8_lossy(&body),
                 );
@@ -316,6 +327,22 @@ async fn every_framing_is_relayed_over_kept_alive_connections() {
     );
     assert_eq!(field(&head, "keep-alive"), None, "{head}");
 
+    // The request as the service sees it: hop-by-hop headers (and those `Connection` names)
+    // dropped, the server added to X-Forwarded-For, the client's Host kept.
+    tcp.write_all(&get(
+        "/echo?q=1",
+        "connection: x-secret\r\nx-secret: 1\r\nkeep-alive: 5\r\nx-forwarded-for: 10.0.0.1\r\n",
+    ))
+    .await
+    .unwrap();
+    let (_, _, body) = response(&mut tcp, &mut buf, false).await;
+    let seen = String::from_utf8(body.unwrap()).unwrap();
+    assert_eq!(
+        seen,
+        "method=get path=/echo?q=1 host=svc.example.com xff=10.0.0.1, 127.0.0.1, 127.0.0.1 \
+         connection=- secret=- te=- body="
+    );
+
     // Everything so far went over one connection to the service.
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 
@@ -348,8 +375,8 @@ async fn every_framing_is_relayed_over_kept_alive_connections() {
         "{seen}"
     );
 
-    // Requests with a body take hyper's client and its own pool: one more connection at most.
-    assert!(accepted.load(Ordering::SeqCst) <= 2);
+    // Requests with a body take hyper's client and its own pool: one more connection.
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 
     // A body that ends with the service's connection: the server frames it for its client.
     tcp.write_all(&get("/until-close", "")).await.unwrap();
@@ -359,7 +386,7 @@ async fn every_framing_is_relayed_over_kept_alive_connections() {
 
     let text = metrics.render().unwrap();
     for line in [
-        r#"piko_agent_requests_total{status="200",method="GET",endpoint="svc"} 5"#,
+        r#"piko_agent_requests_total{status="200",method="GET",endpoint="svc"} 6"#,
         r#"piko_agent_requests_total{status="200",method="HEAD",endpoint="svc"} 1"#,
         r#"piko_agent_requests_total{status="204",method="GET",endpoint="svc"} 1"#,
         r#"piko_agent_requests_total{status="304",method="GET",endpoint="svc"} 1"#,
@@ -432,8 +459,13 @@ async fn idle_service_connections_are_closed_after_the_idle_timeout() {
     tcp.write_all(&get("/length", "")).await.unwrap();
     let (status, _, _) = response(&mut tcp, &mut buf, false).await;
     assert_eq!(status, 200);
+    // Kept for reuse: the next request at once takes the same connection.
+    tcp.write_all(&get("/length", "")).await.unwrap();
+    let (status, _, _) = response(&mut tcp, &mut buf, false).await;
+    assert_eq!(status, 200);
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
-    // Kept for reuse, then closed by the agent once idle for longer than its timeout.
+    assert_eq!(ended.load(Ordering::SeqCst), 0);
+    // Then closed by the agent once idle for longer than its timeout.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while ended.load(Ordering::SeqCst) == 0 {
         assert!(
@@ -447,4 +479,27 @@ async fn idle_service_connections_are_closed_after_the_idle_timeout() {
     let (status, _, body) = response(&mut tcp, &mut buf, false).await;
     assert_eq!((status, body.unwrap()), (200, b"hello".to_vec()));
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_releases_the_service_connection() {
+    let (service, accepted, ended) = service().await;
+    let (proxy, _) = tunnel(service).await;
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    let mut buf = Vec::new();
+    tcp.write_all(&get("/stall", "")).await.unwrap();
+    let head = read_head(&mut tcp, &mut buf).await.unwrap();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // The client leaves while the service is quiet: the server resets the stream, and the agent
+    // closes its connection to the service rather than wait for the service's next write.
+    drop(tcp);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ended.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the service's connection is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

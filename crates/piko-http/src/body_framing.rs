@@ -305,6 +305,8 @@ pub enum Decoded {
 #[derive(Debug, Default)]
 pub struct ChunkedDecoder {
     state: ChunkState,
+    /// Bytes of whole trailer lines at the start of the buffer, not yet taken.
+    trailer_len: usize,
 }
 
 impl ChunkedDecoder {
@@ -352,32 +354,44 @@ impl ChunkedDecoder {
                     _ => return Err(RelayError::Malformed),
                 },
                 ChunkState::Trailers => {
-                    if let Some(rest) = buf.strip_prefix(b"\r\n").or(buf.strip_prefix(b"\n")) {
-                        let len = buf.len() - rest.len();
+                    // Whole lines are counted as they arrive (the relay's limits: a line under
+                    // 4 KiB, 64 KiB in all); the fields are parsed once, at the empty line.
+                    let Some(line) = whole_line(&buf[self.trailer_len..], MAX_CHUNK_LINE)? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let empty = matches!(line, b"\r\n" | b"\n");
+                    self.trailer_len += line.len();
+                    if self.trailer_len > MAX_TRAILERS {
+                        return Err(RelayError::Malformed);
+                    }
+                    if !empty {
+                        continue;
+                    }
+                    let len = std::mem::take(&mut self.trailer_len);
+                    self.state = ChunkState::Done;
+                    if len == line.len() {
                         buf.advance(len);
-                        self.state = ChunkState::Done;
                         return Ok(Decoded::End);
                     }
                     let mut fields = [httparse::EMPTY_HEADER; 64];
-                    match httparse::parse_headers(buf, &mut fields) {
-                        Ok(httparse::Status::Complete((len, fields))) => {
-                            let mut trailers = HeaderMap::with_capacity(fields.len());
-                            for field in fields {
-                                let name = HeaderName::from_bytes(field.name.as_bytes())
-                                    .map_err(|_| RelayError::Malformed)?;
-                                let value = HeaderValue::from_bytes(field.value)
-                                    .map_err(|_| RelayError::Malformed)?;
-                                trailers.append(name, value);
-                            }
-                            buf.advance(len);
-                            self.state = ChunkState::Done;
-                            return Ok(Decoded::Trailers(trailers));
-                        }
-                        Ok(httparse::Status::Partial) if buf.len() <= MAX_TRAILERS => {
-                            return Ok(Decoded::NeedMore);
-                        }
-                        _ => return Err(RelayError::Malformed),
+                    let Ok(httparse::Status::Complete((parsed, fields))) =
+                        httparse::parse_headers(&buf[..len], &mut fields)
+                    else {
+                        return Err(RelayError::Malformed);
+                    };
+                    if parsed != len {
+                        return Err(RelayError::Malformed);
                     }
+                    let mut trailers = HeaderMap::with_capacity(fields.len());
+                    for field in fields {
+                        let name = HeaderName::from_bytes(field.name.as_bytes())
+                            .map_err(|_| RelayError::Malformed)?;
+                        let value = HeaderValue::from_bytes(field.value)
+                            .map_err(|_| RelayError::Malformed)?;
+                        trailers.append(name, value);
+                    }
+                    buf.advance(len);
+                    return Ok(Decoded::Trailers(trailers));
                 }
             }
         }

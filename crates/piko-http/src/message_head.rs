@@ -89,17 +89,20 @@ pub async fn read_head<R, T>(
 where
     R: AsyncRead + Unpin,
 {
+    // Parsed only once the bytes hold a blank line, searched from where the last search ended:
+    // a head trickling in a byte at a time costs linear time, not quadratic.
+    let mut searched: usize = 0;
     loop {
-        if !buf.is_empty() {
-            if let Some(parsed) = parse(buf)? {
-                if parsed.1 > max_len {
-                    return Err(HeadError::TooLarge(max_len));
-                }
-                return Ok(parsed);
-            }
-            if buf.len() >= max_len {
+        let blank_line = has_blank_line(&buf[searched.saturating_sub(2)..]);
+        searched = buf.len();
+        if blank_line && let Some(parsed) = parse(buf)? {
+            if parsed.1 > max_len {
                 return Err(HeadError::TooLarge(max_len));
             }
+            return Ok(parsed);
+        }
+        if buf.len() >= max_len {
+            return Err(HeadError::TooLarge(max_len));
         }
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(8 * 1024);
@@ -108,6 +111,14 @@ where
             return Err(HeadError::Closed(!buf.is_empty()));
         }
     }
+}
+
+/// Whether `bytes` hold the end of a head: a line feed, then an empty line.
+fn has_blank_line(bytes: &[u8]) -> bool {
+    bytes
+        .windows(2)
+        .enumerate()
+        .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && bytes.get(i + 2) == Some(&b'\n')))
 }
 
 /// Appends an HTTP/1.1 request head for `target` (origin form) to `out`.
@@ -223,6 +234,23 @@ mod tests {
         ));
     }
 
+    /// A reader that returns its bytes one at a time.
+    struct OneByteAtATime(&'static [u8]);
+
+    impl tokio::io::AsyncRead for OneByteAtATime {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if let Some((first, rest)) = self.0.split_first() {
+                buf.put_slice(&[*first]);
+                self.0 = rest;
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
     #[tokio::test]
     async fn reading_a_head_is_bounded() {
         let mut buf = BytesMut::new();
@@ -237,6 +265,14 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, HeadError::Closed(true)));
+        // A head arriving a byte at a time (each read returns one byte), then the next bytes.
+        let raw = b"GET /x HTTP/1.1\r\nhost: h\r\n\r\nNEXT";
+        let mut io = OneByteAtATime(raw);
+        let mut buf = BytesMut::new();
+        let (request, len) = read_head(&mut io, &mut buf, 1024, parse_request)
+            .await
+            .unwrap();
+        assert_eq!((request.uri().path(), len), ("/x", raw.len() - 4));
         let mut buf = BytesMut::new();
         let mut io = &b""[..];
         let err = read_head(&mut io, &mut buf, 1024, parse_request)

@@ -57,14 +57,7 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> task::Poll<io::Result<()>> {
-        let id = self.id;
-        match self
-            .shared
-            .with_state(|state, fx| state.poll_read(id, cx.waker(), buf, fx))
-        {
-            Poll::Ready(result) => task::Poll::Ready(result.map_err(|err| err.to_io())),
-            Poll::Pending => task::Poll::Pending,
-        }
+        self.read_into(cx, buf)
     }
 }
 
@@ -98,13 +91,60 @@ impl AsyncWrite for Stream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> task::Poll<io::Result<()>> {
-        let id = self.id;
-        let result = self.shared.with_state(|state, fx| state.shutdown(id, fx));
-        task::Poll::Ready(result.map_err(|err| err.to_io()))
+        task::Poll::Ready(self.shut_down())
+    }
+}
+
+/// Reading and writing through shared references: one task may read a stream while it writes
+/// to it (for example to notice a reset while it relays a response). Reads and writes keep
+/// separate wakers, so one reader and one writer at a time is what this supports.
+impl AsyncRead for &Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> task::Poll<io::Result<()>> {
+        self.read_into(cx, buf)
+    }
+}
+
+impl AsyncWrite for &Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> task::Poll<io::Result<usize>> {
+        self.write_slices(cx, &[buf])
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> task::Poll<io::Result<()>> {
+        task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> task::Poll<io::Result<()>> {
+        task::Poll::Ready(self.shut_down())
     }
 }
 
 impl Stream {
+    fn read_into(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> task::Poll<io::Result<()>> {
+        let id = self.id;
+        match self
+            .shared
+            .with_state(|state, fx| state.poll_read(id, cx.waker(), buf, fx))
+        {
+            Poll::Ready(result) => task::Poll::Ready(result.map_err(|err| err.to_io())),
+            Poll::Pending => task::Poll::Pending,
+        }
+    }
+
+    fn shut_down(&self) -> io::Result<()> {
+        let id = self.id;
+        self.shared
+            .with_state(|state, fx| state.shutdown(id, fx))
+            .map_err(|err| err.to_io())
+    }
+
     fn write_slices(&self, cx: &mut Context<'_>, bufs: &[&[u8]]) -> task::Poll<io::Result<usize>> {
         let id = self.id;
         match self

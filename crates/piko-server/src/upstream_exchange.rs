@@ -131,6 +131,8 @@ impl hyper::body::Body for UpstreamBody {
                 Err(err) => return Poll::Ready(Some(Err(err))),
                 Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                 Ok(Decoded::Trailers(trailers)) => {
+                    // Trailers end a chunked body: hyper drops it without polling again.
+                    this.ended = true;
                     return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                 }
                 Ok(Decoded::End) => {
