@@ -88,7 +88,6 @@ impl UpstreamBody {
         }
         let decoded = match self.framing {
             Framing::Empty => Decoded::End,
-            Framing::Length(_) if self.left == 0 => Decoded::End,
             Framing::Length(_) if !self.buf.is_empty() => {
                 let take = self.left.min(self.buf.len() as u64);
                 self.left -= take;
@@ -98,10 +97,9 @@ impl UpstreamBody {
             Framing::Length(_) | Framing::UntilClose => Decoded::NeedMore,
             Framing::Chunked => self.chunks.decode(&mut self.buf)?,
         };
+        // A length body ends with its last byte: `ended` is set then, not on a poll after it.
         if matches!(decoded, Decoded::End)
-            || (self.framing != Framing::Chunked
-                && self.framing != Framing::UntilClose
-                && self.left == 0)
+            || (matches!(self.framing, Framing::Length(_)) && self.left == 0)
         {
             self.ended = true;
         }
